@@ -1,0 +1,73 @@
+# InfraSpectre Edge. Two commands do everything on a fresh Debian 12 machine (as root):
+#   make demo   the main job on embedded defaults
+#   make test   install what is needed, then run every test tier
+SHELL := /bin/bash
+# Debian's own python3 (3.11), the interpreter the device image ships: host tests run
+# the same minor version and the same locked wheels as the board.
+PYTHON ?= /usr/bin/python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Host tools the tiers use. One per line so that additions merge cleanly.
+APT_PACKAGES := \
+	python3-venv \
+	python3-dev \
+	iproute2 \
+	sqlite3 \
+	openssl
+
+.PHONY: all deps apt venv proto demo test test-unit test-system test-board lint fmt clean
+
+all: venv
+
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "apt: installing" $$missing; \
+	  if [ "$$(id -u)" != 0 ]; then echo "make: installing packages needs root: $$missing" >&2; exit 1; fi; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml requirements.lock requirements-dev.lock | apt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock -r requirements-dev.lock
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+venv: apt $(VENV)/.installed
+
+deps: venv
+
+# Regenerate appliance/wire/_generated from proto/ (the generated code is committed;
+# tests/unit/wire/test_codegen.py proves that regenerating changes nothing).
+proto: venv
+	$(BIN)/python -m appliance.wire.codegen
+
+demo: venv
+	$(BIN)/python -m appliance demo
+
+lint: venv
+	$(BIN)/ruff check appliance tests
+	$(BIN)/ruff format --check appliance tests
+	$(BIN)/mypy
+
+fmt: venv
+	$(BIN)/ruff format appliance tests
+	$(BIN)/ruff check --fix appliance tests
+
+test-unit: venv
+	$(BIN)/pytest -q tests/unit
+
+test-system: venv
+	$(BIN)/pytest -q tests/system
+
+test-board: venv
+	$(BIN)/pytest -q tests/board
+
+# Every tier; non-zero on any failure. Lint is part of the contract.
+test: venv
+	$(MAKE) --no-print-directory lint
+	$(BIN)/pytest -q tests/unit tests/system tests/board
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,71 @@
+"""The `infraspectre` command: one sub-command tree assembled from the components.
+
+Each component owns the sub-commands of its job in a `cli` module with a
+`register(subparsers)` function; benches register under `infraspectre bench`. Handlers import
+their heavy dependencies (grpc, numpy, scapy) inside the handler so that `--help` and light
+commands start fast on a Raspberry Pi.
+
+Exit status: 0 on success; 1 with one line on stderr for a CommandError (bad config, missing
+file, refused input); 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from appliance import __version__
+from appliance.errors import CommandError
+
+#: Modules whose register(subparsers) adds top-level commands, in help order.
+COMMAND_MODULES = ("appliance.pki.cli",)
+
+#: Modules whose register(subparsers) adds `infraspectre bench ...` commands.
+BENCH_MODULES: tuple[str, ...] = ()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (also used by the docs test that lists the CLI surface)."""
+    parser = argparse.ArgumentParser(
+        prog="infraspectre", description="InfraSpectre Edge: network tap appliance and EventBus"
+    )
+    parser.add_argument("--version", action="version", version=f"infraspectre {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging threshold (default INFO)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    bench = sub.add_parser("bench", help="side-by-side benchmarks against the peer tools")
+    bench_sub = bench.add_subparsers(dest="bench", metavar="WHAT")
+    bench_sub.required = True
+    for name in BENCH_MODULES:
+        importlib.import_module(name).register(bench_sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        status = args.func(args)
+    except CommandError as exc:
+        print(f"infraspectre: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("infraspectre: interrupted", file=sys.stderr)
+        return 130
+    return int(status or 0)

@@ -1,0 +1,1 @@
+"""Code generated from proto/ by appliance.wire.codegen: do not edit."""
