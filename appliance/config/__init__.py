@@ -20,5 +20,13 @@ from appliance.config.loader import (
     build_section,
     load_document,
 )
+from appliance.config.sections import STORAGE_ENV, StorageConfig
 
-__all__ = ["KNOWN_SECTIONS", "ConfigError", "build_section", "load_document"]
+__all__ = [
+    "KNOWN_SECTIONS",
+    "STORAGE_ENV",
+    "ConfigError",
+    "StorageConfig",
+    "build_section",
+    "load_document",
+]

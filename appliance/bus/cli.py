@@ -1,0 +1,191 @@
+"""`infraspectre bus serve | tail | query`."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import CommandError
+
+_REL = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+RECORD_KEYS = (
+    "agent_id", "seq", "src_ip", "src_port", "dst_ip", "dst_port", "proto", "bytes_tx",
+    "bytes_rx", "packets_tx", "packets_rx", "vlan", "start_ms", "end_ms", "ts_ns",
+)  # fmt: skip
+
+
+def register(sub: Any) -> None:
+    """Add the `bus` command tree."""
+    bus = sub.add_parser("bus", help="the central EventBus and what it has stored")
+    bus_sub = bus.add_subparsers(dest="bus_command", metavar="ACTION")
+    bus_sub.required = True
+
+    serve = bus_sub.add_parser("serve", help="run the EventBus (mTLS gRPC + SQLite store)")
+    serve.add_argument("--config", type=Path, help="YAML configuration (default: built-in)")
+    serve.set_defaults(func=_serve)
+
+    for name, help_text in (
+        ("tail", "follow flows as they are stored"),
+        ("query", "print stored flows matching filters"),
+    ):
+        p = bus_sub.add_parser(name, help=help_text)
+        p.add_argument("--config", type=Path, help="YAML configuration (for storage.data_dir)")
+        p.add_argument("--db", type=Path, help="the store file (overrides the configuration)")
+        p.add_argument("--agent", help="only this agent id")
+        p.add_argument("--address", help="only flows with this source or destination address")
+        p.add_argument("--port", type=int, help="only flows with this source or destination port")
+        p.add_argument("--proto", help="only this protocol (TCP, UDP, ICMP, ...)")
+        p.add_argument("--json", action="store_true", help="one JSON object per line")
+        if name == "query":
+            p.add_argument("--since", help="ISO time, UNIX seconds, or a duration ago (10m, 2h)")
+            p.add_argument("--until", help="ISO time, UNIX seconds, or a duration ago")
+            p.add_argument(
+                "--limit", type=int, default=1000, help="at most this many (default 1000)"
+            )
+            p.set_defaults(func=_query)
+        else:
+            p.add_argument("--from-start", action="store_true", help="print stored flows first")
+            p.add_argument("--count", type=int, help="stop after this many flows")
+            p.add_argument("--timeout", type=float, help="stop after this many seconds")
+            p.set_defaults(func=_tail)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from appliance.bus.config import load_bus_settings
+    from appliance.bus.server import BusServer
+
+    server = BusServer(load_bus_settings(args.config))
+    server.install_signal_handlers()
+    print(f"bus ready on port {server.port}", flush=True)
+    server.wait()
+    return 0
+
+
+def parse_time(text: str, now: float | None = None) -> int:
+    """ISO 8601, UNIX seconds, or a duration ago (30s, 10m, 2h, 1d) -> UNIX nanoseconds."""
+    now = time.time() if now is None else now
+    m = _REL.match(text)
+    if m:
+        return int((now - float(m.group(1)) * _UNIT_S[m.group(2)]) * 1e9)
+    try:
+        return int(float(text) * 1e9)
+    except ValueError:
+        pass
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise CommandError(
+            f"cannot read time {text!r}: use ISO 8601, UNIX seconds or 10m"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return int(parsed.timestamp() * 1e9)
+
+
+def _db_path(args: argparse.Namespace) -> Path:
+    if args.db:
+        return Path(args.db)
+    from appliance.bus.config import load_bus_settings
+
+    settings = load_bus_settings(args.config)
+    return settings.storage.data_dir / settings.eventbus.db_name
+
+
+def _query_of(args: argparse.Namespace) -> Any:
+    from appliance.bus.store import Query
+
+    return Query(
+        agent=args.agent,
+        address=args.address,
+        port=args.port,
+        proto=args.proto,
+        since_ns=parse_time(args.since) if getattr(args, "since", None) else None,
+        until_ns=parse_time(args.until) if getattr(args, "until", None) else None,
+        limit=getattr(args, "limit", 1000),
+    )
+
+
+def _record(row: Any) -> dict[str, Any]:
+    rec = {k: row[k] for k in RECORD_KEYS}
+    rec["start_time"] = rec.pop("start_ms")
+    rec["end_time"] = rec.pop("end_ms")
+    return rec
+
+
+HEADER = (
+    f"{'time (UTC)':<19} {'agent':<14} {'proto':<6} {'source':<41} {'destination':<41} "
+    f"{'bytes tx':>10} {'bytes rx':>10} {'pkts tx':>8} {'pkts rx':>8}"
+)
+
+
+def _endpoint(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def format_row(row: Any) -> str:
+    """One stored flow as a table line."""
+    when = dt.datetime.fromtimestamp((row["start_ms"] or 0) / 1000, dt.UTC)
+    return (
+        f"{when:%Y-%m-%d %H:%M:%S} {row['agent_id'][:14]:<14} {row['proto'] or '':<6} "
+        f"{_endpoint(row['src_ip'], row['src_port']):<41} "
+        f"{_endpoint(row['dst_ip'], row['dst_port']):<41} "
+        f"{row['bytes_tx']:>10} {row['bytes_rx']:>10} {row['packets_tx']:>8} {row['packets_rx']:>8}"
+    )
+
+
+def _emit(row: Any, as_json: bool) -> None:
+    print(json.dumps(_record(row)) if as_json else format_row(row), flush=True)
+
+
+def _query(args: argparse.Namespace) -> int:
+    from appliance.bus.store import open_reader, query
+
+    conn = open_reader(_db_path(args))
+    rows = query(conn, _query_of(args))
+    if not args.json:
+        print(HEADER)
+    for row in rows:
+        _emit(row, args.json)
+    if not args.json:
+        print(f"{len(rows)} flows", file=sys.stderr)
+    return 0
+
+
+def _tail(args: argparse.Namespace) -> int:
+    import threading
+
+    from appliance.bus.store import follow, open_reader
+
+    path = _db_path(args)
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    while not path.exists():  # a tail may start before the bus has created its store
+        if deadline is not None and time.monotonic() > deadline:
+            raise CommandError(f"no bus store appeared at {path}")
+        time.sleep(0.2)
+    conn = open_reader(path)
+    q = _query_of(args)
+    q.limit = 1000
+    if not args.from_start:
+        q.after_id = int(conn.execute("SELECT coalesce(max(id), 0) FROM records").fetchone()[0])
+    stop = threading.Event()
+    if deadline is not None:
+        threading.Timer(max(0.0, deadline - time.monotonic()), stop.set).start()
+    if not args.json:
+        print(HEADER, flush=True)
+    seen = 0
+    try:
+        for row in follow(conn, q, poll_s=0.25, stop=stop):
+            _emit(row, args.json)
+            seen += 1
+            if args.count is not None and seen >= args.count:
+                break
+    finally:
+        stop.set()
+    return 0

@@ -1,0 +1,117 @@
+"""The bus's configuration: its own `eventbus` section plus the shared `storage` section."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from appliance.config import STORAGE_ENV, StorageConfig, build_section, load_document
+
+#: The seed design's environment names, mapped to key paths below `eventbus`.
+EVENTBUS_ENV = {
+    "BUS_SERVER_HOST": "host",
+    "BUS_SERVER_PORT": "port",
+    "BUS_METRICS_PORT": "metrics_port",
+    "BUS_HEALTH_PORT": "health_port",
+    "BUS_OVERLOAD": "overload",
+    "BUS_MAX_INFLIGHT": "max_inflight",
+    "BUS_HARD_MAX": "hard_max",
+    "IS_CERT_DIR": "tls.cert_dir",
+    "IS_TRUST_MAP": "trust_map",
+    "BUS_DB_SYNC": "db_sync",
+}
+
+
+def _port(name: str, value: int, allow_zero: bool = False) -> None:
+    low = 0 if allow_zero else 1
+    if not low <= value <= 65535:
+        raise ValueError(f"{name}: {value} is not a TCP port")
+
+
+@dataclass
+class TlsConfig:
+    """Where the bus finds its credentials (the layout `infraspectre pki init` writes)."""
+
+    cert_dir: Path = Path("certs")
+    ca: str = "ca.crt"
+    cert: str = "server.crt"
+    key: str = "server.key"
+
+    def path(self, name: str) -> Path:
+        p = Path(name)
+        return p if p.is_absolute() else self.cert_dir / p
+
+
+@dataclass
+class EventBusConfig:
+    """The `eventbus` section. Ports 0 pick a free port (tests); metrics/health -1 disables."""
+
+    host: str = "0.0.0.0"
+    port: int = 50051
+    metrics_port: int = 9000
+    health_port: int = 8080
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    #: agent id -> Ed25519 key; relative paths are taken against tls.cert_dir.
+    trust_map: Path = Path("trust_map.yaml")
+    overload: bool = False
+    max_inflight: int = 32
+    hard_max: int = 128
+    backoff_hint_ms: int = 250
+    max_backoff_hint_ms: int = 5000
+    max_env_bytes: int = 65536
+    max_batch: int = 5000
+    max_future_skew_s: float = 300.0
+    #: Requests whose rows wait in the store queue above this depth get RETRY (store pressure).
+    max_store_queue_rows: int = 50000
+    shutdown_grace_s: float = 5.0
+    #: SQLite synchronous mode of the store: "full" fsyncs each group commit (an OK means the
+    #: record survives a power cut at the bus), "normal" survives a process crash only.
+    db_sync: Literal["full", "normal"] = "full"
+    db_name: str = "bus.sqlite"
+
+    def validate(self) -> None:
+        _port("port", self.port, allow_zero=True)
+        for name in ("metrics_port", "health_port"):
+            value = getattr(self, name)
+            if value != -1:
+                _port(name, value, allow_zero=True)
+        if self.max_inflight < 1:
+            raise ValueError(f"max_inflight: {self.max_inflight} must be at least 1")
+        if self.hard_max < self.max_inflight:
+            raise ValueError(f"hard_max: {self.hard_max} is below max_inflight {self.max_inflight}")
+        if self.backoff_hint_ms < 1:
+            raise ValueError(f"backoff_hint_ms: {self.backoff_hint_ms} must be positive")
+        if self.max_env_bytes < 256:
+            raise ValueError(f"max_env_bytes: {self.max_env_bytes} is too small (minimum 256)")
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch: {self.max_batch} must be at least 1")
+
+    def trust_map_path(self) -> Path:
+        return (
+            self.trust_map if self.trust_map.is_absolute() else self.tls.cert_dir / self.trust_map
+        )
+
+
+@dataclass
+class BusSettings:
+    """Everything `bus serve` needs, validated at start-up."""
+
+    eventbus: EventBusConfig
+    storage: StorageConfig
+
+
+def load_bus_settings(path: Path | None, env: Mapping[str, str] | None = None) -> BusSettings:
+    """Read the file (optional), apply environment overrides, validate strictly."""
+    environ: Mapping[str, str] = os.environ if env is None else env
+    doc: dict[str, Any] = load_document(path)
+    return BusSettings(
+        eventbus=build_section(
+            EventBusConfig, doc.get("eventbus"), "eventbus", env=environ, env_names=EVENTBUS_ENV
+        ),
+        storage=build_section(
+            StorageConfig, doc.get("storage"), "storage", env=environ, env_names=STORAGE_ENV
+        ),
+    )

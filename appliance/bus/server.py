@@ -1,0 +1,376 @@
+"""The EventBus gRPC server: mTLS, the publish handlers, health, metrics, graceful shutdown.
+
+Handlers take and return raw bytes (no generated deserializer) so that undecodable input is
+answered by us, counted, and never reaches the store: a unary call with garbage gets an INVALID
+ack, a batch with garbage the status INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from types import FrameType
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from appliance.bus.admission import Admission, Verdict
+from appliance.bus.auth import TrustHolder, peer_cn
+from appliance.bus.config import BusSettings
+from appliance.bus.metrics import BusMetrics
+from appliance.bus.store import FlowStore, Row
+from appliance.bus.verify import Limits, check_envelope, envelope_row
+from appliance.errors import CommandError
+from appliance.observability import HttpEndpoint, metrics_route, serve_http, text
+from appliance.wire import SERVICE_NAME, Envelope, PublishAck, PublishBatchRequest, pb
+
+log = logging.getLogger(__name__)
+
+OK, RETRY, INVALID = PublishAck.OK, PublishAck.RETRY, PublishAck.INVALID
+STATUS_NAME = {OK: "OK", RETRY: "RETRY", INVALID: "INVALID"}
+COMMIT_TIMEOUT_S = 30.0
+
+
+class EventBusService:
+    """The publish handlers. One instance per server; thread-safe."""
+
+    def __init__(
+        self,
+        settings: BusSettings,
+        store: FlowStore,
+        trust: TrustHolder,
+        metrics: BusMetrics,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        cfg = settings.eventbus
+        self.cfg = cfg
+        self.store = store
+        self.trust = trust
+        self.metrics = metrics
+        self.clock_ns = clock_ns
+        self.limits = Limits(cfg.max_env_bytes, int(cfg.max_future_skew_s * 1e9))
+        self.admission = Admission(
+            max_inflight=cfg.max_inflight,
+            hard_max=cfg.hard_max,
+            backoff_hint_ms=cfg.backoff_hint_ms,
+            max_backoff_hint_ms=cfg.max_backoff_hint_ms,
+            max_store_queue_rows=cfg.max_store_queue_rows,
+            store_pending_rows=lambda: store.pending_rows,
+            overload=cfg.overload,
+        )
+        metrics.inflight.set_function(lambda: self.admission.inflight)
+
+    # -- handlers -------------------------------------------------------------------------------
+
+    def publish(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        """The seed's unary Publish: one envelope, one ack."""
+        started = time.perf_counter()
+        try:
+            try:
+                env = Envelope.FromString(request)
+            except DecodeError:
+                self._authorize(context)
+                self._count(INVALID, "undecodable")
+                return PublishAck(status=INVALID, reason="undecodable envelope").SerializeToString()
+            acks = self._process(context, [env], [len(request)])
+            return acks[0].SerializeToString()
+        finally:
+            self.metrics.publish_latency_ms.observe((time.perf_counter() - started) * 1000)
+
+    def publish_batch(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        """Many envelopes, an ack each, one store commit."""
+        started = time.perf_counter()
+        try:
+            try:
+                batch = PublishBatchRequest.FromString(request)
+            except DecodeError:
+                self._authorize(context)
+                self.metrics.rejected_total.labels("undecodable").inc()
+                self.metrics.invalid_total.inc()
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "undecodable batch")
+            envs = list(batch.envelopes)
+            if len(envs) > self.cfg.max_batch:
+                self._authorize(context)
+                self.metrics.rejected_total.labels("batch_too_large").inc()
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"batch of {len(envs)} envelopes exceeds max_batch {self.cfg.max_batch}",
+                )
+            acks = self._process(context, envs, [e.ByteSize() for e in envs])
+            return pb.PublishBatchResponse(acks=acks).SerializeToString()
+        finally:
+            self.metrics.publish_latency_ms.observe((time.perf_counter() - started) * 1000)
+
+    # -- the shared path ------------------------------------------------------------------------
+
+    def _authorize(self, context: grpc.ServicerContext) -> tuple[str, object]:
+        cn = peer_cn(context)
+        if cn is None:
+            self.metrics.rejected_total.labels("no_identity").inc()
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate CN")
+        key = self.trust.current.get(cn)
+        if key is None:
+            self.metrics.rejected_total.labels("untrusted").inc()
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"agent {cn!r} is not in the trust map"
+            )
+        return cn, key
+
+    def _count(self, status: Any, reason: str | None = None, n: int = 1) -> None:
+        self.metrics.publish_total.labels(STATUS_NAME[status]).inc(n)
+        if status == INVALID:
+            self.metrics.invalid_total.inc(n)
+            if reason:
+                self.metrics.rejected_total.labels(reason).inc(n)
+        elif status == RETRY:
+            self.metrics.retry_total.inc(n)
+
+    def _process(
+        self, context: grpc.ServicerContext, envs: Sequence[Envelope], sizes: Sequence[int]
+    ) -> list[PublishAck]:
+        cn, key = self._authorize(context)
+        decision = self.admission.decide()
+        if decision.verdict is Verdict.REFUSE:
+            self.metrics.refused_calls_total.inc()
+            hint = str(decision.backoff_hint_ms)
+            context.set_trailing_metadata(
+                (("retry-after-ms", hint), ("grpc-retry-pushback-ms", hint))
+            )
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, decision.reason)
+        if decision.verdict is Verdict.RETRY:
+            self._count(RETRY, n=len(envs))
+            ack = PublishAck(
+                status=RETRY, reason=decision.reason, backoff_hint_ms=decision.backoff_hint_ms
+            )
+            return [ack] * len(envs)
+        try:
+            return self._verify_and_store(cn, key, envs, sizes)
+        finally:
+            self.admission.release()
+
+    def _verify_and_store(
+        self, cn: str, key: object, envs: Sequence[Envelope], sizes: Sequence[int]
+    ) -> list[PublishAck]:
+        now = self.clock_ns()
+        acks: list[PublishAck | None] = [None] * len(envs)
+        rows: list[Row] = []
+        accepted: list[int] = []
+        for i, (env, size) in enumerate(zip(envs, sizes, strict=True)):
+            reason = check_envelope(env, size, cn, key, now, self.limits)  # type: ignore[arg-type]
+            if reason is not None:
+                self._count(INVALID, _reason_class(reason))
+                acks[i] = PublishAck(status=INVALID, reason=reason)
+                continue
+            rows.append(envelope_row(env, env.SerializeToString(), now))
+            accepted.append(i)
+        if rows:
+            started = time.perf_counter()
+            try:
+                result = self.store.submit(rows).result(timeout=COMMIT_TIMEOUT_S)
+            except Exception as exc:  # the store failed or stalled: nothing was acked as stored
+                log.error("store commit failed for %d envelopes from %s: %s", len(rows), cn, exc)
+                hint = self.cfg.backoff_hint_ms * 4
+                retry = PublishAck(status=RETRY, reason="store unavailable", backoff_hint_ms=hint)
+                for i in accepted:
+                    acks[i] = retry
+                self._count(RETRY, n=len(accepted))
+            else:
+                self.metrics.store_commit_seconds.observe(time.perf_counter() - started)
+                self.metrics.stored_total.inc(result.inserted)
+                self.metrics.duplicates_total.inc(result.duplicates)
+                self.metrics.agent_last_seen.labels(cn).set(time.time())
+                ok = PublishAck(status=OK)
+                for i in accepted:
+                    acks[i] = ok
+                self._count(OK, n=len(accepted))
+        return [a for a in acks if a is not None]
+
+
+def _reason_class(reason: str) -> str:
+    """A bounded label value for a rejection reason (reasons themselves carry numbers)."""
+    for prefix, label in (
+        ("unknown envelope version", "version"),
+        ("missing idempotency", "no_key"),
+        ("idempotency key longer", "key_too_long"),
+        ("envelope of", "oversized"),
+        ("missing timestamp", "no_timestamp"),
+        ("timestamp", "future_timestamp"),
+        ("agent_id", "agent_mismatch"),
+        ("envelope carries no payload", "no_payload"),
+        ("bad signature", "bad_signature"),
+    ):
+        if reason.startswith(prefix):
+            return label
+    return "other"
+
+
+class BusServer:
+    """A running bus: gRPC server, store, trust map, metrics and health endpoints.
+
+    Lifecycle: construct (binds ports, opens the store; raises CommandError on bad credentials),
+    `wait()` until a signal or `stop()`, then `stop()` stops accepting calls, lets in-flight calls
+    finish within shutdown_grace_s, commits the store and closes the endpoints.
+    """
+
+    def __init__(self, settings: BusSettings) -> None:
+        cfg = settings.eventbus
+        self.settings = settings
+        self.metrics = BusMetrics()
+        self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+        self.ready = False
+        creds = _server_credentials(settings)
+        self.trust = TrustHolder(cfg.trust_map_path())
+        self.metrics.trust_map_agents.set(len(self.trust.current))
+        self.store = FlowStore(settings.storage.data_dir / cfg.db_name, sync=cfg.db_sync)
+        self.metrics.store_bytes.set_function(self.store.size_bytes)
+        self.service = EventBusService(settings, self.store, self.trust, self.metrics)
+        self.health = health.HealthServicer()
+        max_msg = cfg.max_batch * cfg.max_env_bytes + 1024
+        self.grpc = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=cfg.hard_max + 8, thread_name_prefix="bus"),
+            options=[
+                ("grpc.max_receive_message_length", min(max_msg, 256 * 1024 * 1024)),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        handlers = {
+            "Publish": grpc.unary_unary_rpc_method_handler(self.service.publish),
+            "PublishBatch": grpc.unary_unary_rpc_method_handler(self.service.publish_batch),
+        }
+        self.grpc.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        address = f"{_bracket(cfg.host)}:{cfg.port}"
+        self.port = self.grpc.add_secure_port(address, creds)
+        if self.port == 0:
+            self.store.close()
+            raise CommandError(f"cannot listen on {address}: address in use or not local")
+        self.endpoints: list[HttpEndpoint] = []
+        try:
+            if cfg.metrics_port != -1:
+                self.endpoints.append(
+                    serve_http(
+                        cfg.host,
+                        cfg.metrics_port,
+                        {"/metrics": metrics_route(self.metrics.registry)},
+                        "bus-metrics",
+                    )
+                )
+            if cfg.health_port != -1:
+                self.endpoints.append(
+                    serve_http(
+                        cfg.host,
+                        cfg.health_port,
+                        {"/healthz": lambda: text(200, "ok\n"), "/ready": self._ready_route},
+                        "bus-health",
+                    )
+                )
+        except OSError as exc:
+            self._close_endpoints()
+            self.store.close()
+            raise CommandError(f"cannot open the HTTP endpoints: {exc.strerror}") from exc
+        self.grpc.start()
+        for service in ("", SERVICE_NAME):
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self.ready = True
+        log.info(
+            "bus listening on %s:%d (mTLS), %d agents trusted, store %s",
+            cfg.host,
+            self.port,
+            len(self.trust.current),
+            self.store.path,
+        )
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.endpoints[0].port if self.settings.eventbus.metrics_port != -1 else None
+
+    @property
+    def health_port(self) -> int | None:
+        return self.endpoints[-1].port if self.settings.eventbus.health_port != -1 else None
+
+    def _ready_route(self) -> tuple[int, str, bytes]:
+        if self.ready:
+            return text(200, "ready\n")
+        return text(503, "not ready\n")
+
+    def reload_trust_map(self) -> bool:
+        """SIGHUP: load the trust map again without touching connections."""
+        ok = self.trust.reload()
+        self.metrics.trust_map_reloads_total.labels("ok" if ok else "error").inc()
+        self.metrics.trust_map_agents.set(len(self.trust.current))
+        return ok
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT stop gracefully; SIGHUP reloads the trust map."""
+
+        def on_stop(signum: int, frame: FrameType | None) -> None:
+            log.info("signal %s: shutting down", signal.Signals(signum).name)
+            threading.Thread(target=self.stop, name="bus-stop").start()
+
+        def on_hup(signum: int, frame: FrameType | None) -> None:
+            threading.Thread(target=self.reload_trust_map, name="bus-reload").start()
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, on_hup)
+
+    def wait(self) -> None:
+        """Block until stop() has completed."""
+        while not self._stopped.wait(0.5):
+            pass
+
+    def stop(self) -> None:
+        """Graceful shutdown (idempotent)."""
+        with self._stop_lock:
+            if self._stopped.is_set():
+                return
+            self.ready = False
+            self.health.enter_graceful_shutdown()
+            self.grpc.stop(self.settings.eventbus.shutdown_grace_s).wait()
+            self.store.close()
+            self._close_endpoints()
+            log.info("bus stopped; store committed")
+            self._stopped.set()
+
+    def _close_endpoints(self) -> None:
+        for endpoint in self.endpoints:
+            endpoint.close()
+
+    def __enter__(self) -> BusServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _server_credentials(settings: BusSettings) -> grpc.ServerCredentials:
+    tls = settings.eventbus.tls
+    paths = {"CA certificate": tls.path(tls.ca), "server certificate": tls.path(tls.cert)}
+    paths["server key"] = tls.path(tls.key)
+    data = {}
+    for what, path in paths.items():
+        try:
+            data[what] = path.read_bytes()
+        except OSError as exc:
+            raise CommandError(
+                f"cannot read {what} {path} ({exc.strerror}): "
+                f"run `infraspectre pki init {tls.cert_dir}` or set eventbus.tls.cert_dir"
+            ) from exc
+    return grpc.ssl_server_credentials(
+        [(data["server key"], data["server certificate"])],
+        root_certificates=data["CA certificate"],
+        require_client_auth=True,
+    )
