@@ -127,10 +127,10 @@ def test_bad_config_is_one_line_nonzero(tmp_path: Path) -> None:
     )
     assert out.returncode == 1
     assert out.stderr.strip() == "infraspectre: eventbus.port: 99999 is not a TCP port"
+    env = {**os.environ, "BUS_SERVER_PORT": "0", "BUS_METRICS_PORT": "-1", "BUS_HEALTH_PORT": "-1"}
     out = subprocess.run(
-        [*CLI, "bus", "serve"], capture_output=True, text=True, cwd=tmp_path,
-        env={**os.environ, "BUS_SERVER_PORT": "0", "BUS_METRICS_PORT": "-1", "BUS_HEALTH_PORT": "-1"},
-    )  # fmt: skip
+        [*CLI, "bus", "serve"], capture_output=True, text=True, cwd=tmp_path, env=env
+    )
     assert out.returncode == 1
     assert "cannot read CA certificate certs/ca.crt" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
