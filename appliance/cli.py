@@ -24,10 +24,11 @@ from appliance.errors import CommandError
 COMMAND_MODULES = (
     "appliance.pki.cli",
     "appliance.bus.cli",
+    "appliance.demo",
 )
 
 #: Modules whose register(subparsers) adds `infraspectre bench ...` commands.
-BENCH_MODULES: tuple[str, ...] = ()
+BENCH_MODULES: tuple[str, ...] = ("appliance.bus.bench",)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -120,7 +120,7 @@ def _record(row: Any) -> dict[str, Any]:
 
 
 HEADER = (
-    f"{'time (UTC)':<19} {'agent':<14} {'proto':<6} {'source':<41} {'destination':<41} "
+    f"{'time (UTC)':<19} {'agent':<14} {'proto':<6} {'source':<30} {'destination':<30} "
     f"{'bytes tx':>10} {'bytes rx':>10} {'pkts tx':>8} {'pkts rx':>8}"
 )
 
@@ -134,8 +134,8 @@ def format_row(row: Any) -> str:
     when = dt.datetime.fromtimestamp((row["start_ms"] or 0) / 1000, dt.UTC)
     return (
         f"{when:%Y-%m-%d %H:%M:%S} {row['agent_id'][:14]:<14} {row['proto'] or '':<6} "
-        f"{_endpoint(row['src_ip'], row['src_port']):<41} "
-        f"{_endpoint(row['dst_ip'], row['dst_port']):<41} "
+        f"{_endpoint(row['src_ip'], row['src_port']):<30} "
+        f"{_endpoint(row['dst_ip'], row['dst_port']):<30} "
         f"{row['bytes_tx']:>10} {row['bytes_rx']:>10} {row['packets_tx']:>8} {row['packets_rx']:>8}"
     )
 
@@ -176,7 +176,9 @@ def _tail(args: argparse.Namespace) -> int:
         q.after_id = int(conn.execute("SELECT coalesce(max(id), 0) FROM records").fetchone()[0])
     stop = threading.Event()
     if deadline is not None:
-        threading.Timer(max(0.0, deadline - time.monotonic()), stop.set).start()
+        timer = threading.Timer(max(0.0, deadline - time.monotonic()), stop.set)
+        timer.daemon = True  # must not keep the process alive once --count is reached
+        timer.start()
     if not args.json:
         print(HEADER, flush=True)
     seen = 0

@@ -1,0 +1,196 @@
+"""`infraspectre bench bus`: envelopes per second accepted by a real bus over mTLS on loopback,
+for the seed's unary Publish and for the batched path, measured in the same run.
+
+What is timed: publishing pre-signed envelopes until every one is acknowledged OK, i.e. TLS,
+gRPC, decoding, every check including Ed25519 verification, and the durable SQLite group commit
+at the bus. Signing happens before the clock starts and is reported apart (`client_sign_per_s`),
+because on the device it is spread over the sealing of each flow. The bus runs as its own process
+(`bus serve`), as in production; both sides share this machine's cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+T0_MS = 1_700_000_000_000
+
+
+def register(sub: Any) -> None:
+    """Add `bench bus`."""
+    p = sub.add_parser("bus", help="bus ingest: unary vs batched publish over mTLS")
+    p.add_argument("--unary", type=int, default=5000, help="envelopes sent one per call")
+    p.add_argument("--batched", type=int, default=60000, help="envelopes sent in batches")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--clients", type=int, default=4, help="concurrent calls in flight")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_run)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from appliance.crypto import Sealer, load_signing_key
+    from appliance.pki import init_pki, issue_agent
+    from appliance.wire import (
+        PUBLISH_BATCH_METHOD,
+        PUBLISH_METHOD,
+        FlowEvent,
+        PublishAck,
+        PublishBatchRequest,
+        PublishBatchResponse,
+    )
+    from appliance.wire.channel import mtls_channel
+
+    with tempfile.TemporaryDirectory(prefix="bench-bus-") as tmp:
+        root = Path(tmp)
+        init_pki(root / "pki", [])
+        ident = issue_agent(root / "pki", "bench-agent")
+        port = _free_port()
+        config = root / "bus.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "eventbus": {
+                        "host": "127.0.0.1", "port": port, "metrics_port": -1,
+                        "health_port": -1, "tls": {"cert_dir": str(root / "pki")},
+                        "max_inflight": 64, "hard_max": 128,
+                    },
+                    "storage": {"data_dir": str(root / "data")},
+                }
+            )
+        )  # fmt: skip
+        bus = subprocess.Popen(
+            [sys.executable, "-m", "appliance", "--log-level", "WARNING", "bus", "serve",
+             "--config", str(config)],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert bus.stdout is not None
+            if "bus ready" not in bus.stdout.readline():
+                from appliance.errors import CommandError
+
+                raise CommandError("bench: the bus did not start")
+            sealer = Sealer("bench-agent", load_signing_key(ident.signing_key))
+            total = args.unary + args.batched
+            t0 = time.perf_counter()
+            envs = [
+                sealer.seal(
+                    FlowEvent(
+                        src_ip="192.0.2.1", dst_ip="198.51.100.7", src_port=1024 + i % 60000,
+                        dst_port=443, proto="TCP", bytes_tx=1500 * i, bytes_rx=900, packets_tx=9,
+                        packets_rx=7, start_time=T0_MS + i, end_time=T0_MS + 100 + i,
+                    )
+                )
+                for i in range(total)
+            ]  # fmt: skip
+            sign_per_s = total / (time.perf_counter() - t0)
+            channel = mtls_channel(
+                f"127.0.0.1:{port}", ca=root / "pki/ca.crt", cert=ident.client_cert,
+                key=ident.client_key, server_name="localhost",
+            )  # fmt: skip
+            unary = channel.unary_unary(PUBLISH_METHOD, None, None)
+            batch = channel.unary_unary(PUBLISH_BATCH_METHOD, None, None)
+
+            def send_unary(raw: bytes) -> int:
+                for _ in range(1000):
+                    ack = PublishAck.FromString(unary(raw, timeout=60))
+                    if ack.status == PublishAck.OK:
+                        return 1
+                    time.sleep(ack.backoff_hint_ms / 1000)
+                raise RuntimeError("unary envelope never accepted")
+
+            def send_batch(chunk: list[Any]) -> int:
+                pending = chunk
+                for _ in range(1000):
+                    raw = PublishBatchRequest(envelopes=pending).SerializeToString()
+                    resp = PublishBatchResponse.FromString(batch(raw, timeout=120))
+                    retry = [
+                        e for e, a in zip(pending, resp.acks, strict=True)
+                        if a.status == PublishAck.RETRY
+                    ]  # fmt: skip
+                    if any(a.status == PublishAck.INVALID for a in resp.acks):
+                        raise RuntimeError("bench envelope answered INVALID")
+                    if not retry:
+                        return len(chunk)
+                    pending = retry
+                    time.sleep(max(a.backoff_hint_ms for a in resp.acks) / 1000)
+                raise RuntimeError("batch never accepted")
+
+            # Warm up the connection (handshake) outside the timed windows.
+            send_unary(envs[0].SerializeToString())
+            results: dict[str, Any] = {}
+            with cf.ThreadPoolExecutor(args.clients) as pool:
+                raws = [e.SerializeToString() for e in envs[1 : args.unary]]
+                cpu0, t0 = _cpu_seconds(bus.pid), time.perf_counter()
+                done = sum(pool.map(send_unary, raws)) + 1
+                elapsed = time.perf_counter() - t0
+                results["unary"] = _phase(done, elapsed, _cpu_seconds(bus.pid) - cpu0)
+                rest = envs[args.unary :]
+                chunks = [
+                    rest[i : i + args.batch_size] for i in range(0, len(rest), args.batch_size)
+                ]
+                cpu0, t0 = _cpu_seconds(bus.pid), time.perf_counter()
+                done = sum(pool.map(send_batch, chunks))
+                elapsed = time.perf_counter() - t0
+                results["batched"] = _phase(done, elapsed, _cpu_seconds(bus.pid) - cpu0)
+            channel.close()
+        finally:
+            bus.terminate()
+            bus.wait(timeout=60)
+        from appliance.bus.store import count, open_reader
+
+        stored = count(open_reader(root / "data" / "bus.sqlite"))
+    report = {
+        **results,
+        "ratio": round(
+            results["batched"]["envelopes_per_s"] / results["unary"]["envelopes_per_s"], 2
+        ),
+        "stored": stored,
+        "all_stored_once": stored == total,
+        "batch_size": args.batch_size,
+        "clients": args.clients,
+        "client_sign_per_s": round(sign_per_s),
+        "target_batched_per_s": 20000,
+        "cpus": os.cpu_count(),
+    }
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for name in ("unary", "batched"):
+            r = report[name]
+            print(
+                f"{name:8} {r['envelopes_per_s']:>9.0f} envelopes/s  "
+                f"bus CPU {r['bus_cpu_s_per_1k']:.3f} s per 1000"
+            )
+        print(f"batched/unary {report['ratio']}x; stored {stored}/{total} once each")
+    return 0 if report["all_stored_once"] else 1
+
+
+def _phase(n: int, elapsed: float, bus_cpu: float) -> dict[str, float]:
+    return {
+        "envelopes": n,
+        "seconds": round(elapsed, 3),
+        "envelopes_per_s": round(n / elapsed, 1),
+        "bus_cpu_s_per_1k": round(bus_cpu / n * 1000, 4),
+    }
