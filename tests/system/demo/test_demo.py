@@ -13,5 +13,7 @@ def test_demo_publishes_stores_and_tears_down() -> None:
     assert "published 24 signed flows: 24 OK" in out.stdout
     assert "tampered copy answered INVALID (bad signature)" in out.stdout
     assert "bus stored 24, each once" in out.stdout
-    rows = [line for line in out.stdout.splitlines() if "demo-branch-1" in line]
+    rows = [
+        line for line in out.stdout.splitlines() if line[:2] == "20" and "demo-branch-1" in line
+    ]
     assert len(rows) == 24
