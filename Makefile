@@ -67,7 +67,7 @@ test-board: venv
 # Every tier; non-zero on any failure. Lint is part of the contract.
 test: venv
 	$(MAKE) --no-print-directory lint
-	$(BIN)/pytest -q tests/unit tests/system tests/board
+	$(BIN)/pytest -q tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
