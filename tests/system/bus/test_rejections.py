@@ -251,3 +251,42 @@ def test_concurrent_load_past_soft_limit_retries_and_loses_nothing(
             retries += n
     assert stored(bus) == 4 * 3 * 200  # nothing lost, nothing twice (sealers are per thread pair)
     assert retries > 0, "the soft limit of 1 call was never reached"
+
+
+def test_past_hard_max_the_call_is_refused_with_retry_info(
+    publisher: Any, stored: Any, pki: Path, bus_factory: Any
+) -> None:
+    import threading
+
+    bus = bus_factory(max_inflight=1, hard_max=1)
+    gate = threading.Event()
+    real_submit = bus.store.submit
+
+    def held_submit(rows: Any) -> Any:  # hold the first call inside the bus
+        gate.wait(30)
+        return real_submit(rows)
+
+    bus.store.submit = held_submit
+    p = publisher(pki, bus.port)
+    first = p.sealer.seal(p.flow(1))
+    result: list[Any] = []
+    t = threading.Thread(target=lambda: result.append(p.stub.Publish(first, timeout=30)))
+    t.start()
+    for _ in range(300):  # bounded wait until the first call holds the only slot
+        if bus.service.admission.inflight == 1:
+            break
+        threading.Event().wait(0.01)
+    assert bus.service.admission.inflight == 1
+    second = p.sealer.seal(p.flow(2))
+    with pytest.raises(grpc.RpcError) as info:
+        p.stub.Publish(second, timeout=10)
+    err = info.value
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    trailing = dict(err.trailing_metadata() or ())  # type: ignore[attr-defined]
+    assert int(trailing["retry-after-ms"]) > 0
+    assert int(trailing["grpc-retry-pushback-ms"]) > 0
+    gate.set()
+    t.join(30)
+    assert result[0].status == OK
+    assert p.stub.Publish(second, timeout=10).status == OK  # the client retries: nothing lost
+    assert stored(bus) == 2
