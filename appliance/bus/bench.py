@@ -34,6 +34,9 @@ def register(sub: Any) -> None:
     p.add_argument("--batched", type=int, default=60000, help="envelopes sent in batches")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--clients", type=int, default=4, help="concurrent calls in flight")
+    p.add_argument(
+        "--verify-threads", type=int, default=0, help="bus verify threads (0: one per CPU)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_run)
 
@@ -75,6 +78,7 @@ def _run(args: argparse.Namespace) -> int:
                         "host": "127.0.0.1", "port": port, "metrics_port": -1,
                         "health_port": -1, "tls": {"cert_dir": str(root / "pki")},
                         "max_inflight": 64, "hard_max": 128,
+                        "verify_threads": args.verify_threads,
                     },
                     "storage": {"data_dir": str(root / "data")},
                 }
@@ -170,6 +174,7 @@ def _run(args: argparse.Namespace) -> int:
         "all_stored_once": stored == total,
         "batch_size": args.batch_size,
         "clients": args.clients,
+        "verify_threads": args.verify_threads,
         "client_sign_per_s": round(sign_per_s),
         "target_batched_per_s": 20000,
         "cpus": os.cpu_count(),

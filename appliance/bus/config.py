@@ -67,6 +67,8 @@ class EventBusConfig:
     #: Requests whose rows wait in the store queue above this depth get RETRY (store pressure).
     max_store_queue_rows: int = 50000
     shutdown_grace_s: float = 5.0
+    #: Threads verifying one large batch in parallel; 0 means one per CPU.
+    verify_threads: int = 0
     #: SQLite synchronous mode of the store: "full" fsyncs each group commit (an OK means the
     #: record survives a power cut at the bus), "normal" survives a process crash only.
     db_sync: Literal["full", "normal"] = "full"
@@ -86,6 +88,8 @@ class EventBusConfig:
             raise ValueError(f"backoff_hint_ms: {self.backoff_hint_ms} must be positive")
         if self.max_env_bytes < 256:
             raise ValueError(f"max_env_bytes: {self.max_env_bytes} is too small (minimum 256)")
+        if self.verify_threads < 0:
+            raise ValueError(f"verify_threads: {self.verify_threads} must be 0 (auto) or more")
         if self.max_batch < 1:
             raise ValueError(f"max_batch: {self.max_batch} must be at least 1")
 
