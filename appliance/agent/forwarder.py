@@ -1,0 +1,319 @@
+"""The forwarder: drains sealed envelopes from the WAL and delivers them to the bus.
+
+Contract with the outbox (the WAL): `read(limit)` returns the oldest pending records without
+consuming them; `ack(seqs)` marks records delivered. The forwarder acks a record only when the
+bus answered OK (stored) or INVALID (quarantined here first): a record is never dropped
+silently, and never retried forever.
+
+Per-envelope answers:
+- OK: ack.
+- INVALID: the record is written to the quarantine file with the bus's reason, counted, logged,
+  then acked, so it never blocks the records behind it.
+- RETRY: left in the WAL; the forwarder pauses for the bus's hint plus full jitter over one more
+  hint (`hint + U(0, hint)`), so a fleet told "come back in 250 ms" spreads out over 250-500 ms.
+
+Connection state machine (explicit, see TRANSITIONS):
+
+    CONNECTING --ok--> CONNECTED --ok--> CONNECTED
+    CONNECTING/CONNECTED --unavailable|tls|denied|failed--> BACKING_OFF (next address)
+    CONNECTED --retry|exhausted--> THROTTLED (same address, the bus's hint)
+    BACKING_OFF|THROTTLED --timer--> CONNECTING
+    any --stop--> STOPPED
+
+Backing off after a failure is exponential with full jitter and a cap: U(0, min(cap, base*2^n)),
+n counting consecutive failures; each failure moves to the next configured bus address.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from appliance.agent.transport import Transport, TransportError
+from appliance.wire import PublishAck
+
+log = logging.getLogger(__name__)
+
+
+class OutRecord(Protocol):
+    """A pending record: WAL sequence, idempotency key, the sealed envelope's bytes."""
+
+    seq: int
+    key: bytes
+    payload: bytes
+
+
+class Outbox(Protocol):
+    """What the forwarder drains (the WAL). Thread-safe."""
+
+    def read(self, limit: int) -> Sequence[OutRecord]: ...
+
+    def ack(self, seqs: Iterable[int]) -> int: ...
+
+
+class State(enum.Enum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    THROTTLED = "throttled"
+    BACKING_OFF = "backing_off"
+    STOPPED = "stopped"
+
+
+class Event(enum.Enum):
+    OK = "ok"
+    RETRY = "retry"
+    FAILURE = "failure"
+    TIMER = "timer"
+    STOP = "stop"
+
+
+TRANSITIONS: dict[tuple[State, Event], State] = {
+    (State.CONNECTING, Event.OK): State.CONNECTED,
+    (State.CONNECTED, Event.OK): State.CONNECTED,
+    (State.CONNECTING, Event.RETRY): State.THROTTLED,
+    (State.CONNECTED, Event.RETRY): State.THROTTLED,
+    (State.CONNECTING, Event.FAILURE): State.BACKING_OFF,
+    (State.CONNECTED, Event.FAILURE): State.BACKING_OFF,
+    (State.THROTTLED, Event.TIMER): State.CONNECTING,
+    (State.BACKING_OFF, Event.TIMER): State.CONNECTING,
+    **{(s, Event.STOP): State.STOPPED for s in State},
+}
+
+
+@dataclass
+class ForwarderConfig:
+    """Forwarder tunables (built from the agent's config section)."""
+
+    batch_size: int = 500
+    timeout_s: float = 30.0
+    idle_poll_s: float = 0.05
+    backoff_base_s: float = 0.5
+    backoff_cap_s: float = 30.0
+    #: Envelopes per second at most (0: unlimited).
+    send_rate: float = 0.0
+    quarantine_path: Path = Path("data/quarantine.jsonl")
+    #: The quarantine file is rotated to .1 past this size (bounded disk use).
+    quarantine_max_bytes: int = 4 * 1024 * 1024
+
+
+@dataclass
+class ForwarderStats:
+    """Counters the agent exports as metrics."""
+
+    sent: int = 0
+    ok: int = 0
+    retry: int = 0
+    invalid: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    batches: int = 0
+    last_success_unix: float = 0.0
+    backoff_s: float = 0.0
+    last_pause_s: float = 0.0
+    state: State = State.CONNECTING
+    address: str = ""
+
+
+class RateLimiter:
+    """Token bucket: at most `rate` items per second, bursts up to one second's worth."""
+
+    def __init__(self, rate: float, clock: Callable[[], float]) -> None:
+        self.rate = rate
+        self._clock = clock
+        self._tokens = rate
+        self._last = clock()
+
+    def delay_for(self, n: int) -> float:
+        """Take n tokens; return how long to wait before sending them (0 when available)."""
+        if self.rate <= 0:
+            return 0.0
+        now = self._clock()
+        self._tokens = min(self.rate, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        self._tokens -= n
+        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
+
+class Forwarder:
+    """Delivers the outbox to the bus; run() in a thread, stop() from any thread."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        transports: Sequence[Callable[[], Transport]],
+        config: ForwarderConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        on_state: Callable[[State], None] | None = None,
+    ) -> None:
+        if not transports:
+            raise ValueError("the forwarder needs at least one bus address")
+        self.outbox = outbox
+        self.config = config
+        self.stats = ForwarderStats()
+        self._factories = list(transports)
+        self._index = 0
+        self._transport: Transport | None = None
+        self._failures = 0
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._stop = threading.Event()
+        self._limiter = RateLimiter(config.send_rate, clock)
+        self._on_state = on_state
+        self._last_failure_kind = ""
+
+    # -- state machine ---------------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self.stats.state
+
+    def _fire(self, event: Event) -> None:
+        new = TRANSITIONS.get((self.stats.state, event))
+        if new is None:
+            raise RuntimeError(f"forwarder: no transition from {self.stats.state} on {event}")
+        if new is not self.stats.state:
+            log.debug("forwarder %s -> %s on %s", self.stats.state.value, new.value, event.value)
+            self.stats.state = new
+            if self._on_state is not None:
+                self._on_state(new)
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        """Deliver until stop(); returns with the state STOPPED."""
+        try:
+            while not self._stop.is_set():
+                self.step()
+        finally:
+            self._close_transport()
+            self._fire(Event.STOP)
+
+    def step(self) -> None:
+        """One iteration: wait out a pause, or send one batch (tests drive this directly)."""
+        records = self.outbox.read(self.config.batch_size)
+        if not records:
+            self._stop.wait(self.config.idle_poll_s)
+            return
+        delay = self._limiter.delay_for(len(records))
+        if delay > 0 and self._stop.wait(delay):
+            return
+        self._send(records)
+
+    def _connect(self) -> Transport:
+        if self._transport is None:
+            self._transport = self._factories[self._index]()
+            self.stats.address = self._transport.address
+        return self._transport
+
+    def _close_transport(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    def _pause(self, seconds: float, event: Event) -> None:
+        self.stats.backoff_s = self.stats.last_pause_s = seconds
+        self._fire(event)
+        self._stop.wait(seconds)
+        self.stats.backoff_s = 0.0
+        if not self._stop.is_set():
+            self._fire(Event.TIMER)
+
+    def _send(self, records: Sequence[OutRecord]) -> None:
+        transport = self._connect()
+        payloads = [r.payload for r in records]
+        self.stats.sent += len(records)
+        try:
+            acks = transport.publish(payloads, self.config.timeout_s)
+        except TransportError as err:
+            self._on_failure(err)
+            return
+        self._failures = 0
+        self._last_failure_kind = ""
+        self.stats.batches += 1
+        done: list[int] = []
+        retry_hint = 0
+        for rec, ack in zip(records, acks, strict=True):
+            if ack.status == PublishAck.OK:
+                done.append(rec.seq)
+                self.stats.ok += 1
+            elif ack.status == PublishAck.INVALID:
+                self._quarantine(rec, ack.reason)
+                done.append(rec.seq)
+                self.stats.invalid += 1
+            else:
+                self.stats.retry += 1
+                retry_hint = max(retry_hint, ack.backoff_hint_ms, 1)
+        if done:
+            self.outbox.ack(done)
+        if len(done) > 0 and retry_hint == 0:
+            self.stats.last_success_unix = time.time()
+            self._fire(Event.OK)
+        elif retry_hint:
+            if done:
+                self.stats.last_success_unix = time.time()
+            hint = retry_hint / 1000
+            self._pause(hint + self._rng.uniform(0, hint), Event.RETRY)
+
+    def _on_failure(self, err: TransportError) -> None:
+        self.stats.failures[err.kind] = self.stats.failures.get(err.kind, 0) + 1
+        if err.kind != self._last_failure_kind:  # log once per kind of trouble, not per attempt
+            log.warning("bus %s: %s", self.stats.address, _explain(err))
+            self._last_failure_kind = err.kind
+        if err.kind == "exhausted":
+            hint = max(err.retry_after_ms, 1) / 1000
+            self._pause(hint + self._rng.uniform(0, hint), Event.RETRY)
+            return
+        self._failures += 1
+        self._close_transport()
+        self._index = (self._index + 1) % len(self._factories)  # fail over
+        ceiling = min(
+            self.config.backoff_cap_s, self.config.backoff_base_s * 2 ** (self._failures - 1)
+        )
+        self._pause(self._rng.uniform(0, ceiling), Event.FAILURE)
+
+    def _quarantine(self, rec: OutRecord, reason: str) -> None:
+        """Keep an envelope the bus refused, for inspection (bounded: one rotation)."""
+        path = self.config.quarantine_path
+        log.error(
+            "bus refused envelope %s: %s (quarantined)", rec.key.decode(errors="replace"), reason
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() and path.stat().st_size > self.config.quarantine_max_bytes:
+            path.replace(path.with_name(path.name + ".1"))
+        line = {
+            "time": time.time(),
+            "seq": rec.seq,
+            "key": rec.key.decode(errors="replace"),
+            "reason": reason,
+            "envelope_b64": base64.b64encode(rec.payload).decode(),
+        }
+        with path.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
+def _explain(err: TransportError) -> str:
+    if err.kind == "tls":
+        return (
+            "TLS handshake failed, refusing to send: the bus's certificate is not signed by our "
+            f"CA or ours was refused ({err.detail})"
+        )
+    if err.kind == "denied":
+        return f"the bus does not accept this agent's identity ({err.detail})"
+    if err.kind == "unavailable":
+        return f"bus unreachable, buffering in the WAL ({err.detail})"
+    if err.kind == "exhausted":
+        return f"bus overloaded, backing off ({err.detail})"
+    return err.detail

@@ -1,0 +1,147 @@
+"""The forwarder's logic against an in-memory outbox and scripted bus answers."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.agent.forwarder import (
+    TRANSITIONS,
+    Event,
+    Forwarder,
+    ForwarderConfig,
+    RateLimiter,
+    State,
+)
+from appliance.agent.transport import TransportError, frame_batch
+from appliance.wire import Envelope, PublishAck, PublishBatchRequest
+
+OK, RETRY, INVALID = PublishAck.OK, PublishAck.RETRY, PublishAck.INVALID
+
+
+@dataclass
+class Rec:
+    seq: int
+    key: bytes
+    payload: bytes
+
+
+class MemOutbox:
+    def __init__(self, n: int) -> None:
+        self.pending = {i: Rec(i, f"k{i}".encode(), f"p{i}".encode()) for i in range(1, n + 1)}
+
+    def read(self, limit: int) -> Sequence[Rec]:
+        return [self.pending[s] for s in sorted(self.pending)[:limit]]
+
+    def ack(self, seqs: Iterable[int]) -> int:
+        return sum(self.pending.pop(s, None) is not None for s in seqs)
+
+
+class Script:
+    """A transport answering from a script: a status per payload, or an exception."""
+
+    def __init__(self, address: str, answers: list[object]) -> None:
+        self.address = address
+        self.answers = answers
+        self.seen: list[list[bytes]] = []
+        self.closed = 0
+
+    def publish(self, payloads: Sequence[bytes], timeout: float) -> list[PublishAck]:
+        self.seen.append(list(payloads))
+        answer = self.answers.pop(0) if self.answers else OK
+        if isinstance(answer, Exception):
+            raise answer
+        if callable(answer):
+            return [answer(p) for p in payloads]
+        return [PublishAck(status=answer, backoff_hint_ms=5 if answer == RETRY else 0)] * len(
+            payloads
+        )
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def _fwd(outbox: MemOutbox, transports: list[Script], tmp_path: Path, **kw: object) -> Forwarder:
+    cfg = ForwarderConfig(
+        batch_size=4, backoff_base_s=0.001, backoff_cap_s=0.004,
+        quarantine_path=tmp_path / "q.jsonl", **kw,  # type: ignore[arg-type]
+    )  # fmt: skip
+    return Forwarder(outbox, [lambda t=t: t for t in transports], cfg, rng=random.Random(1))
+
+
+def test_ok_acks_in_batches(tmp_path: Path) -> None:
+    box, bus = MemOutbox(10), Script("a", [])
+    f = _fwd(box, [bus], tmp_path)
+    for _ in range(3):
+        f.step()
+    assert not box.pending and [len(b) for b in bus.seen] == [4, 4, 2]
+    assert f.state is State.CONNECTED and f.stats.ok == 10
+
+
+def test_invalid_is_quarantined_and_never_blocks(tmp_path: Path) -> None:
+    box = MemOutbox(4)
+    bus = Script("a", [lambda p: PublishAck(status=INVALID, reason="bad signature") if p == b"p2"
+                       else PublishAck(status=OK)])  # fmt: skip
+    f = _fwd(box, [bus], tmp_path)
+    f.step()
+    assert not box.pending and f.stats.invalid == 1 and f.stats.ok == 3
+    (entry,) = [json.loads(x) for x in (tmp_path / "q.jsonl").read_text().splitlines()]
+    assert entry["key"] == "k2" and entry["reason"] == "bad signature" and entry["seq"] == 2
+
+
+def test_retry_keeps_records_and_pauses_hint_plus_jitter(tmp_path: Path) -> None:
+    box, bus = MemOutbox(3), Script("a", [RETRY])
+    f = _fwd(box, [bus], tmp_path)
+    f.step()
+    assert len(box.pending) == 3 and f.stats.retry == 3
+    assert 0.005 <= f.stats.last_pause_s <= 0.010
+    assert f.state is State.CONNECTING
+    f.step()
+    assert not box.pending and bus.seen[0] == bus.seen[1]  # byte-identical retransmission
+
+
+def test_failures_back_off_exponentially_and_fail_over(tmp_path: Path) -> None:
+    box = MemOutbox(2)
+    down = TransportError("unavailable", "connection refused")
+    a, b = Script("a", [down, down]), Script("b", [down])
+    f = _fwd(box, [a, b], tmp_path)
+    states: list[State] = []
+    f._on_state = states.append
+    f.step()
+    assert f.stats.address == "a" and a.closed == 1 and f.stats.last_pause_s <= 0.001
+    f.step()
+    assert f.stats.address == "b" and f.stats.last_pause_s <= 0.002
+    f.step()
+    f.step()  # a answers OK now
+    assert not box.pending and f.stats.failures == {"unavailable": 3}
+    assert State.BACKING_OFF in states and states[-1] is State.CONNECTED
+
+
+def test_resource_exhausted_honours_retry_after(tmp_path: Path) -> None:
+    box, bus = MemOutbox(1), Script("a", [TransportError("exhausted", "busy", retry_after_ms=7)])
+    f = _fwd(box, [bus], tmp_path)
+    f.step()
+    assert 0.007 <= f.stats.last_pause_s <= 0.014 and bus.closed == 0 and len(box.pending) == 1
+
+
+def test_send_rate_limits_envelopes_per_second() -> None:
+    now = [0.0]
+    limiter = RateLimiter(100.0, lambda: now[0])
+    assert limiter.delay_for(100) == 0.0
+    assert abs(limiter.delay_for(50) - 0.5) < 1e-9
+    now[0] += 1.5
+    assert limiter.delay_for(50) == 0.0
+
+
+def test_every_state_can_stop_and_transitions_are_explicit() -> None:
+    assert all(TRANSITIONS[(s, Event.STOP)] is State.STOPPED for s in State)
+    assert TRANSITIONS[(State.CONNECTED, Event.FAILURE)] is State.BACKING_OFF
+
+
+def test_frame_batch_is_a_valid_publish_batch_request() -> None:
+    envs = [Envelope(version="v1", idempotency_key=f"k{i}" * (i * 40 + 1)) for i in range(4)]
+    raw = frame_batch([e.SerializeToString() for e in envs])
+    assert list(PublishBatchRequest.FromString(raw).envelopes) == envs
