@@ -1,4 +1,4 @@
-"""A real bus on loopback with real mTLS, a PKI made for the session, and signed publishers."""
+"""System-tier fixtures: a real bus on loopback with real mTLS, a session PKI, signed publishers."""
 
 from __future__ import annotations
 
