@@ -1,0 +1,82 @@
+"""The agent's `agent` configuration section (the `wal` and `capture` sections belong to those
+components; `storage.data_dir` is shared)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: Environment overrides (the seed's IS_* names) -> key paths below `agent`.
+AGENT_ENV = {
+    "IS_AGENT_ID": "id",
+    "IS_BUS_ADDR": "bus",
+    "IS_CERT_DIR": "tls.cert_dir",
+    "AGENT_METRICS_PORT": "metrics_port",
+    "AGENT_SEND_RATE": "send_rate",
+}
+
+
+@dataclass
+class AgentTls:
+    """The agent's credentials: TLS client identity, the org CA, the envelope-signing key.
+
+    File names are relative to cert_dir unless absolute. On the device cert_dir is
+    /data/identity (written by serial provisioning); on a host, `pki issue-agent DIR ID` writes
+    DIR/agents/ID with ca at DIR/ca.crt.
+    """
+
+    cert_dir: Path = Path("identity")
+    ca: str = "ca.crt"
+    cert: str = "client.crt"
+    key: str = "client.key"
+    signing_key: str = "ed25519.key"
+
+    def path(self, name: str) -> Path:
+        p = Path(name)
+        return p if p.is_absolute() else self.cert_dir / p
+
+
+@dataclass
+class AgentConfig:
+    """The `agent` section."""
+
+    #: Agent id; empty means "the CN of the client certificate" (they must agree anyway).
+    id: str = ""
+    #: Bus addresses (host:port), tried in order; a failure moves to the next one.
+    bus: list[str] = field(default_factory=lambda: ["127.0.0.1:50051"])
+    #: Name checked against the bus certificate when it differs from the address (a tunnel).
+    server_name: str = ""
+    tls: AgentTls = field(default_factory=AgentTls)
+    #: /metrics, /healthz and /ready on this port (-1: off, 0: any free port).
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 9100
+    batch_size: int = 500
+    #: Envelopes per second at most towards the bus (0: unlimited).
+    send_rate: float = 0.0
+    publish_timeout_s: float = 30.0
+    backoff_base_ms: int = 500
+    backoff_cap_ms: int = 30000
+    #: Interface counters are sampled and sealed this often.
+    counters_interval_s: float = 10.0
+    #: On SIGTERM: stop capture, seal open flows, flush, and exit within this bound.
+    shutdown_timeout_s: float = 10.0
+    #: Bounded quarantine of envelopes the bus refused (kept for inspection).
+    quarantine_max_bytes: int = 4 * 1024 * 1024
+
+    def validate(self) -> None:
+        if not self.bus:
+            raise ValueError("bus: at least one bus address (host:port) is needed")
+        for i, addr in enumerate(self.bus):
+            host, sep, port = addr.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"bus[{i}]: {addr!r} is not host:port")
+        if self.metrics_port != -1 and not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port: {self.metrics_port} is not a TCP port")
+        if not 1 <= self.batch_size <= 5000:
+            raise ValueError(f"batch_size: {self.batch_size} must be 1..5000 (the bus's max_batch)")
+        if self.send_rate < 0:
+            raise ValueError(f"send_rate: {self.send_rate} must be >= 0")
+        if self.backoff_base_ms <= 0 or self.backoff_cap_ms < self.backoff_base_ms:
+            raise ValueError("backoff_base_ms: need 0 < backoff_base_ms <= backoff_cap_ms")
+        if self.counters_interval_s <= 0 or self.shutdown_timeout_s <= 0:
+            raise ValueError("counters_interval_s: intervals and timeouts must be positive")
