@@ -8,12 +8,14 @@ so a green run can never hide an untested feature.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 TIERS = ("unit", "system", "board")
 ROOT = Path(__file__).parent
+sys.path.insert(0, str(ROOT))  # makes tests/testsupport importable in importlib mode
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from appliance.config import CertFiles
+
 #: Environment overrides (the seed's IS_* names) -> key paths below `agent`.
 AGENT_ENV = {
     "IS_AGENT_ID": "id",
@@ -17,23 +19,17 @@ AGENT_ENV = {
 
 
 @dataclass
-class AgentTls:
+class AgentTls(CertFiles):
     """The agent's credentials: TLS client identity, the org CA, the envelope-signing key.
 
-    File names are relative to cert_dir unless absolute. On the device cert_dir is
-    /data/identity (written by serial provisioning); on a host, `pki issue-agent DIR ID` writes
-    DIR/agents/ID with ca at DIR/ca.crt.
+    On the device cert_dir is /data/identity (written by serial provisioning); on a host,
+    `pki issue-agent DIR ID` writes DIR/agents/ID, with the CA at DIR/ca.crt.
     """
 
     cert_dir: Path = Path("identity")
-    ca: str = "ca.crt"
     cert: str = "client.crt"
     key: str = "client.key"
     signing_key: str = "ed25519.key"
-
-    def path(self, name: str) -> Path:
-        p = Path(name)
-        return p if p.is_absolute() else self.cert_dir / p
 
 
 @dataclass

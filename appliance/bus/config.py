@@ -8,7 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from appliance.config import STORAGE_ENV, StorageConfig, build_section, load_document
+from appliance.config import (
+    STORAGE_ENV,
+    CertFiles,
+    StorageConfig,
+    build_section,
+    load_document,
+)
 
 #: The seed design's environment names, mapped to key paths below `eventbus`.
 EVENTBUS_ENV = {
@@ -32,17 +38,8 @@ def _port(name: str, value: int, allow_zero: bool = False) -> None:
 
 
 @dataclass
-class TlsConfig:
+class TlsConfig(CertFiles):
     """Where the bus finds its credentials (the layout `infraspectre pki init` writes)."""
-
-    cert_dir: Path = Path("certs")
-    ca: str = "ca.crt"
-    cert: str = "server.crt"
-    key: str = "server.key"
-
-    def path(self, name: str) -> Path:
-        p = Path(name)
-        return p if p.is_absolute() else self.cert_dir / p
 
 
 @dataclass

@@ -20,11 +20,12 @@ from appliance.config.loader import (
     build_section,
     load_document,
 )
-from appliance.config.sections import STORAGE_ENV, StorageConfig
+from appliance.config.sections import STORAGE_ENV, CertFiles, StorageConfig
 
 __all__ = [
     "KNOWN_SECTIONS",
     "STORAGE_ENV",
+    "CertFiles",
     "ConfigError",
     "StorageConfig",
     "build_section",

@@ -3,36 +3,19 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from testsupport.outbox import MemOutbox
 
 from appliance.agent.forwarder import Forwarder, ForwarderConfig, State
 from appliance.agent.transport import GrpcTransport, Identity
 
 
-@dataclass
-class Rec:
-    seq: int
-    key: bytes
-    payload: bytes
-
-
-class MemOutbox:
-    def __init__(self, envs: list[Any]) -> None:
-        self.pending = {
-            i: Rec(i, e.idempotency_key.encode(), e.SerializeToString())
-            for i, e in enumerate(envs, 1)
-        }
-
-    def read(self, limit: int) -> Sequence[Rec]:
-        return [self.pending[s] for s in sorted(self.pending)[:limit]]
-
-    def ack(self, seqs: Iterable[int]) -> int:
-        return sum(self.pending.pop(s, None) is not None for s in seqs)
+def _box(p: Any, n: int) -> MemOutbox:
+    envs = [p.sealer.seal(p.flow(i)) for i in range(n)]
+    return MemOutbox((e.idempotency_key.encode(), e.SerializeToString()) for e in envs)
 
 
 def _identity(ca_dir: Path, agent_dir: Path) -> Identity:
@@ -47,7 +30,7 @@ def test_forwarder_delivers_everything_once(
 ) -> None:
     bus = bus_factory()
     p = publisher(pki, bus.port)
-    box = MemOutbox([p.sealer.seal(p.flow(i)) for i in range(1200)])
+    box = _box(p, 1200)
     ident = _identity(pki, pki / "agents/branch-1")
     f = Forwarder(
         box, [lambda: GrpcTransport(f"127.0.0.1:{bus.port}", ident)],
@@ -66,7 +49,7 @@ def test_bus_with_unknown_ca_is_refused_and_explained(
 ) -> None:  # fmt: skip
     bus = bus_factory(pki_dir=rogue_pki)  # a bus whose certificate comes from another CA
     p = publisher(pki, bus.port)
-    box = MemOutbox([p.sealer.seal(p.flow(i)) for i in range(3)])
+    box = _box(p, 3)
     ident = _identity(pki, pki / "agents/branch-1")  # we trust only our own CA
     f = Forwarder(
         box, [lambda: GrpcTransport(f"127.0.0.1:{bus.port}", ident)],

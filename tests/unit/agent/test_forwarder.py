@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
+
+from testsupport.outbox import MemOutbox
 
 from appliance.agent.forwarder import (
     TRANSITIONS,
@@ -22,22 +23,8 @@ from appliance.wire import Envelope, PublishAck, PublishBatchRequest
 OK, RETRY, INVALID = PublishAck.OK, PublishAck.RETRY, PublishAck.INVALID
 
 
-@dataclass
-class Rec:
-    seq: int
-    key: bytes
-    payload: bytes
-
-
-class MemOutbox:
-    def __init__(self, n: int) -> None:
-        self.pending = {i: Rec(i, f"k{i}".encode(), f"p{i}".encode()) for i in range(1, n + 1)}
-
-    def read(self, limit: int) -> Sequence[Rec]:
-        return [self.pending[s] for s in sorted(self.pending)[:limit]]
-
-    def ack(self, seqs: Iterable[int]) -> int:
-        return sum(self.pending.pop(s, None) is not None for s in seqs)
+def _box(n: int) -> MemOutbox:
+    return MemOutbox((f"k{i}".encode(), f"p{i}".encode()) for i in range(1, n + 1))
 
 
 class Script:
@@ -73,7 +60,7 @@ def _fwd(outbox: MemOutbox, transports: list[Script], tmp_path: Path, **kw: obje
 
 
 def test_ok_acks_in_batches(tmp_path: Path) -> None:
-    box, bus = MemOutbox(10), Script("a", [])
+    box, bus = _box(10), Script("a", [])
     f = _fwd(box, [bus], tmp_path)
     for _ in range(3):
         f.step()
@@ -82,7 +69,7 @@ def test_ok_acks_in_batches(tmp_path: Path) -> None:
 
 
 def test_invalid_is_quarantined_and_never_blocks(tmp_path: Path) -> None:
-    box = MemOutbox(4)
+    box = _box(4)
     bus = Script("a", [lambda p: PublishAck(status=INVALID, reason="bad signature") if p == b"p2"
                        else PublishAck(status=OK)])  # fmt: skip
     f = _fwd(box, [bus], tmp_path)
@@ -93,7 +80,7 @@ def test_invalid_is_quarantined_and_never_blocks(tmp_path: Path) -> None:
 
 
 def test_retry_keeps_records_and_pauses_hint_plus_jitter(tmp_path: Path) -> None:
-    box, bus = MemOutbox(3), Script("a", [RETRY])
+    box, bus = _box(3), Script("a", [RETRY])
     f = _fwd(box, [bus], tmp_path)
     f.step()
     assert len(box.pending) == 3 and f.stats.retry == 3
@@ -104,7 +91,7 @@ def test_retry_keeps_records_and_pauses_hint_plus_jitter(tmp_path: Path) -> None
 
 
 def test_failures_back_off_exponentially_and_fail_over(tmp_path: Path) -> None:
-    box = MemOutbox(2)
+    box = _box(2)
     down = TransportError("unavailable", "connection refused")
     a, b = Script("a", [down, down]), Script("b", [down])
     f = _fwd(box, [a, b], tmp_path)
@@ -121,7 +108,7 @@ def test_failures_back_off_exponentially_and_fail_over(tmp_path: Path) -> None:
 
 
 def test_resource_exhausted_honours_retry_after(tmp_path: Path) -> None:
-    box, bus = MemOutbox(1), Script("a", [TransportError("exhausted", "busy", retry_after_ms=7)])
+    box, bus = _box(1), Script("a", [TransportError("exhausted", "busy", retry_after_ms=7)])
     f = _fwd(box, [bus], tmp_path)
     f.step()
     assert 0.007 <= f.stats.last_pause_s <= 0.014 and bus.closed == 0 and len(box.pending) == 1

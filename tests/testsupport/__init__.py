@@ -1,0 +1,2 @@
+"""Helpers shared by test tiers (importable as `testsupport`; tests/conftest.py puts tests/ on
+sys.path)."""
