@@ -24,3 +24,27 @@ class MemOutbox:
 
     def ack(self, seqs: Iterable[int]) -> int:
         return sum(self.pending.pop(s, None) is not None for s in seqs)
+
+
+class MemWal(MemOutbox):
+    """MemOutbox plus the rest of the WAL surface the agent uses (no durability)."""
+
+    def __init__(self) -> None:
+        super().__init__(())
+        self.next_seq = 1
+        self.closed = False
+
+    def append(self, key: bytes | str, payload: bytes) -> bool:
+        k = key.encode() if isinstance(key, str) else key
+        self.pending[self.next_seq] = Rec(self.next_seq, k, payload)
+        self.next_seq += 1
+        return True
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def stats(self) -> object:
+        return type("Stats", (), {"backlog_records": len(self.pending)})()

@@ -1,0 +1,101 @@
+"""The agent's Prometheus metrics, read from the parts' own counters at scrape time.
+
+Nothing is counted twice: the WAL, the forwarder and the capture source keep their counters;
+this collector turns a snapshot of them into metrics when /metrics is scraped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+
+@dataclass
+class AgentSnapshot:
+    """Everything the agent exports, as plain numbers."""
+
+    flows_sealed: int = 0
+    counters_sealed: int = 0
+    wal_refused: int = 0
+    capture: dict[str, float] = field(default_factory=dict)
+    wal: dict[str, float] = field(default_factory=dict)
+    publish: dict[str, int] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
+    state: str = ""
+    backoff_s: float = 0.0
+    last_success_unix: float = 0.0
+    ready: bool = False
+
+
+#: WAL stats exported, and whether each is a counter (cumulative) or a gauge.
+WAL_FIELDS = {
+    "payload_bytes": "counter", "bytes_written": "counter", "fsyncs": "counter",
+    "dropped_records": "counter", "corrupt_records": "counter", "compaction_bytes": "counter",
+    "write_amplification": "gauge", "backlog_records": "gauge", "backlog_bytes": "gauge",
+    "oldest_age_s": "gauge", "disk_bytes": "gauge",
+}  # fmt: skip
+STATES = ("connecting", "connected", "throttled", "backing_off", "stopped")
+
+
+class AgentCollector(Collector):
+    """Yields the agent's metrics from snapshot() on every scrape."""
+
+    def __init__(self, snapshot: Callable[[], AgentSnapshot]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        s = self._snapshot()
+        yield CounterMetricFamily("agent_flows_sealed", "Flow records sealed", value=s.flows_sealed)
+        yield CounterMetricFamily(
+            "agent_counters_sealed", "Interface-counter records sealed", value=s.counters_sealed
+        )
+        yield CounterMetricFamily(
+            "agent_wal_refused", "Records the full WAL refused (policy refuse)", value=s.wal_refused
+        )
+        for name, value in sorted(s.capture.items()):
+            kind = GaugeMetricFamily if name.endswith("_active") else CounterMetricFamily
+            yield kind(f"agent_capture_{name}", f"Capture: {name.replace('_', ' ')}", value=value)
+        for name, kind_name in WAL_FIELDS.items():
+            if name in s.wal:
+                kind = CounterMetricFamily if kind_name == "counter" else GaugeMetricFamily
+                yield kind(f"agent_wal_{name}", f"WAL: {name.replace('_', ' ')}", value=s.wal[name])
+        publish = CounterMetricFamily(
+            "agent_publish", "Envelopes answered by the bus, by status", labels=["status"]
+        )
+        for status in ("OK", "RETRY", "INVALID"):
+            publish.add_metric([status], s.publish.get(status, 0))
+        yield publish
+        failures = CounterMetricFamily(
+            "agent_publish_failures",
+            "Publish calls that failed as a whole, by kind",
+            labels=["kind"],
+        )
+        for kind_name, n in sorted(s.failures.items()):
+            failures.add_metric([kind_name], n)
+        yield failures
+        state = GaugeMetricFamily(
+            "agent_forwarder_state", "1 for the current state", labels=["state"]
+        )
+        for name in STATES:
+            state.add_metric([name], 1.0 if name == s.state else 0.0)
+        yield state
+        yield GaugeMetricFamily(
+            "agent_backoff_seconds", "Current pause before the next attempt", value=s.backoff_s
+        )
+        yield GaugeMetricFamily(
+            "agent_last_delivery_timestamp_seconds",
+            "When the bus last acknowledged a record (UNIX time, 0: never)",
+            value=s.last_success_unix,
+        )
+        yield GaugeMetricFamily("agent_ready", "1 when the agent is ready", value=float(s.ready))
+
+
+def agent_registry(snapshot: Callable[[], AgentSnapshot]) -> CollectorRegistry:
+    """A registry serving the agent's metrics."""
+    registry = CollectorRegistry()
+    registry.register(AgentCollector(snapshot))
+    return registry

@@ -1,0 +1,281 @@
+"""The agent: sources -> seal -> WAL -> forwarder, with health, metrics and signals.
+
+Threads and who owns what:
+- the *pipeline* thread owns the Sealer (the chain is a sequence): it polls the flow source,
+  samples interface counters on their interval, seals each record and appends it to the WAL;
+- the *forwarder* thread drains the WAL to the bus (forwarder.py);
+- the HTTP endpoint thread serves /metrics, /healthz, /ready;
+- the WAL runs its own flusher (group commit on its interval).
+
+Ready means: identity loaded, WAL open, capture running (and not stopping).
+
+Stop (SIGTERM), within `shutdown_timeout_s`: stop the capture and seal the flows still open
+(end reason SHUTDOWN), flush the WAL, stop the forwarder, record the chain's exact end, close
+the WAL. Records not yet delivered stay in the WAL for the next run.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from nacl.signing import SigningKey
+
+from appliance.agent.chain import ChainState
+from appliance.agent.config import AgentConfig
+from appliance.agent.forwarder import Forwarder, ForwarderConfig, OutRecord
+from appliance.agent.metrics import AgentSnapshot, agent_registry
+from appliance.agent.transport import GrpcTransport, Identity, Transport
+from appliance.crypto import Sealer, load_signing_key
+from appliance.errors import CommandError
+from appliance.observability import HttpEndpoint, metrics_route, serve_http, text
+from appliance.wire import Envelope, FlowEvent, InterfaceCounters
+
+log = logging.getLogger(__name__)
+
+
+class FlowSource(Protocol):
+    """Metered flows. poll() returns the flows that ended since the last call, waiting at most
+    timeout_s for packets; close() stops capturing and returns the flows still open, ended with
+    reason SHUTDOWN; stats() returns cumulative capture counters (packets, kernel drops, ...).
+    """
+
+    def poll(self, timeout_s: float) -> Sequence[FlowEvent]: ...
+
+    def close(self) -> Sequence[FlowEvent]: ...
+
+    def stats(self) -> dict[str, float]: ...
+
+
+class CounterSource(Protocol):
+    """Interface counters: sample() returns every watched interface's counters and deltas."""
+
+    def sample(self) -> InterfaceCounters: ...
+
+
+class WalLike(Protocol):
+    """The WAL as the agent uses it (appliance.wal.Wal)."""
+
+    def append(self, key: bytes | str, payload: bytes) -> bool: ...
+
+    def read(self, limit: int) -> Sequence[OutRecord]: ...
+
+    def ack(self, seqs: Any) -> int: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def stats(self) -> Any: ...
+
+
+@dataclass(frozen=True)
+class LoadedIdentity:
+    """The agent's id, signing key and TLS identity, validated at start-up."""
+
+    agent_id: str
+    signing_key: SigningKey
+    tls: Identity
+
+
+def load_identity(cfg: AgentConfig) -> LoadedIdentity:
+    """Read and cross-check the credentials; the agent id is the client certificate's CN."""
+    tls = cfg.tls
+    cert_path = tls.path(tls.cert)
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except OSError as exc:
+        raise CommandError(
+            f"cannot read the agent certificate {cert_path} ({exc.strerror}): provision the box "
+            "or set agent.tls.cert_dir"
+        ) from exc
+    except ValueError as exc:
+        raise CommandError(f"{cert_path} is not a PEM certificate") from exc
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    cn = str(cns[0].value) if cns else ""
+    if not cn:
+        raise CommandError(f"{cert_path} has no common name: it cannot identify an agent")
+    if cfg.id and cfg.id != cn:
+        raise CommandError(f"agent.id {cfg.id!r} differs from the certificate's CN {cn!r}")
+    for what, name in (("CA certificate", tls.ca), ("client key", tls.key)):
+        if not tls.path(name).exists():
+            raise CommandError(f"missing {what} {tls.path(name)}")
+    key = load_signing_key(tls.path(tls.signing_key))
+    identity = Identity(
+        ca=tls.path(tls.ca),
+        cert=cert_path,
+        key=tls.path(tls.key),
+        server_name=cfg.server_name or None,
+    )
+    return LoadedIdentity(cn, key, identity)
+
+
+class Agent:
+    """The running agent (see the module docstring)."""
+
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        identity: LoadedIdentity,
+        wal: WalLike,
+        flows: FlowSource,
+        counters: CounterSource | None,
+        data_dir: Path,
+        *,
+        transport: Callable[[str], Transport] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cfg = cfg
+        self.identity = identity
+        self.wal = wal
+        self.flows = flows
+        self.counters = counters
+        self._clock = clock
+        self.chain = ChainState(data_dir / "agent" / "chain.json")
+        start = self.chain.start()
+        if not start.clean and start.seq:
+            log.warning(
+                "previous run did not stop cleanly: new chain from seq %d (records sealed in "
+                "its last flush window may be lost)",
+                start.seq + 1,
+            )
+        self.sealer = Sealer(
+            identity.agent_id, identity.signing_key, seq=start.seq, prev_sig=start.prev_sig
+        )
+        make: Callable[[str], Transport] = transport or (
+            lambda addr: GrpcTransport(addr, identity.tls)
+        )
+        self.forwarder = Forwarder(
+            wal,
+            [functools.partial(make, addr) for addr in cfg.bus],
+            ForwarderConfig(
+                batch_size=cfg.batch_size,
+                timeout_s=cfg.publish_timeout_s,
+                backoff_base_s=cfg.backoff_base_ms / 1000,
+                backoff_cap_s=cfg.backoff_cap_ms / 1000,
+                send_rate=cfg.send_rate,
+                quarantine_path=data_dir / "agent" / "quarantine.jsonl",
+                quarantine_max_bytes=cfg.quarantine_max_bytes,
+            ),
+        )
+        self.flows_sealed = 0
+        self.counters_sealed = 0
+        self.wal_refused = 0
+        self._stopping = threading.Event()
+        self._capture_running = False
+        self._pipeline = threading.Thread(target=self._run_pipeline, name="agent-pipeline")
+        self._forward = threading.Thread(target=self.forwarder.run, name="agent-forwarder")
+        self.endpoint: HttpEndpoint | None = None
+        self._stopped = threading.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._capture_running and not self._stopping.is_set()
+
+    def start(self) -> None:
+        """Start the pipeline, the forwarder and the HTTP endpoint."""
+        if self.cfg.metrics_port != -1:
+            registry = agent_registry(self.snapshot)
+            self.endpoint = serve_http(
+                self.cfg.metrics_host,
+                self.cfg.metrics_port,
+                {
+                    "/metrics": metrics_route(registry),
+                    "/healthz": lambda: text(200, "ok\n"),
+                    "/ready": lambda: (
+                        text(200, "ready\n") if self.ready else text(503, "not ready\n")
+                    ),
+                },
+                "agent-http",
+            )
+        self._capture_running = True
+        self._pipeline.start()
+        self._forward.start()
+        log.info(
+            "agent %s running; forwarding to %s", self.identity.agent_id, ", ".join(self.cfg.bus)
+        )
+
+    def stop(self) -> None:
+        """Graceful stop within shutdown_timeout_s (idempotent)."""
+        if self._stopping.is_set():
+            self._stopped.wait(self.cfg.shutdown_timeout_s)
+            return
+        deadline = self._clock() + self.cfg.shutdown_timeout_s
+        self._stopping.set()
+        self._pipeline.join(max(0.1, deadline - self._clock()))
+        self.wal.flush()
+        self.forwarder.stop()
+        self._forward.join(max(0.1, deadline - self._clock()))
+        self.chain.finish(self.sealer.seq, self.sealer.prev_sig)
+        self.wal.close()
+        if self.endpoint is not None:
+            self.endpoint.close()
+        log.info(
+            "agent stopped: %d flows and %d counter samples sealed",
+            self.flows_sealed,
+            self.counters_sealed,
+        )
+        self._stopped.set()
+
+    # -- the pipeline ------------------------------------------------------------------------------
+
+    def _run_pipeline(self) -> None:
+        next_counters = self._clock()
+        try:
+            while not self._stopping.is_set():
+                for flow in self.flows.poll(0.1):
+                    self._seal(flow=flow)
+                if self.counters is not None and self._clock() >= next_counters:
+                    self._seal(counters=self.counters.sample())
+                    next_counters = self._clock() + self.cfg.counters_interval_s
+        except Exception:
+            log.exception("capture pipeline failed; stopping capture")
+            raise
+        finally:
+            self._capture_running = False
+            for flow in self.flows.close():  # the open flows, ended with reason SHUTDOWN
+                self._seal(flow=flow)
+
+    def _seal(
+        self, flow: FlowEvent | None = None, counters: InterfaceCounters | None = None
+    ) -> None:
+        self.chain.reserve(self.sealer.seq + 1)
+        env: Envelope = self.sealer.seal(flow=flow, counters=counters)
+        if self.wal.append(env.idempotency_key, env.SerializeToString()):
+            if flow is not None:
+                self.flows_sealed += 1
+            else:
+                self.counters_sealed += 1
+        else:
+            self.wal_refused += 1
+
+    # -- observability -------------------------------------------------------------------------
+
+    def snapshot(self) -> AgentSnapshot:
+        """Current numbers for /metrics."""
+        f = self.forwarder.stats
+        wal_stats = self.wal.stats()
+        wal = {k: float(v) for k, v in vars(wal_stats).items() if isinstance(v, int | float)}
+        return AgentSnapshot(
+            flows_sealed=self.flows_sealed,
+            counters_sealed=self.counters_sealed,
+            wal_refused=self.wal_refused,
+            capture=self.flows.stats(),
+            wal=wal,
+            publish={"OK": f.ok, "RETRY": f.retry, "INVALID": f.invalid},
+            failures=dict(f.failures),
+            state=f.state.value,
+            backoff_s=f.backoff_s,
+            last_success_unix=f.last_success_unix,
+            ready=self.ready,
+        )
