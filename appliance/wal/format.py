@@ -22,10 +22,11 @@ Segment file
   (an 18-byte header). crc32 is CRC-32 (zlib) of everything after the crc field, *seeded
   with the segment's number*: residue of a previous life of a recycled file can never pass as a
   record of the current life, so recycling never needs to erase anything.
-- A record never starts in the last 17 bytes of a page; a zero `kind` byte (padding) means
-  "continue at the next page boundary". Every flush writes whole pages, padded with zeros, and
-  the next flush starts on a fresh page: a page holding durable records is never rewritten, so
-  a torn write during power loss can only damage records that were not yet durable.
+- A record never starts in the last 17 bytes of a page; zeros from a record boundary to the
+  end of its page are padding ("continue at the next page boundary"). Every flush writes
+  whole pages, padded with zeros, and the next flush starts on a fresh page: a page holding
+  durable records is never rewritten, so a torn write during power loss can only damage
+  records that were not yet durable.
 
 Invariants
 ----------
@@ -60,7 +61,6 @@ _SEG_HEAD = struct.Struct("<8sHBBIQQQQ")
 SEGMENT_HEADER_BYTES = _SEG_HEAD.size + 4
 
 RECORD_KIND = 0xA7
-PAD_KIND = 0
 _REC_HEAD = struct.Struct("<IIQBB")
 RECORD_HEADER = _REC_HEAD.size  # 18
 _REC_BODY_HEAD = struct.Struct("<IQBB")  # the header after the crc field
@@ -73,6 +73,9 @@ CURSOR_FILE_BYTES = 2 * CURSOR_SLOT
 _CUR_HEAD = struct.Struct("<4sHHQQ")
 _RANGE = struct.Struct("<QI")
 MAX_RANGES = (CURSOR_SLOT - _CUR_HEAD.size - 4) // _RANGE.size
+
+
+_ZERO_PAGE = bytes(PAGE)
 
 
 class FormatError(ValueError):
@@ -160,8 +163,11 @@ def parse_record(buf: bytes | bytearray | memoryview, pos: int, epoch: int) -> P
 
 
 def is_padding(buf: bytes | bytearray | memoryview, pos: int) -> bool:
-    """True when pos holds no record start: the rest of its page is padding."""
-    return PAGE - (pos % PAGE) < RECORD_HEADER or buf[pos + RECORD_HEADER - 1] == PAD_KIND
+    """True when the rest of pos's page is padding: too short for a header, or all zeros."""
+    rest = PAGE - pos % PAGE
+    if rest < RECORD_HEADER:
+        return True
+    return bool(buf[pos : pos + rest] == _ZERO_PAGE[:rest])
 
 
 def next_page(pos: int) -> int:
