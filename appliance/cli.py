@@ -24,7 +24,7 @@ from appliance.errors import CommandError
 COMMAND_MODULES = ("appliance.pki.cli",)
 
 #: Modules whose register(subparsers) adds `infraspectre bench ...` commands.
-BENCH_MODULES: tuple[str, ...] = ()
+BENCH_MODULES: tuple[str, ...] = ("appliance.wal.bench",)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -435,8 +435,8 @@ class Wal:
             slot = _Slot(name, f, size)
             self._slot_names.add(name)
             try:
+                header = SegmentHeader.decode(f.pread(PAGE, 0))
                 data = f.pread(size, 0)
-                header = SegmentHeader.decode(data[:PAGE])
             except (OSError, FormatError):
                 self._free.append(slot)
                 continue
