@@ -14,6 +14,7 @@ from appliance.wal.log import (
     WalFull,
     WalLocked,
     WalStats,
+    WalUnavailable,
 )
 from appliance.wal.queue import EnvelopeQueue, Storable
 from appliance.wal.storage import FileStorage, Storage, StorageFile
@@ -32,5 +33,6 @@ __all__ = [
     "WalFull",
     "WalLocked",
     "WalStats",
+    "WalUnavailable",
     "load_wal_config",
 ]

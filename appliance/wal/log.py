@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+import errno
 import logging
 import re
 import threading
@@ -67,7 +68,11 @@ class WalFull(Exception):
     """The log is at its bound and its policy is `refuse`: the caller must hold the record."""
 
 
-class WalLocked(CommandError):
+class WalUnavailable(CommandError):
+    """The WAL directory cannot be used (locked by another process, unwritable, full)."""
+
+
+class WalLocked(WalUnavailable):
     """Another process has this WAL open."""
 
 
@@ -351,9 +356,14 @@ class Wal:
             self._storage.lock()
         except OSError as exc:
             self._enter(RecoveryState.FAILED)
-            raise WalLocked(
-                f"WAL {self.config.path} is in use by another process or not accessible "
-                f"({exc.strerror}); stop the other agent or set wal.path"
+            if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                raise WalLocked(
+                    f"WAL {self.config.path} is in use by another process; "
+                    "stop the other agent or set wal.path"
+                ) from exc
+            raise WalUnavailable(
+                f"cannot use WAL directory {self.config.path} ({exc.strerror}); "
+                "free space on the data partition, fix its permissions or set wal.path"
             ) from exc
         try:
             self._enter(RecoveryState.READING_CURSOR)
@@ -399,7 +409,13 @@ class Wal:
         if CURSOR_NAME in names:
             self._cursor = self._storage.open(CURSOR_NAME)
         else:
-            self._cursor = self._storage.create(CURSOR_NAME, CURSOR_FILE_BYTES)
+            try:
+                self._cursor = self._storage.create(CURSOR_NAME, CURSOR_FILE_BYTES)
+            except OSError as exc:
+                raise WalUnavailable(
+                    f"cannot create the WAL cursor in {self.config.path} ({exc.strerror}); "
+                    "free space on the data partition or set wal.path"
+                ) from exc
             self._c["prealloc_bytes"] += CURSOR_FILE_BYTES
         best = CursorState(gen=0, ack_low=0)
         for slot in range(2):
