@@ -258,6 +258,7 @@ class Wal:
         self._ack_dirty_since = 0.0
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._kick = threading.Event()  # a new deadline: the flusher recomputes its wait
         self._c = dict.fromkeys(
             (
                 "records_appended",
@@ -326,6 +327,7 @@ class Wal:
 
     def _shut(self, *, graceful: bool) -> None:
         self._stop.set()
+        self._kick.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
@@ -479,7 +481,8 @@ class Wal:
         size = len(data)
         pos = PAGE
         last_end = PAGE
-        when = self._clock()
+        # append times are not stored; a recovered record is taken to be as old as its segment
+        when = self._clock() - max(0.0, (self._wall() - seg.created_ns) / 1e9)
         while pos + RECORD_HEADER <= size:
             if is_padding(view, pos):
                 pos = next_page(pos)
@@ -586,6 +589,7 @@ class Wal:
         buf = self._buf
         if len(seg.seqs) == self._buf_first:
             self._buf_since = self._clock()
+            self._kick.set()
         pad = pos - self._buf_off - len(buf)
         if pad:
             buf += bytes(pad)
@@ -965,6 +969,7 @@ class Wal:
         self._acked.add(seq)
         if not self._acks_unpersisted:
             self._ack_dirty_since = self._clock()
+            self._kick.set()
         self._acks_unpersisted += 1
 
     def _after_acks(self) -> None:
@@ -1068,12 +1073,28 @@ class Wal:
                 self._write_cursor_locked()
 
     def _run(self) -> None:
-        period = min(self.config.flush_interval_ms, self.config.cursor_interval_ms) / 4000
-        while not self._stop.wait(max(0.005, period)):
+        wait = 0.0
+        while True:
+            self._kick.wait(wait)
+            self._kick.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.tick()
             except Exception:  # pragma: no cover - keep flushing whatever went wrong once
                 log.exception("WAL background flush failed")
+            wait = self._until_due()
+
+    def _until_due(self) -> float:
+        """Seconds until the next interval flush or cursor write is due (at most 0.5)."""
+        with self._lock:
+            now = self._clock()
+            due = now + 0.5
+            if self._buf:
+                due = min(due, self._buf_since + self.config.flush_interval_ms / 1000)
+            if self._acks_unpersisted:
+                due = min(due, self._ack_dirty_since + self.config.cursor_interval_ms / 1000)
+        return max(0.002, due - now)
 
     def _check_ready(self) -> None:
         if self.state is not RecoveryState.READY:
