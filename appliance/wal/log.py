@@ -430,11 +430,14 @@ class Wal:
         self._cursor_gen = best.gen
         return best
 
-    def _scan_slots(
-        self, cursor: CursorState
-    ) -> tuple[list[tuple[_Segment, bytes]], dict[str, int]]:
+    def _scan_slots(self, cursor: CursorState) -> tuple[list[_Segment], dict[str, int]]:
+        """Read every segment header, then scan the segments in log order, one at a time.
+
+        A segment wholly below the cursor (the next segment in the log starts at or below
+        ack_low) is not read at all: everything in it is acked.
+        """
         counts = {"corrupt": 0, "torn": 0, "dup": 0, "unusable": 0}
-        used: list[tuple[_Segment, bytes]] = []
+        used: list[_Segment] = []
         for name in self._storage.names():
             if not _SEG_NAME.match(name):
                 continue
@@ -454,16 +457,24 @@ class Wal:
             self._slot_names.add(name)
             try:
                 header = SegmentHeader.decode(f.pread(PAGE, 0))
-                data = f.pread(size, 0)
             except (OSError, FormatError):
                 self._free.append(slot)
                 continue
             self._next_number = max(self._next_number, header.number + 1)
             self._next_seq = max(self._next_seq, header.first_seq)
-            used.append((_Segment(slot, header), data))
-        used.sort(key=lambda item: (item[0].order_key, item[0].number))
+            used.append(_Segment(slot, header))
+        used.sort(key=lambda seg: (seg.order_key, seg.number))
         max_seen = 0
-        for seg, data in used:
+        for i, seg in enumerate(used):
+            later = [s for s in used[i + 1 :] if s.order_key > seg.order_key]
+            if later and later[0].first_seq <= cursor.ack_low:
+                continue  # wholly acked: released by _resolve without a read
+            try:
+                data = seg.slot.file.pread(seg.slot.size, 0)
+            except OSError as exc:
+                log.warning("WAL file %s cannot be read (%s): ignored", seg.slot.name, exc)
+                counts["unusable"] += 1
+                continue
             max_seen = self._scan_segment(seg, data, cursor, max_seen, counts)
         self._next_seq = max(self._next_seq, max_seen + 1)
         return used, counts
@@ -513,9 +524,8 @@ class Wal:
         seg.head = align_up(last_end)
         return max_seen
 
-    def _resolve(self, used: list[tuple[_Segment, bytes]], cursor: CursorState) -> None:
-        for seg, _ in used:
-            self._segs.append(seg)
+    def _resolve(self, used: list[_Segment], cursor: CursorState) -> None:
+        self._segs.extend(used)
         if cursor.ranges:
             last = cursor.ranges[-1]
             self._next_seq = max(self._next_seq, last[0] + last[1])
