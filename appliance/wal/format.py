@@ -18,11 +18,12 @@ Segment file
   segment's epoch; `order_key` places the segment in the log (an appended segment's is its own
   number; a compacted segment takes the order_key of the segment it replaces).
 - From page 1 on: records, each framed as
-  crc32 u32 | payload_len u32 | seq u64 | key_len u8 | kind u8 (0xA7) | key | payload
-  (an 18-byte header). crc32 is CRC-32 (zlib) of everything after the crc field, *seeded
-  with the segment's number*: residue of a previous life of a recycled file can never pass as a
-  record of the current life, so recycling never needs to erase anything.
-- A record never starts in the last 17 bytes of a page; zeros from a record boundary to the
+  crc32 u32 | payload_len u24 + kind u8 (0xA7) as one u32 | seq - first_seq u32 | key_len u8
+  | key | payload (a 13-byte header; seq is stored relative to the header's first_seq).
+  crc32 is CRC-32 (zlib) of everything after the crc field, *seeded with the segment's
+  number*: residue of a previous life of a recycled file can never pass as a record of the
+  current life, so recycling never needs to erase anything.
+- A record never starts in the last 12 bytes of a page; zeros from a record boundary to the
   end of its page are padding ("continue at the next page boundary"). Every flush writes
   whole pages, padded with zeros, and the next flush starts on a fresh page: a page holding
   durable records is never rewritten, so a torn write during power loss can only damage
@@ -61,11 +62,13 @@ _SEG_HEAD = struct.Struct("<8sHBBIQQQQ")
 SEGMENT_HEADER_BYTES = _SEG_HEAD.size + 4
 
 RECORD_KIND = 0xA7
-_REC_HEAD = struct.Struct("<IIQBB")
-RECORD_HEADER = _REC_HEAD.size  # 18
-_REC_BODY_HEAD = struct.Struct("<IQBB")  # the header after the crc field
+_REC_HEAD = struct.Struct("<IIIB")
+RECORD_HEADER = _REC_HEAD.size  # 13
+_REC_BODY_HEAD = struct.Struct("<IIB")  # the header after the crc field
+KIND_BYTE_OFFSET = 7  # the top byte of the little-endian length word
 MAX_KEY = 255
-MAX_PAYLOAD = 16 * 1024 * 1024
+MAX_PAYLOAD = 16 * 1024 * 1024 - 1
+MAX_SEQ_DELTA = 0xFFFFFFFF
 
 CURSOR_MAGIC = b"ISWC"
 CURSOR_SLOT = PAGE
@@ -125,9 +128,11 @@ class SegmentHeader:
         return cls(number, order_key, first_seq, created, kind)
 
 
-def frame_record(epoch: int, seq: int, key: bytes, payload: bytes) -> bytes:
-    """One record's bytes, checksummed with the segment's epoch (its number) as crc seed."""
-    body = _REC_BODY_HEAD.pack(len(payload), seq, len(key), RECORD_KIND) + key + payload
+def frame_record(epoch: int, seq: int, key: bytes, payload: bytes, base: int = 0) -> bytes:
+    """One record's bytes for a segment of this epoch (number) and first_seq (base)."""
+    body = (
+        _REC_BODY_HEAD.pack(len(payload) | RECORD_KIND << 24, seq - base, len(key)) + key + payload
+    )
     return struct.pack("<I", zlib.crc32(body, epoch & 0xFFFFFFFF)) + body
 
 
@@ -146,20 +151,30 @@ class ParsedRecord:
     end: int
 
 
-def parse_record(buf: bytes | bytearray | memoryview, pos: int, epoch: int) -> ParsedRecord | None:
+def parse_record(
+    buf: bytes | bytearray | memoryview, pos: int, epoch: int, base: int = 0
+) -> ParsedRecord | None:
     """The valid record of this epoch starting at buf[pos], or None (torn, corrupt, residue)."""
     if pos + RECORD_HEADER > len(buf):
         return None
-    crc, plen, seq, klen, kind = _REC_HEAD.unpack_from(buf, pos)
-    if kind != RECORD_KIND or plen > MAX_PAYLOAD:
+    crc, len_kind, delta, klen = _REC_HEAD.unpack_from(buf, pos)
+    if len_kind >> 24 != RECORD_KIND:
         return None
-    end = pos + RECORD_HEADER + klen + plen
+    end = pos + RECORD_HEADER + klen + (len_kind & 0xFFFFFF)
     if end > len(buf):
         return None
     if zlib.crc32(buf[pos + 4 : end], epoch & 0xFFFFFFFF) != crc:
         return None
     start = pos + RECORD_HEADER
-    return ParsedRecord(seq, bytes(buf[start : start + klen]), bytes(buf[start + klen : end]), end)
+    key = bytes(buf[start : start + klen])
+    return ParsedRecord(base + delta, key, bytes(buf[start + klen : end]), end)
+
+
+def peek_seq(buf: bytes | bytearray | memoryview, pos: int, base: int) -> int | None:
+    """The seq a record header at pos claims, without checking it (None: not a header)."""
+    if pos + RECORD_HEADER > len(buf) or buf[pos + KIND_BYTE_OFFSET] != RECORD_KIND:
+        return None
+    return base + int(_REC_HEAD.unpack_from(buf, pos)[2])
 
 
 def is_padding(buf: bytes | bytearray | memoryview, pos: int) -> bool:

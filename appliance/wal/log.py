@@ -37,10 +37,12 @@ from appliance.wal.format import (
     CURSOR_FILE_BYTES,
     CURSOR_SLOT,
     KIND_APPEND,
+    KIND_BYTE_OFFSET,
     KIND_COMPACTED,
     MAX_KEY,
     MAX_PAYLOAD,
     MAX_RANGES,
+    MAX_SEQ_DELTA,
     PAGE,
     RECORD_HEADER,
     RECORD_KIND,
@@ -53,6 +55,7 @@ from appliance.wal.format import (
     is_padding,
     next_page,
     parse_record,
+    peek_seq,
 )
 from appliance.wal.ranges import RangeSet
 from appliance.wal.storage import FileStorage, Storage, StorageFile
@@ -498,15 +501,15 @@ class Wal:
             if is_padding(view, pos):
                 pos = next_page(pos)
                 continue
-            rec = parse_record(view, pos, seg.number)
+            rec = parse_record(view, pos, seg.number, seg.first_seq)
             if rec is not None and rec.seq <= max_seen:
                 counts["dup"] += 1  # a compaction or a re-placed write left a second copy
                 pos = last_end = rec.end
                 continue
             if rec is None:
-                if _looks_torn(view, pos, max_seen):
+                if peek_seq(view, pos, seg.first_seq) == max_seen + 1:
                     counts["torn"] += 1
-                resync = _resync(view, pos + 1, seg.number, max_seen)
+                resync = _resync(view, pos + 1, seg, max_seen)
                 if resync is None:
                     break
                 pos, rec = resync
@@ -590,7 +593,7 @@ class Wal:
         pos = self._buf_off + len(self._buf)
         if PAGE - pos % PAGE < RECORD_HEADER:
             pos = align_up(pos)
-        if seg is None or pos + need > seg.slot.size:
+        if seg is None or pos + need > seg.slot.size or seq - seg.first_seq > MAX_SEQ_DELTA:
             if seg is not None:
                 self._flush_locked()
                 self._active = None
@@ -603,7 +606,7 @@ class Wal:
         pad = pos - self._buf_off - len(buf)
         if pad:
             buf += bytes(pad)
-        buf += frame_record(seg.number, seq, key, payload)
+        buf += frame_record(seg.number, seq, key, payload, seg.first_seq)
         seg.add(seq, key, pos, need, self._clock(), False)
 
     def _start_segment(self, first_seq: int) -> _Segment:
@@ -708,7 +711,7 @@ class Wal:
             if not seg.acked[i]:
                 seg.live -= 1
                 seg.live_bytes -= seg.lens[i]
-                rec = parse_record(buf, seg.offs[i] - self._buf_off, seg.number)
+                rec = parse_record(buf, seg.offs[i] - self._buf_off, seg.number, seg.first_seq)
                 if rec is not None:
                     out.append((rec.seq, rec.key, rec.payload))
         seg.truncate(n)
@@ -841,7 +844,7 @@ class Wal:
                 if PAGE - pos % PAGE < RECORD_HEADER:
                     out += bytes(align_up(pos) - pos)
                     pos = len(out)
-                frame = frame_record(target.number, seq, key, payload)
+                frame = frame_record(target.number, seq, key, payload, target.first_seq)
                 out += frame
                 i = victim.find(seq)
                 target.add(seq, key, pos, len(frame), victim.times[i], False)
@@ -929,7 +932,7 @@ class Wal:
                     data = b""
                 base = off
             for i2 in idx[j:k]:
-                rec = parse_record(data, seg.offs[i2] - base, seg.number)
+                rec = parse_record(data, seg.offs[i2] - base, seg.number, seg.first_seq)
                 if rec is None or rec.seq != seg.seqs[i2]:
                     self._c["corrupt_records"] += 1
                     log.warning(
@@ -1153,28 +1156,20 @@ class Wal:
         return [seg.slot for seg in self._segs] + self._free
 
 
-def _looks_torn(view: memoryview, pos: int, max_seen: int) -> bool:
-    """A header of this life (next seq) whose record fails: a write cut by power loss."""
-    if pos + RECORD_HEADER > len(view):
-        return False
-    seq = int.from_bytes(view[pos + 8 : pos + 16], "little")
-    return view[pos + 17] == RECORD_KIND and seq == max_seen + 1
-
-
 def _resync(
-    view: memoryview, start: int, epoch: int, max_seen: int
+    view: memoryview, start: int, seg: _Segment, max_seen: int
 ) -> tuple[int, ParsedRecord] | None:
-    """The next valid record of this epoch newer than max_seen at or after start.
+    """The next valid record of this segment newer than max_seen at or after start.
 
     Looks at every byte position whose kind byte matches (a fast C search), so one damaged
     record costs only itself, not the rest of its page.
     """
     data = view.obj if isinstance(view.obj, bytes) else bytes(view)
     kind = bytes([RECORD_KIND])
-    at = data.find(kind, start + RECORD_HEADER - 1)
+    at = data.find(kind, start + KIND_BYTE_OFFSET)
     while at != -1:
-        pos = at - (RECORD_HEADER - 1)
-        rec = parse_record(view, pos, epoch)
+        pos = at - KIND_BYTE_OFFSET
+        rec = parse_record(view, pos, seg.number, seg.first_seq)
         if rec is not None and rec.seq > max_seen:
             return pos, rec
         at = data.find(kind, at + 1)
