@@ -130,3 +130,23 @@ def test_metrics_register_into_the_given_registry(tmp_path: Path) -> None:
     assert "wal_backlog_records 1.0" in text
     assert "wal_write_amplification" in text
     wal.close()
+
+
+def test_wal_inspect_reports_backlog_without_writing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from appliance.cli import main
+
+    wal = Wal.open(small_config(tmp_path), background=False)
+    wal.append("a", b"x" * 10)
+    wal.append("b", b"y" * 10)
+    wal.close()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert main(["wal", "inspect", str(tmp_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["stats"]["backlog_records"] == 2
+    assert report["recovery"]["corrupt_records"] == 0
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert main(["wal", "inspect", str(tmp_path / "nothing")]) == 1
