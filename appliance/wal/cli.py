@@ -40,7 +40,7 @@ def _inspect(args: argparse.Namespace) -> int:
             "stats": dataclasses.asdict(wal.stats()),
         }
     finally:
-        wal.abandon()  # write nothing: inspecting must not change the card
+        wal.abandon()  # flush nothing: inspecting must not change the log
     if args.json:
         print(json.dumps(report))
         return 0
