@@ -13,7 +13,9 @@ APT_PACKAGES := \
 	python3-dev \
 	iproute2 \
 	sqlite3 \
-	openssl
+	openssl \
+	e2fsprogs \
+	util-linux
 
 .PHONY: all deps apt venv proto demo test test-unit test-system test-board lint fmt clean
 

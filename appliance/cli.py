@@ -24,11 +24,15 @@ from appliance.errors import CommandError
 COMMAND_MODULES = (
     "appliance.pki.cli",
     "appliance.bus.cli",
+    "appliance.wal.cli",
     "appliance.demo",
 )
 
 #: Modules whose register(subparsers) adds `infraspectre bench ...` commands.
-BENCH_MODULES: tuple[str, ...] = ("appliance.bus.bench",)
+BENCH_MODULES: tuple[str, ...] = (
+    "appliance.bus.bench",
+    "appliance.wal.bench",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -112,10 +112,9 @@ def _run(args: argparse.Namespace) -> int:
                 raise CommandError("demo: the bus did not start")
             print(f"== bus serving mTLS gRPC on 127.0.0.1:{port}, metrics on :{metrics_port}")
             print("== bus tail (flows as the bus stores them):")
-            with _process(
-                [*CLI, "bus", "tail", "--config", str(config), "--count", str(args.flows),
-                 "--timeout", str(args.seconds + 30)]
-            ) as tail:  # fmt: skip
+            tail_cmd = [*CLI, "bus", "tail", "--config", str(config), "--from-start"]
+            tail_cmd += ["--count", str(args.flows), "--timeout", str(args.seconds + 30)]
+            with _process(tail_cmd) as tail:
                 time.sleep(0.5)
                 counts = _publish(args, root, port, ident)
                 tail.wait(timeout=args.seconds + 40)

@@ -1,0 +1,152 @@
+"""The WAL's surface: timers, config section, the seed's queue interface, metrics."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from testsupport.wal_helpers import small_config
+
+from appliance.config import ConfigError
+from appliance.wal import EnvelopeQueue, Wal, load_wal_config
+from appliance.wal.format import PAGE
+from appliance.wal.metrics import register_metrics
+from appliance.wal.simdisk import SimDisk
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_interval_flush_and_cursor_write_happen_on_their_timers(tmp_path: Path) -> None:
+    clock = FakeClock()
+    cfg = small_config(tmp_path, flush_interval_ms=1000, cursor_interval_ms=2000)
+    wal = Wal.open(cfg, storage=SimDisk(), background=False, clock=clock)
+    wal.append("a", b"x" * 100)
+    clock.now += 0.5
+    wal.tick()
+    assert wal.stats().fsyncs == 0
+    clock.now += 0.6
+    wal.tick()
+    assert wal.stats().fsyncs == 1
+    wal.ack(r.seq for r in wal.read(1))
+    clock.now += 1.9
+    wal.tick()
+    assert wal.cursor_writes == 0
+    clock.now += 0.2
+    wal.tick()
+    assert wal.cursor_writes == 1
+    wal.close()
+
+
+def test_background_thread_flushes_an_idle_writer(tmp_path: Path) -> None:
+    disk = SimDisk()
+    wal = Wal.open(small_config(tmp_path, flush_interval_ms=10), storage=disk)
+    wal.append("a", b"x")
+    for _ in range(500):  # bounded wait for the thread, not a timing assertion
+        if wal.stats().fsyncs:
+            break
+        time.sleep(0.01)
+    assert wal.stats().fsyncs >= 1
+    wal.close()
+
+
+def test_flush_never_rewrites_a_page_holding_durable_records(tmp_path: Path) -> None:
+    disk = SimDisk()
+    wal = Wal.open(small_config(tmp_path), storage=disk, background=False)
+    wal.append("a", b"x" * 100)
+    wal.flush()
+    (name,) = [n for n in disk.names() if n.startswith("seg-")]
+    first = bytes(disk.files[name].durable[: 2 * PAGE])
+    wal.append("b", b"y" * 100)
+    wal.flush()
+    after = bytes(disk.files[name].durable)
+    assert after[: 2 * PAGE] == first
+    assert b"y" * 100 in after[2 * PAGE : 3 * PAGE]
+    assert wal.stats().bytes_written == 3 * PAGE  # header + one page per flush
+    wal.close()
+
+
+def test_wal_section_is_strict_and_takes_is_wal_path() -> None:
+    cfg = load_wal_config({"wal": {"flush_interval_ms": 500}}, env={"IS_WAL_PATH": "/data/wal"})
+    assert cfg.path == Path("/data/wal") and cfg.flush_interval_ms == 500
+    with pytest.raises(ConfigError, match=r"wal\.flush_intervall_ms: unknown key"):
+        load_wal_config({"wal": {"flush_intervall_ms": 5}}, env={})
+    with pytest.raises(ConfigError, match=r"wal\.segment_bytes"):
+        load_wal_config({"wal": {"segment_bytes": 1000}}, env={})
+    with pytest.raises(ConfigError, match=r"wal\.max_wal_bytes"):
+        load_wal_config({"wal": {"max_wal_bytes": 4 * 1024 * 1024}}, env={})
+    with pytest.raises(ConfigError, match=r"wal\.full_policy"):
+        load_wal_config({"wal": {"full_policy": "panic"}}, env={})
+
+
+@dataclass
+class Envelope:
+    idempotency_key: str
+    body: bytes
+
+    def SerializeToString(self) -> bytes:
+        return self.idempotency_key.encode() + b"|" + self.body
+
+
+def decode(data: bytes) -> Envelope:
+    key, _, body = data.partition(b"|")
+    return Envelope(key.decode(), body)
+
+
+def test_seed_queue_interface_store_drain_mark_sent(tmp_path: Path) -> None:
+    wal = Wal.open(small_config(tmp_path, segments=2, full_policy="refuse"), storage=SimDisk())
+    queue = EnvelopeQueue(wal, decode)
+    assert queue.store(Envelope("e1", b"one"))
+    assert queue.store(Envelope("e2", b"two"))
+    assert queue.store(Envelope("e1", b"one"))  # already held: still True, not stored twice
+    assert queue.drain(10) == [Envelope("e1", b"one"), Envelope("e2", b"two")]
+    assert queue.mark_sent(["e1"]) == 1
+    assert queue.drain(10) == [Envelope("e2", b"two")]
+    n = 0
+    while queue.store(Envelope(f"x{n}", bytes(1000))):  # full under refuse: False
+        n += 1
+        assert n < 1000
+    assert wal.stats().refused_records == 1 and wal.stats().dropped_records == 0
+    wal.close()
+
+
+def test_metrics_register_into_the_given_registry(tmp_path: Path) -> None:
+    wal = Wal.open(small_config(tmp_path), storage=SimDisk(), background=False)
+    wal.append("a", b"x" * 50)
+    wal.flush()
+    registry = CollectorRegistry()
+    register_metrics(registry, wal)
+    text = generate_latest(registry).decode()
+    assert "wal_payload_bytes_total 50.0" in text
+    assert "wal_fsyncs_total 1.0" in text
+    assert "wal_backlog_records 1.0" in text
+    assert "wal_write_amplification" in text
+    wal.close()
+
+
+def test_wal_inspect_reports_backlog_without_writing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from appliance.cli import main
+
+    wal = Wal.open(small_config(tmp_path), background=False)
+    wal.append("a", b"x" * 10)
+    wal.append("b", b"y" * 10)
+    wal.close()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert main(["wal", "inspect", str(tmp_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["stats"]["backlog_records"] == 2
+    assert report["recovery"]["corrupt_records"] == 0
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert main(["wal", "inspect", str(tmp_path / "nothing")]) == 1
