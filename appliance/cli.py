@@ -32,6 +32,7 @@ COMMAND_MODULES = (
 BENCH_MODULES: tuple[str, ...] = (
     "appliance.bus.bench",
     "appliance.wal.bench",
+    "appliance.agent.bench",
 )
 
 

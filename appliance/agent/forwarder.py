@@ -47,9 +47,14 @@ log = logging.getLogger(__name__)
 class OutRecord(Protocol):
     """A pending record: WAL sequence, idempotency key, the sealed envelope's bytes."""
 
-    seq: int
-    key: bytes
-    payload: bytes
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def key(self) -> bytes: ...
+
+    @property
+    def payload(self) -> bytes: ...
 
 
 class Outbox(Protocol):

@@ -37,6 +37,7 @@ from appliance.agent.transport import GrpcTransport, Identity, Transport
 from appliance.crypto import Sealer, load_signing_key
 from appliance.errors import CommandError
 from appliance.observability import HttpEndpoint, metrics_route, serve_http, text
+from appliance.wal import WalFull
 from appliance.wire import Envelope, FlowEvent, InterfaceCounters
 
 log = logging.getLogger(__name__)
@@ -251,13 +252,17 @@ class Agent:
     ) -> None:
         self.chain.reserve(self.sealer.seq + 1)
         env: Envelope = self.sealer.seal(flow=flow, counters=counters)
-        if self.wal.append(env.idempotency_key, env.SerializeToString()):
-            if flow is not None:
-                self.flows_sealed += 1
-            else:
-                self.counters_sealed += 1
-        else:
+        try:
+            self.wal.append(env.idempotency_key, env.SerializeToString())
+        except WalFull:  # policy `refuse`: the record is lost here, counted and logged once
+            if not self.wal_refused:
+                log.error("WAL full (policy refuse): new records are being dropped")
             self.wal_refused += 1
+            return
+        if flow is not None:
+            self.flows_sealed += 1
+        else:
+            self.counters_sealed += 1
 
     # -- observability -------------------------------------------------------------------------
 
