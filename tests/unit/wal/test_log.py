@@ -223,3 +223,24 @@ def test_stats_report_backlog_and_write_amplification(opener: Callable[..., Wal]
     assert st.write_amplification == pytest.approx(st.bytes_written / 20000)
     assert st.oldest_age_s >= 0
     wal.close()
+
+
+def test_ack_ranges_beyond_one_cursor_slot_are_persisted_up_to_its_limit(
+    opener: Callable[..., Wal], caplog: pytest.LogCaptureFixture
+) -> None:
+    from appliance.wal.format import MAX_RANGES
+
+    wal = opener()
+    fill(wal, 0, 2 * MAX_RANGES + 200, size=20)
+    recs = wal.read(10_000)
+    odd = [r for r in recs if r.seq % 2]  # every other record: one range per ack
+    wal.ack(r.seq for r in odd)
+    wal.close()
+    assert "ack ranges above the low mark" in caplog.text
+    wal = opener()
+    back = {r.seq for r in wal.read(10_000)}
+    # seq 1 is below the low mark; seqs 3, 5, ... are one range each
+    persisted = odd[: MAX_RANGES + 1]
+    assert not back & {r.seq for r in persisted}  # within the slot: never delivered again
+    assert {r.seq for r in odd[MAX_RANGES + 1 :]} <= back  # beyond: delivered again, as documented
+    wal.close()
