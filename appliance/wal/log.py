@@ -422,7 +422,13 @@ class Wal:
     def _open_cursor(self) -> CursorState:
         names = set(self._storage.names())
         if CURSOR_NAME in names:
-            self._cursor = self._storage.open(CURSOR_NAME)
+            try:
+                self._cursor = self._storage.open(CURSOR_NAME)
+            except OSError as exc:
+                raise WalUnavailable(
+                    f"cannot open the WAL cursor in {self.config.path} ({exc.strerror}); "
+                    "move the damaged cursor aside (everything pending is then delivered again)"
+                ) from exc
         else:
             try:
                 self._cursor = self._storage.create(CURSOR_NAME, CURSOR_FILE_BYTES)

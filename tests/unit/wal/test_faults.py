@@ -356,3 +356,14 @@ def test_power_cut_inside_any_write_or_sync_keeps_every_promise(tmp_path: Path) 
         compactions += stats.compactions
         disk.power_loss(rng, tear=True)
     assert cuts > 100 and compactions > 0
+
+
+def test_unopenable_cursor_is_a_one_line_error_not_a_crash(tmp_path: Path) -> None:
+    from appliance.wal import WalUnavailable
+
+    (tmp_path / "cursor").mkdir()  # not a file at all
+    with pytest.raises(WalUnavailable, match="move the damaged cursor aside"):
+        Wal.open(small_config(tmp_path), background=False)
+    (tmp_path / "cursor").rmdir()
+    wal = Wal.open(small_config(tmp_path), background=False)  # the failed open let go of its lock
+    wal.close()
