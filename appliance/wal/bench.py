@@ -189,8 +189,8 @@ class Subject(Protocol):
 
     def close(self) -> None: ...
 
-    def own_fsyncs(self) -> int | None:
-        """The subject's own count of fsync calls, if it keeps one."""
+    def own_counts(self) -> dict[str, int]:
+        """The subject's own counters (fdatasync calls, bytes it wrote), if it keeps any."""
 
 
 class OursSubject:
@@ -198,7 +198,7 @@ class OursSubject:
 
     def __init__(self) -> None:
         self._wal: Wal | None = None
-        self._fsyncs = 0
+        self._own: dict[str, int] = {}
 
     def _config(self, path: Path) -> WalConfig:
         return WalConfig(
@@ -234,10 +234,15 @@ class OursSubject:
     def close(self) -> None:
         assert self._wal is not None
         self._wal.close()
-        self._fsyncs = self._wal.stats().fsyncs
+        stats = self._wal.stats()
+        self._own = {
+            "own_fdatasyncs": stats.fsyncs,
+            "own_bytes_written": stats.bytes_written,
+            "own_cursor_writes": stats.cursor_writes,
+        }
 
-    def own_fsyncs(self) -> int | None:
-        return self._fsyncs
+    def own_counts(self) -> dict[str, int]:
+        return self._own
 
 
 class SqliteSubject:
@@ -330,8 +335,8 @@ class SqliteSubject:
             self._reader.close()
         self._db.close()
 
-    def own_fsyncs(self) -> int | None:
-        return None
+    def own_counts(self) -> dict[str, int]:
+        return {}
 
 
 def _subject(name: str) -> Subject:
@@ -423,9 +428,7 @@ def _measure(
         "fsyncs": None if flush0 is None or flush1 is None else flush1 - flush0,
         "seconds": round(elapsed, 3),
     }
-    own = subject.own_fsyncs()
-    if own is not None:
-        out["own_fdatasyncs"] = own
+    out.update(subject.own_counts())
     if label == "paced":
         out["device_bytes_per_second"] = round(device / w.paced_seconds, 1)
     shutil.rmtree(path, ignore_errors=True)

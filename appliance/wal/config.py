@@ -54,8 +54,10 @@ class WalConfig:
             raise ValueError(f"flush_interval_ms: {self.flush_interval_ms} must be positive")
         if self.flush_bytes < PAGE:
             raise ValueError(f"flush_bytes: {self.flush_bytes} must be at least {PAGE}")
-        if self.cursor_every_acks <= 0 or self.cursor_interval_ms <= 0:
-            raise ValueError("cursor_every_acks: cursor_every_acks and cursor_interval_ms > 0")
+        if self.cursor_every_acks <= 0:
+            raise ValueError(f"cursor_every_acks: {self.cursor_every_acks} must be positive")
+        if self.cursor_interval_ms <= 0:
+            raise ValueError(f"cursor_interval_ms: {self.cursor_interval_ms} must be positive")
         if self.compaction_min_gain <= 0:
             raise ValueError(f"compaction_min_gain: {self.compaction_min_gain} must be > 0")
 

@@ -12,11 +12,14 @@ Segment file
 ------------
 - Page 0 is the segment header (little-endian, rest of the page zero):
   magic `b"ISWALSEG"` | version u16 (=1) | kind u8 (0 append, 1 compacted) | reserved u8 |
-  page_size u32 | number u64 | order_key u64 | first_seq u64 | created_ns u64 | crc32 u32
-  over the preceding bytes. An all-zero or invalid header means "free slot".
-  `number` is unique for every life of every slot (it only ever increases) and acts as the
-  segment's epoch; `order_key` places the segment in the log (an appended segment's is its own
-  number; a compacted segment takes the order_key of the segment it replaces).
+  page_size u32 | number u64 | order_key u64 | first_seq u64 | created_ns u64 |
+  replaces_to u64 | crc32 u32 over the preceding bytes. An all-zero or invalid header means
+  "free slot". `number` is unique for every life of every slot (it only ever increases) and
+  acts as the segment's epoch; `order_key` places the segment in the log (an appended
+  segment's is its own number). A compacted segment merges a run of consecutive segments: it
+  takes the run's first order_key, `replaces_to` is the run's last, and its header is written
+  only after its records are durable, so a valid compacted header means the merge is complete
+  and every older segment of that order_key range is superseded.
 - From page 1 on: records, each framed as
   crc32 u32 | payload_len u24 + kind u8 (0xA7) as one u32 | seq - first_seq u32 | key_len u8
   | key | payload (a 13-byte header; seq is stored relative to the header's first_seq).
@@ -32,9 +35,10 @@ Segment file
 Invariants
 ----------
 - seq numbers are unique over the life of the WAL and increase in append order; inside one
-  segment they increase; across segments sorted by (order_key, number) they increase, except
-  that a compacted segment may duplicate records of the segment it replaced (same seq, same
-  bytes) if power was lost between the two: recovery keeps one copy.
+  segment they increase and are >= the header's first_seq; across segments sorted by
+  (order_key, number), after superseded segments are set aside, they increase. A segment's
+  first_seq also cuts off every record of an earlier segment with seq >= it (the copy left
+  behind when a failed write was placed again in a new segment): recovery keeps one copy.
 - The cursor slot `ack_low` says: every record with seq < ack_low is acked. `ranges` lists
   acked seqs above it as (start, count). The slot with the higher valid `gen` wins; a torn slot
   fails its crc and the other one (the previous state) is used.
@@ -58,7 +62,7 @@ VERSION = 1
 SEGMENT_MAGIC = b"ISWALSEG"
 KIND_APPEND = 0
 KIND_COMPACTED = 1
-_SEG_HEAD = struct.Struct("<8sHBBIQQQQ")
+_SEG_HEAD = struct.Struct("<8sHBBIQQQQQ")
 SEGMENT_HEADER_BYTES = _SEG_HEAD.size + 4
 
 RECORD_KIND = 0xA7
@@ -94,6 +98,7 @@ class SegmentHeader:
     first_seq: int
     created_ns: int
     kind: int = KIND_APPEND
+    replaces_to: int = 0  # compacted: the last order_key of the run it replaces
 
     def encode(self) -> bytes:
         head = _SEG_HEAD.pack(
@@ -106,6 +111,7 @@ class SegmentHeader:
             self.order_key,
             self.first_seq,
             self.created_ns,
+            self.replaces_to,
         )
         return head + struct.pack("<I", zlib.crc32(head))
 
@@ -116,8 +122,8 @@ class SegmentHeader:
             raise FormatError("short segment header")
         head = data[: _SEG_HEAD.size]
         (crc,) = struct.unpack_from("<I", data, _SEG_HEAD.size)
-        magic, version, kind, _, page, number, order_key, first_seq, created = _SEG_HEAD.unpack(
-            head
+        (magic, version, kind, _, page, number, order_key, first_seq, created, replaces_to) = (
+            _SEG_HEAD.unpack(head)
         )
         if magic != SEGMENT_MAGIC:
             raise FormatError("no segment magic")
@@ -125,7 +131,7 @@ class SegmentHeader:
             raise FormatError("segment header checksum mismatch")
         if version != VERSION or page != PAGE or kind not in (KIND_APPEND, KIND_COMPACTED):
             raise FormatError(f"unsupported segment format version {version} page {page}")
-        return cls(number, order_key, first_seq, created, kind)
+        return cls(number, order_key, first_seq, created, kind, replaces_to)
 
 
 def frame_record(epoch: int, seq: int, key: bytes, payload: bytes, base: int = 0) -> bytes:

@@ -71,6 +71,7 @@ _KIND_WORD = RECORD_KIND << 24
 CURSOR_NAME: Final = "cursor"
 _SEG_NAME = re.compile(r"^seg-(\d{4,})\.wal$")
 _READ_SPAN = 1024 * 1024
+_MAX_MERGE = 16  # longest run of segments one compaction merges
 
 
 class WalFull(Exception):
@@ -181,6 +182,7 @@ class _Segment:
         "number",
         "offs",
         "order_key",
+        "replaces_to",
         "seqs",
         "slot",
         "times",
@@ -190,6 +192,7 @@ class _Segment:
         self.slot = slot
         self.number = header.number
         self.order_key = header.order_key
+        self.replaces_to = header.replaces_to
         self.kind = header.kind
         self.first_seq = header.first_seq
         self.created_ns = header.created_ns
@@ -419,7 +422,13 @@ class Wal:
     def _open_cursor(self) -> CursorState:
         names = set(self._storage.names())
         if CURSOR_NAME in names:
-            self._cursor = self._storage.open(CURSOR_NAME)
+            try:
+                self._cursor = self._storage.open(CURSOR_NAME)
+            except OSError as exc:
+                raise WalUnavailable(
+                    f"cannot open the WAL cursor in {self.config.path} ({exc.strerror}); "
+                    "move the damaged cursor aside (everything pending is then delivered again)"
+                ) from exc
         else:
             try:
                 self._cursor = self._storage.create(CURSOR_NAME, CURSOR_FILE_BYTES)
@@ -474,7 +483,18 @@ class Wal:
             self._next_seq = max(self._next_seq, header.first_seq)
             used.append(_Segment(slot, header))
         used.sort(key=lambda seg: (seg.order_key, seg.number))
-        max_seen = 0
+        # a complete merge supersedes the older segments of its order_key range
+        merged = [t for t in used if t.kind == KIND_COMPACTED]
+        live: list[_Segment] = []
+        for seg in used:
+            if any(
+                t.order_key <= seg.order_key <= t.replaces_to and seg.number < t.number
+                for t in merged
+            ):
+                self._free.append(seg.slot)
+            else:
+                live.append(seg)
+        used = live
         for i, seg in enumerate(used):
             later = [s for s in used[i + 1 :] if s.order_key > seg.order_key]
             if later and later[0].first_seq <= cursor.ack_low:
@@ -485,23 +505,31 @@ class Wal:
                 log.warning("WAL file %s cannot be read (%s): ignored", seg.slot.name, exc)
                 counts["unusable"] += 1
                 continue
-            max_seen = self._scan_segment(seg, data, cursor, max_seen, counts)
-        self._next_seq = max(self._next_seq, max_seen + 1)
+            top = self._scan_segment(seg, data, cursor, counts)
+            self._next_seq = max(self._next_seq, top + 1)
+        # a later segment's first_seq cuts off copies left behind by a re-placed write
+        limit = None
+        for seg in reversed(used):
+            if limit is not None and seg.seqs and seg.seqs[-1] >= limit:
+                keep = bisect.bisect_left(seg.seqs, limit)
+                counts["dup"] += len(seg.seqs) - keep
+                for i in range(keep, len(seg.seqs)):
+                    if not seg.acked[i]:
+                        seg.live -= 1
+                        seg.live_bytes -= seg.lens[i]
+                seg.truncate(keep)
+            limit = seg.first_seq if limit is None else min(limit, seg.first_seq)
         return used, counts
 
     def _scan_segment(
-        self,
-        seg: _Segment,
-        data: bytes,
-        cursor: CursorState,
-        max_seen: int,
-        counts: dict[str, int],
+        self, seg: _Segment, data: bytes, cursor: CursorState, counts: dict[str, int]
     ) -> int:
-        """Index the valid records of one segment; returns the highest seq seen so far."""
+        """Index the valid records of one segment; returns its highest seq (or first_seq-1)."""
         view = memoryview(data)
         size = len(data)
         pos = PAGE
         last_end = PAGE
+        last = seg.first_seq - 1
         # append times are not stored; a recovered record is taken to be as old as its segment
         when = self._clock() - max(0.0, (self._wall() - seg.created_ns) / 1e9)
         while pos + RECORD_HEADER <= size:
@@ -509,18 +537,18 @@ class Wal:
                 pos = next_page(pos)
                 continue
             rec = parse_record(view, pos, seg.number, seg.first_seq)
-            if rec is not None and rec.seq <= max_seen:
-                counts["dup"] += 1  # a compaction or a re-placed write left a second copy
+            if rec is not None and rec.seq <= last:
+                counts["dup"] += 1
                 pos = last_end = rec.end
                 continue
             if rec is None:
-                if peek_seq(view, pos, seg.first_seq) == max_seen + 1:
+                if peek_seq(view, pos, seg.first_seq) == last + 1:
                     counts["torn"] += 1
-                resync = _resync(view, pos + 1, seg, max_seen)
+                resync = _resync(view, pos + 1, seg, last)
                 if resync is None:
                     break
                 pos, rec = resync
-                lost = rec.seq - max_seen - 1 if seg.kind == KIND_APPEND and max_seen else 1
+                lost = rec.seq - last - 1 if seg.kind == KIND_APPEND else 1
                 counts["corrupt"] += max(1, lost)
                 log.warning(
                     "WAL segment %s: corrupt records before offset %d skipped",
@@ -529,10 +557,10 @@ class Wal:
                 )
             acked = cursor.is_acked(rec.seq)
             seg.add(rec.seq, rec.key, pos, rec.end - pos, when, acked)
-            max_seen = rec.seq
+            last = rec.seq
             pos = last_end = rec.end
         seg.head = align_up(last_end)
-        return max_seen
+        return last
 
     def _resolve(self, used: list[_Segment], cursor: CursorState) -> None:
         self._segs.extend(used)
@@ -745,14 +773,20 @@ class Wal:
     # ------------------------------------------------------------------ space
 
     def _take_slot(self) -> _Slot:
-        """A slot for a new segment: free, new, compacted or (policy) the oldest dropped."""
-        spare = len(self._free) + max(0, self._max_slots - len(self._slot_names))
-        if spare == 1:
+        """A slot for a new segment: free, new, freed by compaction, or (policy) the oldest.
+
+        With three or more segments, one slot is held back as compaction's target (as a
+        log-structured filesystem keeps free segments for its cleaner): without it, a log
+        full of partly acked segments could only drop.
+        """
+        reserve = 1 if self._max_slots >= 3 else 0
+        if self._spare() <= reserve:
             self._maybe_compact()
-        if self._free:
-            return self._free.pop()
-        if len(self._slot_names) < self._max_slots and self._create_slot(free=True):
-            return self._free.pop()
+        if self._spare() > reserve or reserve == 0:
+            if self._free:
+                return self._free.pop()
+            if len(self._slot_names) < self._max_slots and self._create_slot(free=True):
+                return self._free.pop()
         victims = [s for s in self._segs if s is not self._active]
         if self.config.full_policy == "refuse" or not victims:
             self._c["refused_records"] += 1
@@ -771,6 +805,10 @@ class Wal:
         self._release(victim)
         self._fix_low()
         return self._free.pop()
+
+    def _spare(self) -> int:
+        """Slots free now or still creatable under the bound."""
+        return len(self._free) + max(0, self._max_slots - len(self._slot_names))
 
     def _create_slot(self, *, free: bool) -> bool:
         n = 0
@@ -829,71 +867,98 @@ class Wal:
         self._slot_names.discard(slot.name)
 
     def _maybe_compact(self) -> None:
-        """Rewrite the partly acked segment whose rewrite pays best, if one pays at all.
+        """Merge the run of partly acked segments whose rewrite pays best, if one pays at all.
 
-        Benefit is the slot freed (segment size minus the live bytes moved); cost is the live
-        bytes written again. Only a victim whose benefit/cost reaches compaction_min_gain is
-        rewritten: a mostly live segment stays where it is rather than wear the card.
+        The bound counts whole segments, so rewriting pays only when the live records of k
+        consecutive sealed segments fit in one: that frees k - 1 segments (the benefit) for the
+        live bytes written again (the cost). The run with the best benefit/cost is merged if
+        that ratio reaches compaction_min_gain; a mostly live log is left alone rather than
+        wear the card. Runs are consecutive so the merged segment takes their place in the log
+        and append order is kept.
         """
-        best: _Segment | None = None
-        best_gain = self.config.compaction_min_gain
-        for seg in self._segs:
-            if seg is self._active or seg.live == 0:
-                continue
-            gain = (seg.slot.size - PAGE - seg.live_bytes) / max(1, seg.live_bytes)
-            if gain >= best_gain:
-                best, best_gain = seg, gain
+        if not self._free and (
+            len(self._slot_names) >= self._max_slots or not self._create_slot(free=True)
+        ):
+            return  # no slot to write the merged segment into
+        size = self._free[-1].size
+        room = size - PAGE - RECORD_HEADER * (size // PAGE)  # worst-case page-tail padding
+        sealed = [seg for seg in self._segs if seg is not self._active]
+        best: tuple[int, int] | None = None
+        best_ratio = self.config.compaction_min_gain
+        for i in range(len(sealed)):
+            live = 0
+            for j in range(i, min(len(sealed), i + _MAX_MERGE)):
+                live += sealed[j].live_bytes
+                if live > room:
+                    break
+                ratio = (j - i) * size / max(1, live)
+                if j > i and ratio >= best_ratio:
+                    best, best_ratio = (i, j), ratio
         if best is None:
             return
-        if not self._free and not self._create_slot(free=True):
-            return
+        victims = sealed[best[0] : best[1] + 1]
         slot = self._free.pop()
-        victim = best
+        live_records = [r for victim in victims for r in self._read_live(victim)]
         header = SegmentHeader(
             number=self._next_number,
-            order_key=victim.order_key,
-            first_seq=victim.seqs[0],
-            created_ns=victim.created_ns,
+            order_key=victims[0].order_key,
+            first_seq=live_records[0][0] if live_records else victims[0].first_seq,
+            created_ns=victims[0].created_ns,
             kind=KIND_COMPACTED,
+            replaces_to=victims[-1].order_key,
         )
         target = _Segment(slot, header)
         out = bytearray(header.encode())
         out += bytes(PAGE - len(out))
-        try:
-            for seq, key, payload in self._read_live(victim):
+        now = self._clock()
+        for seq, key, payload in live_records:
+            pos = len(out)
+            if PAGE - pos % PAGE < RECORD_HEADER:
+                out += bytes(align_up(pos) - pos)
                 pos = len(out)
-                if PAGE - pos % PAGE < RECORD_HEADER:
-                    out += bytes(align_up(pos) - pos)
-                    pos = len(out)
-                frame = frame_record(target.number, seq, key, payload, target.first_seq)
-                out += frame
-                i = victim.find(seq)
-                target.add(seq, key, pos, len(frame), victim.times[i], False)
-            if len(out) % PAGE:
-                out += bytes(PAGE - len(out) % PAGE)
-            slot.file.pwrite(out, 0)
+            frame = frame_record(target.number, seq, key, payload, target.first_seq)
+            out += frame
+            target.add(seq, key, pos, len(frame), now, False)
+        if len(out) % PAGE:
+            out += bytes(PAGE - len(out) % PAGE)
+        try:
+            # records first, header last: a valid compacted header means a complete merge
+            slot.file.pwrite(memoryview(out)[PAGE:], PAGE)
+            slot.file.sync()
+            slot.file.pwrite(memoryview(out)[:PAGE], 0)
             slot.file.sync()
         except OSError as exc:
             self._c["write_errors"] += 1
             self._free.append(slot)
-            log.warning("WAL compaction of %s failed (%s)", victim.slot.name, exc.strerror)
+            log.warning("WAL compaction into %s failed (%s)", slot.name, exc.strerror)
             return
+        # records keep their append times, so the oldest-age gauge stays true
+        ages = {}
+        for victim in victims:
+            for i in range(len(victim.seqs)):
+                if not victim.acked[i]:
+                    ages[victim.seqs[i]] = victim.times[i]
+        for i, seq in enumerate(target.seqs):
+            target.times[i] = ages.get(seq, now)
         self._next_number += 1
         target.head = len(out)
         self._c["bytes_written"] += len(out)
         self._c["compaction_bytes"] += len(out)
         self._c["compactions"] += 1
-        self._c["fsyncs"] += 1
-        self._segs[self._segs.index(victim)] = target
-        for i in range(len(victim.acked)):
-            victim.acked[i] = 1
-        victim.live = victim.live_bytes = 0
-        self._forget(victim)
+        self._c["fsyncs"] += 2
+        at = self._segs.index(victims[0])
+        self._segs[at : at + len(victims)] = [target]
+        for victim in victims:
+            for i in range(len(victim.acked)):
+                victim.acked[i] = 1
+            victim.live = victim.live_bytes = 0
+            self._forget(victim)
         log.info(
-            "WAL compacted %s into %s: %d live records moved, %d bytes written",
-            victim.slot.name,
+            "WAL compacted %d segments (%s...) into %s: %d live records moved, %d bytes written",
+            len(victims),
+            victims[0].slot.name,
             slot.name,
-            target.live,
+            len(target.seqs),
             len(out),
         )
 
@@ -1187,9 +1252,9 @@ class Wal:
 
 
 def _resync(
-    view: memoryview, start: int, seg: _Segment, max_seen: int
+    view: memoryview, start: int, seg: _Segment, last: int
 ) -> tuple[int, ParsedRecord] | None:
-    """The next valid record of this segment newer than max_seen at or after start.
+    """The next valid record of this segment newer than last at or after start.
 
     Looks at every byte position whose kind byte matches (a fast C search), so one damaged
     record costs only itself, not the rest of its page.
@@ -1200,7 +1265,7 @@ def _resync(
     while at != -1:
         pos = at - KIND_BYTE_OFFSET
         rec = parse_record(view, pos, seg.number, seg.first_seq)
-        if rec is not None and rec.seq > max_seen:
+        if rec is not None and rec.seq > last:
             return pos, rec
         at = data.find(kind, at + 1)
     return None

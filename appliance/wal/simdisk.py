@@ -17,6 +17,10 @@ SECTOR = 512
 PAGE = 4096
 
 
+class PowerCut(BaseException):
+    """Raised by a SimDisk I/O call when the simulated power goes (see cut_after)."""
+
+
 def _err(code: int) -> OSError:
     return OSError(code, os.strerror(code))
 
@@ -41,6 +45,7 @@ class SimFile:
 
     def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
         disk = self._disk
+        disk.count_io()
         disk.writes += 1
         if disk.fail_writes:
             disk.fail_writes -= 1
@@ -55,6 +60,7 @@ class SimFile:
 
     def sync(self) -> None:
         disk = self._disk
+        disk.count_io()
         if disk.fail_syncs:
             disk.fail_syncs -= 1
             raise _err(errno.EIO)
@@ -76,6 +82,9 @@ class SimDisk:
 
     capacity: total bytes of files it can hold (create beyond it raises ENOSPC).
     fail_writes / fail_syncs: the next N pwrite / sync calls raise (fail_errno / EIO).
+    cut_after: after this many more pwrite/sync calls, the next one raises PowerCut instead of
+    happening (a BaseException, so no error handling in the WAL can swallow it); follow it
+    with power_loss() and reopen, as after a real cut in the middle of any operation.
     """
 
     def __init__(self, capacity: int | None = None) -> None:
@@ -85,6 +94,7 @@ class SimDisk:
         self.fail_writes = 0
         self.fail_errno = errno.ENOSPC
         self.fail_syncs = 0
+        self.cut_after: int | None = None
         self.writes = 0
         self.syncs = 0
         self.bytes_written = 0
@@ -117,6 +127,13 @@ class SimDisk:
         del self.files[name]
 
     # the simulation
+    def count_io(self) -> None:
+        if self.cut_after is not None:
+            if self.cut_after <= 0:
+                self.cut_after = None
+                raise PowerCut
+            self.cut_after -= 1
+
     def used_bytes(self) -> int:
         """Bytes of all files (what `du` would say of the WAL directory)."""
         return sum(len(f.current) for f in self.files.values())

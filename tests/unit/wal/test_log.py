@@ -173,22 +173,23 @@ def test_acked_segments_are_recycled_without_new_files(disk: Disk) -> None:
     assert len([n for n in names if n.startswith("seg-")]) <= 4
 
 
-def test_compaction_rewrites_a_mostly_acked_segment_instead_of_dropping(
+def test_compaction_merges_mostly_acked_segments_instead_of_dropping(
     opener: Callable[..., Wal],
 ) -> None:
-    wal = opener(segments=3)
-    fill(wal, 0, 250)  # first segment
-    recs = wal.read(250)
+    wal = opener(segments=4)
+    fill(wal, 0, 750)  # about three segments
+    recs = wal.read(750)
     stuck = [r for r in recs if r.seq % 50 == 0]
     wal.ack([r.seq for r in recs if r.seq % 50])  # 1 record in 50 stays unacked
-    fill(wal, 1000, 400)  # needs the third slot: the first one is compacted
+    fill(wal, 1000, 600)  # more than the free space: the partly acked segments are merged
     st = wal.stats()
     assert st.compactions >= 1 and st.compaction_bytes > 0
     assert st.dropped_records == 0
+    assert st.segments_in_use + st.segments_free <= 4
     got = keys(wal.read(5000))
-    assert got[: len(stuck)] == [r.key for r in stuck]
+    assert got == [r.key for r in stuck] + [f"k{i}".encode() for i in range(1000, 1600)]
     wal.close()
-    wal = opener(segments=3)
+    wal = opener(segments=4)
     assert keys(wal.read(5000)) == got
     wal.close()
 
@@ -221,4 +222,25 @@ def test_stats_report_backlog_and_write_amplification(opener: Callable[..., Wal]
     assert st.fsyncs == 1 and st.bytes_written % 4096 == 0
     assert st.write_amplification == pytest.approx(st.bytes_written / 20000)
     assert st.oldest_age_s >= 0
+    wal.close()
+
+
+def test_ack_ranges_beyond_one_cursor_slot_are_persisted_up_to_its_limit(
+    opener: Callable[..., Wal], caplog: pytest.LogCaptureFixture
+) -> None:
+    from appliance.wal.format import MAX_RANGES
+
+    wal = opener()
+    fill(wal, 0, 2 * MAX_RANGES + 200, size=20)
+    recs = wal.read(10_000)
+    odd = [r for r in recs if r.seq % 2]  # every other record: one range per ack
+    wal.ack(r.seq for r in odd)
+    wal.close()
+    assert "ack ranges above the low mark" in caplog.text
+    wal = opener()
+    back = {r.seq for r in wal.read(10_000)}
+    # seq 1 is below the low mark; seqs 3, 5, ... are one range each
+    persisted = odd[: MAX_RANGES + 1]
+    assert not back & {r.seq for r in persisted}  # within the slot: never delivered again
+    assert {r.seq for r in odd[MAX_RANGES + 1 :]} <= back  # beyond: delivered again, as documented
     wal.close()
