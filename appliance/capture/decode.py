@@ -1,0 +1,516 @@
+"""Frames in, flow-key columns out: the packet decoder, a whole batch at a time.
+
+A `FrameBatch` is what every capture source produces (a chunk of a pcap file, one TPACKET_V3
+block): one buffer, the offset, captured length and timestamp of each frame in it, and, for
+the ring, the VLAN id the kernel stripped from the frame. `Decoder.decode` turns it into
+`PacketColumns`: one row per metered IP packet, in arrival order, with the canonical flow key
+already computed. Nothing here keeps flows; that is appliance.capture.meter.
+
+Two paths, same results:
+- the vectorised path (numpy gathers at per-frame offsets) handles Ethernet, one 802.1Q tag in
+  the bytes, IPv4 without fragmentation, IPv6 without extension headers, and TCP, UDP, SCTP,
+  DCCP, UDP-Lite, ICMP, ICMPv6 and portless protocols;
+- every other frame (IPv6 extension headers, fragments, QinQ, truncated or malformed headers,
+  frames at the very end of a buffer) goes through `_decode_slow`, a per-frame Python decoder.
+  It also owns the fragment rule (below), the only state the decoder keeps.
+
+Flow key rules (docs/FLOWS.md):
+- key = (VLAN id, IP version, protocol, endpoint A, endpoint B), endpoints (address, key port)
+  ordered so that A <= B: both directions of a conversation share one key; `rev` says whether
+  the packet went B -> A.
+- TCP, UDP, SCTP, DCCP, UDP-Lite: key ports are the transport ports.
+- ICMP / ICMPv6 echo request and reply (types 8/0, 128/129): both key ports are the echo
+  identifier, so a ping and its replies are one flow and two pings with different ids are two.
+- other ICMP messages: both key ports are 0x10000 | type << 8 | code (one flow per type/code
+  between two hosts, both directions).
+- any other protocol: key ports 0.
+- fragments: the first fragment carries the transport header and is keyed normally; the decoder
+  remembers (src, dst, protocol, IP id) -> key ports for FRAG_MEMORY_S, and later fragments of
+  the same datagram join that flow. A non-first fragment whose first fragment was not seen
+  (lost, or arrived later) is keyed with ports 0. Every fragment counts its own IP length.
+- bytes are the IP total length (IPv4 total length, IPv6 payload length + 40): IPFIX
+  octetDeltaCount. Link-layer headers, VLAN tags and Ethernet padding are not counted; a
+  truncated capture (snaplen) still counts the length the IP header states.
+- non-IP frames (ARP, LLDP, ...) are counted per ethertype in `DecodeStats`, never metered.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+I64 = npt.NDArray[np.int64]
+U64 = npt.NDArray[np.uint64]
+U32 = npt.NDArray[np.uint32]
+U16 = npt.NDArray[np.uint16]
+U8 = npt.NDArray[np.uint8]
+Bools = npt.NDArray[np.bool_]
+
+LINKTYPE_ETHERNET = 1
+LINKTYPE_RAW = 101  # raw IPv4/IPv6, no link layer
+
+ETH_IPV4 = 0x0800
+ETH_IPV6 = 0x86DD
+ETH_VLAN = 0x8100
+ETH_QINQ = 0x88A8
+
+TCP, UDP, ICMP, ICMPV6, SCTP, DCCP, UDPLITE = 6, 17, 1, 58, 132, 33, 136
+TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
+ICMP_KEY_BIT = 0x10000
+
+#: IPv6 extension headers walked by the slow path (44 = fragment, 51 = AH).
+IPV6_EXT = frozenset({0, 43, 44, 51, 60, 135, 139, 140, 253, 254})
+#: How long the fragment rule remembers a first fragment's key ports, and how many it keeps.
+FRAG_MEMORY_S = 30.0
+FRAG_MEMORY_MAX = 4096
+
+#: Bytes beyond a frame's start that the vectorised path may read: Ethernet + tag (18) +
+#: IPv4 with options (60) + the TCP header up to the flags (14), rounded up.
+MAX_REACH = 96
+
+_PORT_PROTOS = (TCP, UDP, SCTP, DCCP, UDPLITE)
+#: Transport header bytes the key needs, per protocol number.
+_L4_NEED = np.zeros(256, dtype=np.int64)
+_L4_NEED[[UDP, SCTP, DCCP, UDPLITE]] = 4
+_L4_NEED[TCP] = 14
+_L4_NEED[[ICMP, ICMPV6]] = 6
+_HAS_PORTS = np.zeros(256, dtype=np.bool_)
+_HAS_PORTS[list(_PORT_PROTOS)] = True
+_IPV6_EXT_LUT = np.zeros(256, dtype=np.bool_)
+_IPV6_EXT_LUT[list(IPV6_EXT)] = True
+
+
+@dataclass
+class FrameBatch:
+    """Frames of one chunk in arrival order (all arrays have one entry per frame).
+
+    data is the buffer the frames live in (it may be a read-only view of a file map or of the
+    ring; the decoder copies what it keeps). vlan is the VLAN id from capture metadata (the
+    ring's tp_vlan_tci; 0 = none) or None when tags are still in the frame bytes (files).
+    """
+
+    data: U8
+    offsets: I64
+    caplen: I64
+    ts_ns: I64
+    vlan: U16 | None = None
+    linktype: int = LINKTYPE_ETHERNET
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+
+@dataclass
+class PacketColumns:
+    """One row per metered packet, arrival order; the key is canonical (A <= B)."""
+
+    ts_ns: I64
+    vlan: U16
+    ipver: U8
+    proto: U8
+    a_hi: U64
+    a_lo: U64
+    b_hi: U64
+    b_lo: U64
+    port_a: U32
+    port_b: U32
+    rev: Bools  # True: the packet went B -> A
+    nbytes: I64
+    tcp_flags: U8
+    icmp_type: U8
+    icmp_code: U8
+
+    def __len__(self) -> int:
+        return len(self.ts_ns)
+
+    def take(self, idx: npt.NDArray[np.intp] | Bools) -> PacketColumns:
+        """The rows idx (indices or a mask), as a new PacketColumns."""
+        return PacketColumns(**{k: v[idx] for k, v in self.__dict__.items()})
+
+    @staticmethod
+    def concat(parts: list[PacketColumns]) -> PacketColumns:
+        """Rows of parts, in order."""
+        names = PacketColumns.__dataclass_fields__
+        return PacketColumns(**{k: np.concatenate([getattr(p, k) for p in parts]) for k in names})
+
+
+@dataclass
+class DecodeStats:
+    """What the decoder saw, cumulative; frames = metered + non_ip + malformed."""
+
+    frames: int = 0
+    metered: int = 0
+    slow_path: int = 0
+    fragments: int = 0
+    malformed: int = 0
+    non_ip: dict[int, int] = field(default_factory=dict)  # ethertype -> frames
+
+    @property
+    def non_ip_total(self) -> int:
+        return sum(self.non_ip.values())
+
+
+def _strided(data: U8, dtype: str) -> npt.NDArray[np.unsignedinteger]:
+    """A view of data holding the big-endian integer that starts at every byte offset."""
+    size = np.dtype(dtype).itemsize
+    n = max(len(data) - size + 1, 0)
+    return np.ndarray(shape=(n,), dtype=dtype, buffer=data, offset=0, strides=(1,))
+
+
+class Decoder:
+    """Decodes FrameBatches; keeps only the fragment memory (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.stats = DecodeStats()
+        # (ipver, src, dst, proto, ip id) -> (port_src, port_dst, first-seen ns)
+        self._frags: OrderedDict[tuple[int, bytes, bytes, int, int], tuple[int, int, int]] = (
+            OrderedDict()
+        )
+
+    def decode(self, batch: FrameBatch) -> PacketColumns:
+        """Decode every frame of batch; rows for metered packets only, in arrival order."""
+        n = len(batch)
+        self.stats.frames += n
+        if n == 0:
+            return _empty_columns()
+        data = batch.data
+        off = batch.offsets
+        caplen = batch.caplen
+        safe = off <= len(data) - MAX_REACH
+        o = np.where(safe, off, 0)
+        u8 = data
+        u16 = _strided(data, ">u2")
+        u32 = _strided(data, ">u4")
+        u64 = _strided(data, ">u8")
+
+        if batch.linktype == LINKTYPE_RAW:
+            l3 = o
+            b0 = u8[l3]
+            ver = b0 >> 4
+            et2 = np.where(ver == 4, ETH_IPV4, np.where(ver == 6, ETH_IPV6, 0)).astype(np.int64)
+            vlan = np.zeros(n, dtype=np.uint16) if batch.vlan is None else batch.vlan
+            tagged_bad = np.zeros(n, dtype=np.bool_)
+            link_len = 0
+        else:
+            et = u16[o + 12].astype(np.int64)
+            tagged = et == ETH_VLAN
+            l3 = o + 14 + 4 * tagged
+            et2 = np.where(tagged, u16[o + 16], et)
+            vlan_bytes = np.where(tagged, u16[o + 14] & 0x0FFF, 0).astype(np.uint16)
+            vlan = vlan_bytes if batch.vlan is None else np.where(tagged, vlan_bytes, batch.vlan)
+            vlan = vlan.astype(np.uint16)
+            # QinQ or a second tag: the slow path walks it.
+            tagged_bad = (et == ETH_QINQ) | (tagged & ((et2 == ETH_VLAN) | (et2 == ETH_QINQ)))
+            b0 = u8[l3]
+            link_len = 14
+
+        is4 = et2 == ETH_IPV4
+        is6 = et2 == ETH_IPV6
+        ihl = (b0 & 0x0F).astype(np.int64) * 4
+        ok4 = is4 & ((b0 >> 4) == 4) & (ihl >= 20) & ((u16[l3 + 6] & 0x3FFF) == 0)
+        tot4 = u16[l3 + 2].astype(np.int64)
+        ok4 &= tot4 >= ihl
+        nh6 = u8[l3 + 6]
+        plen6 = u16[l3 + 4].astype(np.int64)
+        ok6 = is6 & ((b0 >> 4) == 6) & ~_IPV6_EXT_LUT[nh6] & (plen6 > 0)
+        proto = np.where(is6, nh6, u8[l3 + 9])
+        l4 = np.where(is6, l3 + 40, l3 + ihl)
+        nbytes = np.where(is6, plen6 + 40, tot4)
+        need = _L4_NEED[proto]
+        fits = (l4 + need - o) <= caplen
+        fast = safe & ~tagged_bad & (ok4 | ok6) & fits
+        if link_len:
+            non_ip = safe & ~tagged_bad & ~is4 & ~is6 & (caplen >= 14)
+        else:
+            non_ip = np.zeros(n, dtype=np.bool_)
+        slow_idx = np.flatnonzero(~fast & ~non_ip)
+
+        if non_ip.any():
+            types, counts = np.unique(et2[non_ip], return_counts=True)
+            for t, c in zip(types.tolist(), counts.tolist(), strict=True):
+                self.stats.non_ip[t] = self.stats.non_ip.get(t, 0) + c
+
+        # Addresses: IPv4 into the low word (hi = 0); IPv6 rows overwritten below.
+        addrs4 = u64[l3 + 12]  # source and destination in one gather
+        s_lo = addrs4 >> np.uint64(32)
+        d_lo = addrs4 & np.uint64(0xFFFF_FFFF)
+        s_hi = np.zeros(n, dtype=np.uint64)
+        d_hi = np.zeros(n, dtype=np.uint64)
+        idx6 = np.flatnonzero(ok6 & fast)
+        if len(idx6):
+            l36 = l3[idx6]
+            s_hi[idx6] = u64[l36 + 8]
+            s_lo[idx6] = u64[l36 + 16]
+            d_hi[idx6] = u64[l36 + 24]
+            d_lo[idx6] = u64[l36 + 32]
+
+        ports = u32[l4]  # both ports (or ICMP type, code, checksum) in one gather
+        sport = ports >> np.uint32(16)
+        dport = ports & np.uint32(0xFFFF)
+        is_icmp = ((proto == ICMP) & is4) | ((proto == ICMPV6) & is6)
+        icmp_type = np.where(is_icmp, sport >> 8, 0).astype(np.uint8)
+        icmp_code = np.where(is_icmp, sport & 0xFF, 0).astype(np.uint8)
+        echo = is_icmp & (
+            (is4 & ((icmp_type == 8) | (icmp_type == 0)))
+            | (is6 & ((icmp_type == 128) | (icmp_type == 129)))
+        )
+        has_ports = _HAS_PORTS[proto]
+        icmp_port = np.where(echo, u16[l4 + 4], ICMP_KEY_BIT | sport).astype(np.uint32)
+        ksrc = np.where(has_ports, sport, np.where(is_icmp, icmp_port, 0)).astype(np.uint32)
+        kdst = np.where(has_ports, dport, np.where(is_icmp, icmp_port, 0)).astype(np.uint32)
+        tcp_flags = np.where(proto == TCP, u8[l4 + 13], 0).astype(np.uint8)
+        ipver = np.where(is6, 6, 4).astype(np.uint8)
+
+        keep = fast
+        if len(slow_idx):
+            keep = fast.copy()
+            cols = {
+                "s_hi": s_hi,
+                "s_lo": s_lo,
+                "d_hi": d_hi,
+                "d_lo": d_lo,
+                "ksrc": ksrc,
+                "kdst": kdst,
+                "proto": proto,
+                "ipver": ipver,
+                "nbytes": nbytes,
+                "tcp_flags": tcp_flags,
+                "icmp_type": icmp_type,
+                "icmp_code": icmp_code,
+                "vlan": vlan,
+            }
+            if proto.dtype != np.uint8:
+                proto = cols["proto"] = proto.astype(np.uint8)
+            for i in slow_idx.tolist():
+                self._slow_row(batch, i, cols, keep)
+            self.stats.slow_path += len(slow_idx)
+
+        # Canonical order of the endpoints: A is the lower (address, key port).
+        less = (s_hi < d_hi) | (
+            (s_hi == d_hi) & ((s_lo < d_lo) | ((s_lo == d_lo) & (ksrc <= kdst)))
+        )
+        cols_out = PacketColumns(
+            ts_ns=batch.ts_ns,
+            vlan=vlan,
+            ipver=ipver,
+            proto=proto.astype(np.uint8),
+            a_hi=np.where(less, s_hi, d_hi),
+            a_lo=np.where(less, s_lo, d_lo),
+            b_hi=np.where(less, d_hi, s_hi),
+            b_lo=np.where(less, d_lo, s_lo),
+            port_a=np.where(less, ksrc, kdst),
+            port_b=np.where(less, kdst, ksrc),
+            rev=~less,
+            nbytes=nbytes.astype(np.int64),
+            tcp_flags=tcp_flags,
+            icmp_type=icmp_type,
+            icmp_code=icmp_code,
+        )
+        if not keep.all():
+            cols_out = cols_out.take(keep)
+        self.stats.metered += len(cols_out)
+        return cols_out
+
+    # -- the per-frame path -------------------------------------------------------------
+
+    def _slow_row(
+        self,
+        batch: FrameBatch,
+        i: int,
+        cols: dict[str, npt.NDArray[np.generic]],
+        keep: Bools,
+    ) -> None:
+        """Decode frame i with `decode_frame` and write its row into cols (or drop it)."""
+        start = int(batch.offsets[i])
+        frame = batch.data[start : start + int(batch.caplen[i])].tobytes()
+        meta_vlan = 0 if batch.vlan is None else int(batch.vlan[i])
+        res = self.decode_frame(frame, meta_vlan, int(batch.ts_ns[i]), batch.linktype)
+        if isinstance(res, int):
+            keep[i] = False
+            if res >= 0:
+                self.stats.non_ip[res] = self.stats.non_ip.get(res, 0) + 1
+            else:
+                self.stats.malformed += 1
+            return
+        keep[i] = True
+        (vlan, ipver, proto, src, dst, ksrc, kdst, nbytes, flags, itype, icode) = res
+        cols["vlan"][i] = vlan
+        cols["ipver"][i] = ipver
+        cols["proto"][i] = proto
+        cols["s_hi"][i], cols["s_lo"][i] = _addr_words(src)
+        cols["d_hi"][i], cols["d_lo"][i] = _addr_words(dst)
+        cols["ksrc"][i] = ksrc
+        cols["kdst"][i] = kdst
+        cols["nbytes"][i] = nbytes
+        cols["tcp_flags"][i] = flags
+        cols["icmp_type"][i] = itype
+        cols["icmp_code"][i] = icode
+
+    def decode_frame(
+        self, frame: bytes, meta_vlan: int, ts_ns: int, linktype: int = LINKTYPE_ETHERNET
+    ) -> tuple[int, int, int, bytes, bytes, int, int, int, int, int, int] | int:
+        """Decode one frame the slow, general way.
+
+        Returns (vlan, ipver, proto, src, dst, key port src, key port dst, IP bytes, TCP
+        flags, ICMP type, ICMP code), or an int: the ethertype of a non-IP frame (>= 0), or -1
+        for a malformed or truncated one.
+        """
+        vlan = meta_vlan
+        pos = 0
+        if linktype == LINKTYPE_RAW:
+            if not frame:
+                return -1
+            et = {4: ETH_IPV4, 6: ETH_IPV6}.get(frame[0] >> 4, -1)
+        else:
+            if len(frame) < 14:
+                return -1
+            et = int.from_bytes(frame[12:14], "big")
+            pos = 14
+            while et in (ETH_VLAN, ETH_QINQ):
+                if len(frame) < pos + 4:
+                    return -1
+                # The innermost tag names the VLAN the flow belongs to.
+                vlan = int.from_bytes(frame[pos : pos + 2], "big") & 0x0FFF
+                et = int.from_bytes(frame[pos + 2 : pos + 4], "big")
+                pos += 4
+        if et == ETH_IPV4:
+            return self._ipv4(frame, pos, vlan, ts_ns)
+        if et == ETH_IPV6:
+            return self._ipv6(frame, pos, vlan, ts_ns)
+        return et if et >= 0 else -1
+
+    def _ipv4(
+        self, frame: bytes, pos: int, vlan: int, ts_ns: int
+    ) -> tuple[int, int, int, bytes, bytes, int, int, int, int, int, int] | int:
+        if len(frame) < pos + 20 or frame[pos] >> 4 != 4:
+            return -1
+        ihl = (frame[pos] & 0x0F) * 4
+        total, ident, fragf = struct.unpack_from(">HHH", frame, pos + 2)
+        proto = frame[pos + 9]
+        if ihl < 20 or total < ihl:
+            return -1
+        src = frame[pos + 12 : pos + 16]
+        dst = frame[pos + 16 : pos + 20]
+        frag_off = fragf & 0x1FFF
+        more = bool(fragf & 0x2000)
+        return self._transport(
+            frame, pos + ihl, vlan, 4, proto, src, dst, total, ts_ns, frag_off, more, ident
+        )
+
+    def _ipv6(
+        self, frame: bytes, pos: int, vlan: int, ts_ns: int
+    ) -> tuple[int, int, int, bytes, bytes, int, int, int, int, int, int] | int:
+        if len(frame) < pos + 40 or frame[pos] >> 4 != 6:
+            return -1
+        plen = int.from_bytes(frame[pos + 4 : pos + 6], "big")
+        if plen == 0:
+            return -1  # jumbogram: out of scope, counted as malformed
+        nh = frame[pos + 6]
+        src = frame[pos + 8 : pos + 24]
+        dst = frame[pos + 24 : pos + 40]
+        p = pos + 40
+        frag_off, more, ident = 0, False, -1
+        while nh in IPV6_EXT:
+            if len(frame) < p + 8:
+                return -1
+            if nh == 44:  # fragment header: fixed 8 bytes
+                fo = int.from_bytes(frame[p + 2 : p + 4], "big")
+                frag_off, more = fo >> 3, bool(fo & 1)
+                ident = int.from_bytes(frame[p + 4 : p + 8], "big")
+                nh, p = frame[p], p + 8
+                if frag_off:
+                    break  # no transport header in a non-first fragment
+            elif nh == 51:  # AH: length in 4-octet units, minus 2
+                nh, p = frame[p], p + (frame[p + 1] + 2) * 4
+            else:
+                nh, p = frame[p], p + (frame[p + 1] + 1) * 8
+        return self._transport(
+            frame, p, vlan, 6, nh, src, dst, plen + 40, ts_ns, frag_off, more, ident
+        )
+
+    def _transport(
+        self,
+        frame: bytes,
+        p: int,
+        vlan: int,
+        ipver: int,
+        proto: int,
+        src: bytes,
+        dst: bytes,
+        nbytes: int,
+        ts_ns: int,
+        frag_off: int,
+        more: bool,
+        ident: int,
+    ) -> tuple[int, int, int, bytes, bytes, int, int, int, int, int, int]:
+        is_frag = frag_off != 0 or more
+        fkey = (ipver, src, dst, proto, ident)
+        if is_frag:
+            self.stats.fragments += 1
+        if frag_off:
+            remembered = self._frags.get(fkey)
+            if remembered is not None and ts_ns - remembered[2] <= FRAG_MEMORY_S * 1e9:
+                return (vlan, ipver, proto, src, dst, remembered[0], remembered[1], nbytes, 0,
+                        0, 0)  # fmt: skip
+            return (vlan, ipver, proto, src, dst, 0, 0, nbytes, 0, 0, 0)
+        ksrc = kdst = flags = itype = icode = 0
+        icmp = (proto == ICMP and ipver == 4) or (proto == ICMPV6 and ipver == 6)
+        need = int(_L4_NEED[proto])
+        if len(frame) >= p + need:
+            if proto in _PORT_PROTOS:
+                ksrc, kdst = struct.unpack_from(">HH", frame, p)
+                if proto == TCP:
+                    flags = frame[p + 13]
+            elif icmp:
+                itype, icode = frame[p], frame[p + 1]
+                echo = itype in ((8, 0) if ipver == 4 else (128, 129))
+                if echo:
+                    ksrc = kdst = int.from_bytes(frame[p + 4 : p + 6], "big")
+                else:
+                    ksrc = kdst = ICMP_KEY_BIT | itype << 8 | icode
+        if more and not frag_off:
+            self._remember_fragment(fkey, ksrc, kdst, ts_ns)
+        return (vlan, ipver, proto, src, dst, ksrc, kdst, nbytes, flags, itype, icode)
+
+    def _remember_fragment(
+        self, fkey: tuple[int, bytes, bytes, int, int], ksrc: int, kdst: int, ts_ns: int
+    ) -> None:
+        self._frags[fkey] = (ksrc, kdst, ts_ns)
+        self._frags.move_to_end(fkey)
+        while len(self._frags) > FRAG_MEMORY_MAX:
+            self._frags.popitem(last=False)
+
+
+def _addr_words(addr: bytes) -> tuple[int, int]:
+    """(hi, lo) 64-bit words of an address as the key stores it (IPv4: hi = 0)."""
+    if len(addr) == 4:
+        return 0, int.from_bytes(addr, "big")
+    v = int.from_bytes(addr, "big")
+    return v >> 64, v & 0xFFFF_FFFF_FFFF_FFFF
+
+
+def _empty_columns() -> PacketColumns:
+    u64 = np.zeros(0, dtype=np.uint64)
+    u32 = np.zeros(0, dtype=np.uint32)
+    u8 = np.zeros(0, dtype=np.uint8)
+    return PacketColumns(
+        ts_ns=np.zeros(0, dtype=np.int64),
+        vlan=np.zeros(0, dtype=np.uint16),
+        ipver=u8,
+        proto=u8,
+        a_hi=u64,
+        a_lo=u64,
+        b_hi=u64,
+        b_lo=u64,
+        port_a=u32,
+        port_b=u32,
+        rev=np.zeros(0, dtype=np.bool_),
+        nbytes=np.zeros(0, dtype=np.int64),
+        tcp_flags=u8,
+        icmp_type=u8,
+        icmp_code=u8,
+    )
