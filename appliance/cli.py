@@ -21,10 +21,10 @@ from appliance import __version__
 from appliance.errors import CommandError
 
 #: Modules whose register(subparsers) adds top-level commands, in help order.
-COMMAND_MODULES = ("appliance.pki.cli",)
+COMMAND_MODULES = ("appliance.pki.cli", "appliance.capture.cli")
 
 #: Modules whose register(subparsers) adds `infraspectre bench ...` commands.
-BENCH_MODULES: tuple[str, ...] = ()
+BENCH_MODULES: tuple[str, ...] = ("appliance.capture.bench",)
 
 
 def build_parser() -> argparse.ArgumentParser:
