@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import tempfile
 import time
@@ -195,9 +194,12 @@ def _run_softflowd(path: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="isbench-nfcapd-") as tmp, _netns("isbench-sf") as ns:
         flowdir = Path(tmp)
         # -B: a socket buffer big enough that no NetFlow datagram is lost while nfcapd writes.
+        nfcapd_cmd = ["ip", "netns", "exec", ns, "nfcapd", "-w", str(flowdir)]
+        nfcapd_cmd += ["-b", "127.0.0.1", "-p", str(NFCAPD_PORT), "-B", "8000000"]
+        softflowd_cmd = ["ip", "netns", "exec", ns, "softflowd", "-r", str(path), "-c", "none"]
+        softflowd_cmd += ["-m", "200000", "-v", "9", "-n", f"127.0.0.1:{NFCAPD_PORT}"]
         nfcapd = subprocess.Popen(
-            ["ip", "netns", "exec", ns, "nfcapd", "-w", str(flowdir), "-b", "127.0.0.1",
-             "-p", str(NFCAPD_PORT), "-B", "8000000"],  # fmt: skip
+            nfcapd_cmd,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -206,8 +208,7 @@ def _run_softflowd(path: Path) -> dict[str, Any]:
             start = time.perf_counter()
             before = os.times()
             proc = subprocess.run(
-                ["ip", "netns", "exec", ns, "softflowd", "-r", str(path), "-c", "none",
-                 "-m", "200000", "-v", "9", "-n", f"127.0.0.1:{NFCAPD_PORT}"],  # fmt: skip
+                softflowd_cmd,
                 capture_output=True,
                 text=True,
                 timeout=600,
@@ -273,7 +274,13 @@ def _softflowd_flows(stdout: str) -> int:
     return 0
 
 
-_NFDUMP_PROTO = {"TCP": "TCP", "UDP": "UDP", "ICMP": "ICMP", "ICMP6": "ICMPV6", "IPv6-ICMP": "ICMPV6"}
+_NFDUMP_PROTO = {
+    "TCP": "TCP",
+    "UDP": "UDP",
+    "ICMP": "ICMP",
+    "ICMP6": "ICMPV6",
+    "IPv6-ICMP": "ICMPV6",
+}
 
 
 def _nfdump_totals(flowdir: Path) -> tuple[dict[str, dict[str, int]], int]:
@@ -298,7 +305,8 @@ def _nfdump_totals(flowdir: Path) -> tuple[dict[str, dict[str, int]], int]:
             header = fields
             continue
         if header is None:
-            header = "ts,te,td,sa,da,sp,dp,pr,flg,fwd,stos,ipkt,ibyt".split(",")
+            header = ["ts", "te", "td", "sa", "da", "sp", "dp", "pr"]
+            header += ["flg", "fwd", "stos", "ipkt", "ibyt"]
         if len(fields) < 13:
             continue
         rows += 1
@@ -314,7 +322,9 @@ def _nfdump_totals(flowdir: Path) -> tuple[dict[str, dict[str, int]], int]:
 # -- memory ----------------------------------------------------------------------------
 
 
-def memory_bench(max_flows: int, flows_total: int = 2_000_000, batch: int = 16384) -> dict[str, Any]:
+def memory_bench(
+    max_flows: int, flows_total: int = 2_000_000, batch: int = 16384
+) -> dict[str, Any]:
     """Drive max_flows to the limit with distinct flows; report anonymous RSS and the bound."""
     import numpy as np
 
@@ -374,4 +384,3 @@ def _rss_anon_kib() -> int:
             if line.startswith("RssAnon:"):
                 return int(line.split()[1])
     return 0
-

@@ -68,7 +68,8 @@ def _flows(args: argparse.Namespace) -> int:
                 out.write(json.dumps(rec.to_json_dict()) + "\n")
             else:
                 out.write(
-                    f"{rec.proto:<6} {_ep(rec.src_ip, rec.src_port)} -> {_ep(rec.dst_ip, rec.dst_port)}"
+                    f"{rec.proto:<6} {_ep(rec.src_ip, rec.src_port)}"
+                    f" -> {_ep(rec.dst_ip, rec.dst_port)}"
                     f" vlan {rec.vlan} pkts {rec.packets_tx}/{rec.packets_rx}"
                     f" bytes {rec.bytes_tx}/{rec.bytes_rx} flags {rec.flags:#04x}"
                     f" {rec.duration_ms} ms {rec.end_reason.name}\n"

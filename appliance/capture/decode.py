@@ -68,8 +68,8 @@ IPV6_EXT = frozenset({0, 43, 44, 51, 60, 135, 139, 140, 253, 254})
 FRAG_MEMORY_S = 30.0
 FRAG_MEMORY_MAX = 4096
 
-#: Bytes beyond a frame's start that the vectorised path may read: Ethernet + tag (18) +
-#: IPv4 with options (60) + the TCP header up to the flags (14), rounded up.
+#: Bytes beyond a frame's start that the vectorised path may read: its header window starts
+#: at most 10 bytes in and spans nine 8-byte words (see byte_windows), rounded up.
 MAX_REACH = 96
 
 _PORT_PROTOS = (TCP, UDP, SCTP, DCCP, UDPLITE)
@@ -180,175 +180,130 @@ class Decoder:
         data = batch.data
         off = batch.offsets
         caplen = batch.caplen
-        safe = off <= len(data) - MAX_REACH
-        o = np.where(safe, off, 0)
-        u8 = data
-        u16 = _strided(data, ">u2")
-        u32 = _strided(data, ">u4")
-        u64 = _strided(data, ">u8")
-
-        if batch.linktype == LINKTYPE_RAW:
-            l3 = o
-            b0 = u8[l3]
-            ver = b0 >> 4
-            et2 = np.where(ver == 4, ETH_IPV4, np.where(ver == 6, ETH_IPV6, 0)).astype(np.int64)
-            vlan = np.zeros(n, dtype=np.uint16) if batch.vlan is None else batch.vlan
-            tagged_bad = np.zeros(n, dtype=np.bool_)
-            link_len = 0
+        raw = batch.linktype == LINKTYPE_RAW
+        # The window starts 8 bytes before the IP header: untagged Ethernet at frame + 6,
+        # tagged at frame + 10, raw IP at frame - 8.
+        first = -8 if raw else 6
+        safe = (off + first >= 0) & (off <= len(data) - MAX_REACH)
+        o = np.where(safe, off, -first)
+        win = byte_windows(data, o + first)
+        if raw:
+            ver = win[:, 8] >> 4
+            et = np.where(ver == 4, ETH_IPV4, np.where(ver == 6, ETH_IPV6, 0))
+            tagged = np.zeros(n, dtype=np.bool_)
+            tagged_bad = tagged
+            vlan = np.zeros(n, dtype=np.uint16)
         else:
-            et = u16[o + 12].astype(np.int64)
+            et = win.view(">u2")[:, 3]
             tagged = et == ETH_VLAN
-            l3 = o + 14 + 4 * tagged
-            et2 = np.where(tagged, u16[o + 16], et)
-            vlan_bytes = np.where(tagged, u16[o + 14] & 0x0FFF, 0).astype(np.uint16)
-            vlan = vlan_bytes if batch.vlan is None else np.where(tagged, vlan_bytes, batch.vlan)
-            vlan = vlan.astype(np.uint16)
+            tagged_rows = np.flatnonzero(tagged)
+            if len(tagged_rows):
+                win[tagged_rows] = byte_windows(data, o[tagged_rows] + 10)
+            vlan = np.zeros(n, dtype=np.uint16)
+        w16 = win.view(">u2")
+        et2 = et if raw else w16[:, 3]
+        if not raw:
+            if len(tagged_rows):
+                vlan[tagged_rows] = w16[tagged_rows, 2] & 0x0FFF
+            if batch.vlan is not None:
+                vlan = np.where(tagged, vlan, batch.vlan).astype(np.uint16)
             # QinQ or a second tag: the slow path walks it.
             tagged_bad = (et == ETH_QINQ) | (tagged & ((et2 == ETH_VLAN) | (et2 == ETH_QINQ)))
-            b0 = u8[l3]
-            link_len = 14
-
+        elif batch.vlan is not None:
+            vlan = batch.vlan.astype(np.uint16)
         is4 = et2 == ETH_IPV4
         is6 = et2 == ETH_IPV6
-        ihl = (b0 & 0x0F).astype(np.int64) * 4
-        ok4 = is4 & ((b0 >> 4) == 4) & (ihl >= 20) & ((u16[l3 + 6] & 0x3FFF) == 0)
-        tot4 = u16[l3 + 2].astype(np.int64)
-        ok4 &= tot4 >= ihl
-        nh6 = u8[l3 + 6]
-        plen6 = u16[l3 + 4].astype(np.int64)
+        b0 = win[:, 8]
+        tot4 = w16[:, 5]
+        # The vectorised IPv4 path takes option-less, unfragmented headers only.
+        ok4 = is4 & (b0 == 0x45) & ((w16[:, 7] & 0x3FFF) == 0) & (tot4 >= 20)
+        nh6 = win[:, 14]
+        plen6 = w16[:, 6]
         ok6 = is6 & ((b0 >> 4) == 6) & ~_IPV6_EXT_LUT[nh6] & (plen6 > 0)
-        proto = np.where(is6, nh6, u8[l3 + 9])
-        l4 = np.where(is6, l3 + 40, l3 + ihl)
-        nbytes = np.where(is6, plen6 + 40, tot4)
-        need = _L4_NEED[proto]
-        fits = (l4 + need - o) <= caplen
-        fast = safe & ~tagged_bad & (ok4 | ok6) & fits
-        if link_len:
-            non_ip = safe & ~tagged_bad & ~is4 & ~is6 & (caplen >= 14)
-        else:
+        proto = np.where(is6, nh6, win[:, 17])
+        l2len = (0 if raw else 14) + 4 * tagged
+        need = l2len + np.where(is6, 40, 20) + _L4_NEED[proto]
+        fast = safe & ~tagged_bad & (ok4 | ok6) & (need <= caplen)
+        if raw:
             non_ip = np.zeros(n, dtype=np.bool_)
-        slow_idx = np.flatnonzero(~fast & ~non_ip)
+        else:
+            non_ip = safe & ~tagged_bad & ~is4 & ~is6 & (caplen >= 14)
+            if non_ip.any():
+                types, counts = np.unique(et2[non_ip], return_counts=True)
+                for t, c in zip(types.tolist(), counts.tolist(), strict=True):
+                    self.stats.non_ip[t] = self.stats.non_ip.get(t, 0) + c
+        fast_rows: npt.NDArray[np.intp] | None = None
+        if not fast.all():
+            fast_rows = np.flatnonzero(fast)
+            win, vlan, is6, proto = (
+                win[fast_rows],
+                vlan[fast_rows],
+                is6[fast_rows],
+                proto[fast_rows],
+            )
+        cols = _fast_columns(win, vlan, is6, proto, batch.ts_ns, fast_rows)
+        slow_rows = np.flatnonzero(~fast & ~non_ip)
+        if len(slow_rows):
+            self.stats.slow_path += len(slow_rows)
+            cols = self._merge_slow(batch, cols, fast_rows, slow_rows)
+        self.stats.metered += len(cols)
+        return cols
 
-        if non_ip.any():
-            types, counts = np.unique(et2[non_ip], return_counts=True)
-            for t, c in zip(types.tolist(), counts.tolist(), strict=True):
-                self.stats.non_ip[t] = self.stats.non_ip.get(t, 0) + c
-
-        # Addresses: IPv4 into the low word (hi = 0); IPv6 rows overwritten below.
-        addrs4 = u64[l3 + 12]  # source and destination in one gather
-        s_lo = addrs4 >> np.uint64(32)
-        d_lo = addrs4 & np.uint64(0xFFFF_FFFF)
-        s_hi = np.zeros(n, dtype=np.uint64)
-        d_hi = np.zeros(n, dtype=np.uint64)
-        idx6 = np.flatnonzero(ok6 & fast)
-        if len(idx6):
-            l36 = l3[idx6]
-            s_hi[idx6] = u64[l36 + 8]
-            s_lo[idx6] = u64[l36 + 16]
-            d_hi[idx6] = u64[l36 + 24]
-            d_lo[idx6] = u64[l36 + 32]
-
-        ports = u32[l4]  # both ports (or ICMP type, code, checksum) in one gather
-        sport = ports >> np.uint32(16)
-        dport = ports & np.uint32(0xFFFF)
-        is_icmp = ((proto == ICMP) & is4) | ((proto == ICMPV6) & is6)
-        icmp_type = np.where(is_icmp, sport >> 8, 0).astype(np.uint8)
-        icmp_code = np.where(is_icmp, sport & 0xFF, 0).astype(np.uint8)
-        echo = is_icmp & (
-            (is4 & ((icmp_type == 8) | (icmp_type == 0)))
-            | (is6 & ((icmp_type == 128) | (icmp_type == 129)))
-        )
-        has_ports = _HAS_PORTS[proto]
-        icmp_port = np.where(echo, u16[l4 + 4], ICMP_KEY_BIT | sport).astype(np.uint32)
-        ksrc = np.where(has_ports, sport, np.where(is_icmp, icmp_port, 0)).astype(np.uint32)
-        kdst = np.where(has_ports, dport, np.where(is_icmp, icmp_port, 0)).astype(np.uint32)
-        tcp_flags = np.where(proto == TCP, u8[l4 + 13], 0).astype(np.uint8)
-        ipver = np.where(is6, 6, 4).astype(np.uint8)
-
-        keep = fast
-        if len(slow_idx):
-            keep = fast.copy()
-            cols = {
-                "s_hi": s_hi,
-                "s_lo": s_lo,
-                "d_hi": d_hi,
-                "d_lo": d_lo,
-                "ksrc": ksrc,
-                "kdst": kdst,
-                "proto": proto,
-                "ipver": ipver,
-                "nbytes": nbytes,
-                "tcp_flags": tcp_flags,
-                "icmp_type": icmp_type,
-                "icmp_code": icmp_code,
-                "vlan": vlan,
-            }
-            if proto.dtype != np.uint8:
-                proto = cols["proto"] = proto.astype(np.uint8)
-            for i in slow_idx.tolist():
-                self._slow_row(batch, i, cols, keep)
-            self.stats.slow_path += len(slow_idx)
-
-        # Canonical order of the endpoints: A is the lower (address, key port).
-        less = (s_hi < d_hi) | (
-            (s_hi == d_hi) & ((s_lo < d_lo) | ((s_lo == d_lo) & (ksrc <= kdst)))
-        )
-        cols_out = PacketColumns(
-            ts_ns=batch.ts_ns,
-            vlan=vlan,
-            ipver=ipver,
-            proto=proto.astype(np.uint8),
-            a_hi=np.where(less, s_hi, d_hi),
-            a_lo=np.where(less, s_lo, d_lo),
-            b_hi=np.where(less, d_hi, s_hi),
-            b_lo=np.where(less, d_lo, s_lo),
-            port_a=np.where(less, ksrc, kdst),
-            port_b=np.where(less, kdst, ksrc),
-            rev=~less,
-            nbytes=nbytes.astype(np.int64),
-            tcp_flags=tcp_flags,
-            icmp_type=icmp_type,
-            icmp_code=icmp_code,
-        )
-        if not keep.all():
-            cols_out = cols_out.take(keep)
-        self.stats.metered += len(cols_out)
-        return cols_out
-
-    # -- the per-frame path -------------------------------------------------------------
-
-    def _slow_row(
+    def _merge_slow(
         self,
         batch: FrameBatch,
-        i: int,
-        cols: dict[str, npt.NDArray[np.generic]],
-        keep: Bools,
-    ) -> None:
-        """Decode frame i with `decode_frame` and write its row into cols (or drop it)."""
-        start = int(batch.offsets[i])
-        frame = batch.data[start : start + int(batch.caplen[i])].tobytes()
-        meta_vlan = 0 if batch.vlan is None else int(batch.vlan[i])
-        res = self.decode_frame(frame, meta_vlan, int(batch.ts_ns[i]), batch.linktype)
-        if isinstance(res, int):
-            keep[i] = False
-            if res >= 0:
-                self.stats.non_ip[res] = self.stats.non_ip.get(res, 0) + 1
-            else:
-                self.stats.malformed += 1
-            return
-        keep[i] = True
-        (vlan, ipver, proto, src, dst, ksrc, kdst, nbytes, flags, itype, icode) = res
-        cols["vlan"][i] = vlan
-        cols["ipver"][i] = ipver
-        cols["proto"][i] = proto
-        cols["s_hi"][i], cols["s_lo"][i] = _addr_words(src)
-        cols["d_hi"][i], cols["d_lo"][i] = _addr_words(dst)
-        cols["ksrc"][i] = ksrc
-        cols["kdst"][i] = kdst
-        cols["nbytes"][i] = nbytes
-        cols["tcp_flags"][i] = flags
-        cols["icmp_type"][i] = itype
-        cols["icmp_code"][i] = icode
+        cols: PacketColumns,
+        fast_rows: npt.NDArray[np.intp] | None,
+        slow_rows: npt.NDArray[np.intp],
+    ) -> PacketColumns:
+        """Decode slow_rows one by one and merge them with the fast rows in arrival order."""
+        rows: list[tuple[int, ...]] = []
+        where: list[int] = []
+        for i in slow_rows.tolist():
+            start = int(batch.offsets[i])
+            frame = batch.data[start : start + int(batch.caplen[i])].tobytes()
+            meta_vlan = 0 if batch.vlan is None else int(batch.vlan[i])
+            res = self.decode_frame(frame, meta_vlan, int(batch.ts_ns[i]), batch.linktype)
+            if isinstance(res, int):
+                if res >= 0:
+                    self.stats.non_ip[res] = self.stats.non_ip.get(res, 0) + 1
+                else:
+                    self.stats.malformed += 1
+                continue
+            vlan, ipver, proto, src, dst, ksrc, kdst, nbytes, flags, itype, icode = res
+            s_hi, s_lo = _addr_words(src)
+            d_hi, d_lo = _addr_words(dst)
+            rows.append((int(batch.ts_ns[i]), vlan, ipver, proto, s_hi, s_lo, d_hi, d_lo, ksrc,
+                         kdst, nbytes, flags, itype, icode))  # fmt: skip
+            where.append(i)
+        if not rows:
+            return cols
+        c = list(zip(*rows, strict=True))
+        u64 = np.uint64
+        s_hi, s_lo = np.array(c[4], dtype=u64), np.array(c[5], dtype=u64)
+        d_hi, d_lo = np.array(c[6], dtype=u64), np.array(c[7], dtype=u64)
+        ksrc, kdst = np.array(c[8], dtype=np.uint32), np.array(c[9], dtype=np.uint32)
+        slow = _canonical(
+            ts_ns=np.array(c[0], dtype=np.int64),
+            vlan=np.array(c[1], dtype=np.uint16),
+            ipver=np.array(c[2], dtype=np.uint8),
+            proto=np.array(c[3], dtype=np.uint8),
+            s_hi=s_hi,
+            s_lo=s_lo,
+            d_hi=d_hi,
+            d_lo=d_lo,
+            ksrc=ksrc,
+            kdst=kdst,
+            nbytes=np.array(c[10], dtype=np.int64),
+            tcp_flags=np.array(c[11], dtype=np.uint8),
+            icmp_type=np.array(c[12], dtype=np.uint8),
+            icmp_code=np.array(c[13], dtype=np.uint8),
+        )
+        fast_idx = np.arange(len(cols)) if fast_rows is None else fast_rows
+        arrival = np.concatenate((fast_idx, np.array(where, dtype=np.intp)))
+        return PacketColumns.concat([cols, slow]).take(np.argsort(arrival, kind="stable"))
+
+    # -- the per-frame path -------------------------------------------------------------
 
     def decode_frame(
         self, frame: bytes, meta_vlan: int, ts_ns: int, linktype: int = LINKTYPE_ETHERNET
@@ -483,6 +438,125 @@ class Decoder:
         self._frags.move_to_end(fkey)
         while len(self._frags) > FRAG_MEMORY_MAX:
             self._frags.popitem(last=False)
+
+
+WINDOW = 64
+
+
+def byte_windows(data: U8, start: I64, width: int = WINDOW) -> U8:
+    """For every start offset, data[start:start + width] as one row of a (n, width) matrix.
+
+    One gather of whole rows through a sliding-window view instead of a gather per header
+    field: this is what makes the decoder fast (fields are then column views of the matrix).
+    Every start + width must lie inside data.
+    """
+    view = np.lib.stride_tricks.sliding_window_view(data, width)
+    return view[start]  # type: ignore[no-any-return]
+
+
+def _fast_columns(
+    win: U8,
+    vlan: U16,
+    is6: Bools,
+    proto: U8,
+    ts_all: I64,
+    rows: npt.NDArray[np.intp] | None,
+) -> PacketColumns:
+    """Key columns from header windows (layout: IP header at byte 8 of each window).
+
+    Everything is first read as IPv4 (column views of the window matrix), then the IPv6 rows,
+    a minority, are overwritten.
+    """
+    w16 = win.view(">u2")
+    w32 = win.view(">u4")
+    n = len(win)
+    s_lo = w32[:, 5].astype(np.uint64)
+    d_lo = w32[:, 6].astype(np.uint64)
+    s_hi = np.zeros(n, dtype=np.uint64)
+    d_hi = np.zeros(n, dtype=np.uint64)
+    ports = w32[:, 7].astype(np.uint32)
+    flags_b = win[:, 41].copy()
+    echo_id = w16[:, 16].astype(np.uint32)
+    nbytes = w16[:, 5].astype(np.int64)
+    ipver = np.full(n, 4, dtype=np.uint8)
+    v6 = np.flatnonzero(is6)
+    if len(v6):
+        w6 = win[v6]
+        w64_6 = w6.view(">u8")
+        s_hi[v6], s_lo[v6] = w64_6[:, 2], w64_6[:, 3]
+        d_hi[v6], d_lo[v6] = w64_6[:, 4], w64_6[:, 5]
+        ports[v6] = w6.view(">u4")[:, 12]
+        flags_b[v6] = w6[:, 61]
+        echo_id[v6] = w6.view(">u2")[:, 26]
+        nbytes[v6] = w6.view(">u2")[:, 6].astype(np.int64) + 40
+        ipver[v6] = 6
+    sport = ports >> np.uint32(16)
+    dport = ports & np.uint32(0xFFFF)
+    is_icmp = np.where(is6, proto == ICMPV6, proto == ICMP)
+    icmp_type = np.where(is_icmp, sport >> np.uint32(8), 0).astype(np.uint8)
+    icmp_code = np.where(is_icmp, sport & np.uint32(0xFF), 0).astype(np.uint8)
+    echo = is_icmp & np.where(
+        is6, (icmp_type == 128) | (icmp_type == 129), (icmp_type == 8) | (icmp_type == 0)
+    )
+    has_ports = _HAS_PORTS[proto]
+    icmp_port = np.where(echo, echo_id, ICMP_KEY_BIT | sport).astype(np.uint32)
+    zero32 = np.uint32(0)
+    ksrc = np.where(has_ports, sport, np.where(is_icmp, icmp_port, zero32)).astype(np.uint32)
+    kdst = np.where(has_ports, dport, np.where(is_icmp, icmp_port, zero32)).astype(np.uint32)
+    return _canonical(
+        ts_ns=ts_all if rows is None else ts_all[rows],
+        vlan=vlan,
+        ipver=ipver,
+        proto=proto.astype(np.uint8),
+        s_hi=s_hi,
+        s_lo=s_lo,
+        d_hi=d_hi,
+        d_lo=d_lo,
+        ksrc=ksrc,
+        kdst=kdst,
+        nbytes=nbytes,
+        tcp_flags=np.where(proto == TCP, flags_b, 0).astype(np.uint8),
+        icmp_type=icmp_type,
+        icmp_code=icmp_code,
+    )
+
+
+def _canonical(
+    *,
+    ts_ns: I64,
+    vlan: U16,
+    ipver: U8,
+    proto: U8,
+    s_hi: U64,
+    s_lo: U64,
+    d_hi: U64,
+    d_lo: U64,
+    ksrc: U32,
+    kdst: U32,
+    nbytes: I64,
+    tcp_flags: U8,
+    icmp_type: U8,
+    icmp_code: U8,
+) -> PacketColumns:
+    """PacketColumns with endpoint A = the lower (address, key port), B the other."""
+    less = (s_hi < d_hi) | ((s_hi == d_hi) & ((s_lo < d_lo) | ((s_lo == d_lo) & (ksrc <= kdst))))
+    return PacketColumns(
+        ts_ns=ts_ns,
+        vlan=vlan,
+        ipver=ipver,
+        proto=proto,
+        a_hi=np.where(less, s_hi, d_hi),
+        a_lo=np.where(less, s_lo, d_lo),
+        b_hi=np.where(less, d_hi, s_hi),
+        b_lo=np.where(less, d_lo, s_lo),
+        port_a=np.where(less, ksrc, kdst),
+        port_b=np.where(less, kdst, ksrc),
+        rev=~less,
+        nbytes=nbytes,
+        tcp_flags=tcp_flags,
+        icmp_type=icmp_type,
+        icmp_code=icmp_code,
+    )
 
 
 def _addr_words(addr: bytes) -> tuple[int, int]:

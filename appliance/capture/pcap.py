@@ -22,10 +22,21 @@ from typing import BinaryIO
 
 import numpy as np
 
-from appliance.capture.decode import LINKTYPE_ETHERNET, LINKTYPE_RAW, FrameBatch
+from appliance.capture.decode import (
+    LINKTYPE_ETHERNET,
+    LINKTYPE_RAW,
+    MAX_REACH,
+    FrameBatch,
+    byte_windows,
+)
 from appliance.errors import CommandError
 
-DEFAULT_BATCH = 16384
+#: Frames per batch at most (chunks bound batches first; tests use small values).
+DEFAULT_BATCH = 1 << 20
+#: Bytes read per chunk of a classic pcap (fits the L3 cache with the decoder's arrays).
+CHUNK_BYTES = 4 << 20
+#: Largest record body accepted (libpcap's own maximum snaplen).
+MAX_CAPLEN = 262144
 _SUPPORTED_LINKTYPES = (LINKTYPE_ETHERNET, LINKTYPE_RAW)
 
 
@@ -90,57 +101,89 @@ class PcapReader:
         self._file.close()
 
     def batches(self) -> Iterator[FrameBatch]:
-        """FrameBatches of up to batch_size frames, in file order."""
+        """FrameBatches in file order.
+
+        Classic pcap is read in chunks of CHUNK_BYTES into one reused buffer: a batch's
+        `data` is valid only until the next batch is requested (the decoder copies what it
+        keeps). Reading sequentially into a cache-sized buffer, rather than walking a map of
+        the whole file, keeps the record walk and the decoder's gathers in the CPU caches.
+        """
         if self.format == "pcapng":
             yield from self._pcapng_batches()
             return
         walk = self._walk_le if self._endian == "<" else self._walk_any
-        pos = 24
-        end = len(self._map)
-        data = self.data
-        sec_frac = _strided(data, self._endian + "u8")
-        caplen_v = _strided(data, self._endian + "u4")
         frac_mult = 1 if self._nanos else 1000
-        while pos + 16 <= end:
-            offs, pos = walk(pos, end, self.batch_size)
-            if not offs:
-                break
-            rec = np.array(offs, dtype=np.int64)
-            w = sec_frac[rec].astype(np.uint64)
-            if self._endian == "<":
-                sec, frac = w & np.uint64(0xFFFF_FFFF), w >> np.uint64(32)
-            else:
-                sec, frac = w >> np.uint64(32), w & np.uint64(0xFFFF_FFFF)
-            ts = sec.astype(np.int64) * 1_000_000_000 + frac.astype(np.int64) * frac_mult
-            caplen = caplen_v[rec + 8].astype(np.int64)
-            self.frames += len(rec)
-            yield FrameBatch(
-                data=data, offsets=rec + 16, caplen=caplen, ts_ns=ts, linktype=self.linktype
-            )
+        (snaplen,) = struct.unpack_from(self._endian + "I", self._map, 16)
+        max_record = 16 + max(snaplen, MAX_CAPLEN)
+        buf = bytearray(CHUNK_BYTES + max_record + MAX_REACH)
+        mv = memoryview(buf)
+        data = np.frombuffer(buf, dtype=np.uint8)
+        native = self._endian == "<"
+        self._file.seek(24)
+        have = 0
+        try:
+            while True:
+                got = self._file.readinto(mv[have : have + CHUNK_BYTES])
+                have += got
+                if have < 16:
+                    break
+                offs, pos = walk(buf, 0, have, self.batch_size)
+                if not offs:
+                    if got == 0 or pos > max_record:
+                        break  # end of file, or a record longer than any snaplen: stop
+                    continue
+                rec = np.array(offs, dtype=np.int64)
+                hdr = byte_windows(data, rec, 16)  # the 16-byte record headers, one row each
+                if native:
+                    sec = hdr[:, 0:4].view("<u4")[:, 0]
+                    frac = hdr[:, 4:8].view("<u4")[:, 0]
+                    caplen = hdr[:, 8:12].view("<u4")[:, 0].astype(np.int64)
+                else:
+                    sec = hdr[:, 0:4].copy().view(">u4")[:, 0]
+                    frac = hdr[:, 4:8].copy().view(">u4")[:, 0]
+                    caplen = hdr[:, 8:12].copy().view(">u4")[:, 0].astype(np.int64)
+                ts = sec.astype(np.int64) * 1_000_000_000 + frac.astype(np.int64) * frac_mult
+                self.frames += len(rec)
+                yield FrameBatch(
+                    data=data, offsets=rec + 16, caplen=caplen, ts_ns=ts, linktype=self.linktype
+                )
+                # Keep the unwalked tail (a partial record) at the front of the buffer.
+                buf[0 : have - pos] = buf[pos:have]
+                have -= pos
+        finally:
+            del data
+            mv.release()
 
-    def _walk_le(self, pos: int, end: int, limit: int) -> tuple[list[int], int]:
-        """Record offsets from pos: the hot loop (32-bit views at the four byte alignments)."""
-        mv = memoryview(self._map)
-        views = [mv[r : r + (len(mv) - r) // 4 * 4].cast("I") for r in range(4)]
+    @staticmethod
+    def _walk_le(buf: bytearray, pos: int, end: int, limit: int) -> tuple[list[int], int]:
+        """Offsets of the whole records in buf[pos:end] (at most limit), and where the walk
+        stopped. The hot loop: 32-bit views at the four byte alignments read caplen."""
+        mv = memoryview(buf)[:end]
+        views = [mv[r : r + (end - r) // 4 * 4].cast("I") for r in range(4)]
         offs: list[int] = []
         app = offs.append
         last = end - 16
         try:
-            for _ in range(limit):
-                if pos > last:
-                    break
-                app(pos)
-                pos += 16 + views[pos & 3][(pos >> 2) + 2]
+            if limit * 16 > end - pos:  # the limit cannot bite: the tightest loop
+                while pos <= last:
+                    app(pos)
+                    pos += 16 + views[pos & 3][(pos >> 2) + 2]
+            else:
+                for _ in range(limit):
+                    if pos > last:
+                        break
+                    app(pos)
+                    pos += 16 + views[pos & 3][(pos >> 2) + 2]
         finally:
             for v in views:
                 v.release()
             mv.release()
-        if pos > end:  # the last record is cut short (capture interrupted): ignored
-            offs.pop()
-            pos = end
+        if pos > end:  # the last record is not complete in buf
+            pos = offs.pop()
         return offs, pos
 
-    def _walk_any(self, pos: int, end: int, limit: int) -> tuple[list[int], int]:
+    def _walk_any(self, buf: bytearray, pos: int, end: int, limit: int) -> tuple[list[int], int]:
+        """Like _walk_le for either byte order (struct: slower, only for big-endian files)."""
         unpack = struct.Struct(self._endian + "I").unpack_from
         offs: list[int] = []
         last = end - 16
@@ -148,10 +191,9 @@ class PcapReader:
             if pos > last:
                 break
             offs.append(pos)
-            pos += 16 + unpack(self._map, pos + 8)[0]
+            pos += 16 + unpack(buf, pos + 8)[0]
         if pos > end:
-            offs.pop()
-            pos = end
+            pos = offs.pop()
         return offs, pos
 
     # -- pcapng -------------------------------------------------------------------------
