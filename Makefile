@@ -13,7 +13,11 @@ APT_PACKAGES := \
 	python3-dev \
 	iproute2 \
 	sqlite3 \
-	openssl
+	openssl \
+	iputils-ping \
+	softflowd \
+	nfdump \
+	tcpreplay
 
 .PHONY: all deps apt venv proto demo test test-unit test-system test-board lint fmt clean
 

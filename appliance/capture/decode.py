@@ -270,30 +270,25 @@ class Decoder:
                 else:
                     self.stats.malformed += 1
                 continue
-            vlan, ipver, proto, src, dst, ksrc, kdst, nbytes, flags, itype, icode = res
-            s_hi, s_lo = _addr_words(src)
-            d_hi, d_lo = _addr_words(dst)
-            rows.append((int(batch.ts_ns[i]), vlan, ipver, proto, s_hi, s_lo, d_hi, d_lo, ksrc,
-                         kdst, nbytes, flags, itype, icode))  # fmt: skip
+            vlan_i, ipver_i, proto_i, src, dst, ksrc_i, kdst_i, nb, fl, itype, icode = res
+            rows.append((int(batch.ts_ns[i]), vlan_i, ipver_i, proto_i, *_addr_words(src),
+                         *_addr_words(dst), ksrc_i, kdst_i, nb, fl, itype, icode))  # fmt: skip
             where.append(i)
         if not rows:
             return cols
         c = list(zip(*rows, strict=True))
         u64 = np.uint64
-        s_hi, s_lo = np.array(c[4], dtype=u64), np.array(c[5], dtype=u64)
-        d_hi, d_lo = np.array(c[6], dtype=u64), np.array(c[7], dtype=u64)
-        ksrc, kdst = np.array(c[8], dtype=np.uint32), np.array(c[9], dtype=np.uint32)
         slow = _canonical(
             ts_ns=np.array(c[0], dtype=np.int64),
             vlan=np.array(c[1], dtype=np.uint16),
             ipver=np.array(c[2], dtype=np.uint8),
             proto=np.array(c[3], dtype=np.uint8),
-            s_hi=s_hi,
-            s_lo=s_lo,
-            d_hi=d_hi,
-            d_lo=d_lo,
-            ksrc=ksrc,
-            kdst=kdst,
+            s_hi=np.array(c[4], dtype=u64),
+            s_lo=np.array(c[5], dtype=u64),
+            d_hi=np.array(c[6], dtype=u64),
+            d_lo=np.array(c[7], dtype=u64),
+            ksrc=np.array(c[8], dtype=np.uint32),
+            kdst=np.array(c[9], dtype=np.uint32),
             nbytes=np.array(c[10], dtype=np.int64),
             tcp_flags=np.array(c[11], dtype=np.uint8),
             icmp_type=np.array(c[12], dtype=np.uint8),
@@ -451,7 +446,7 @@ def byte_windows(data: U8, start: I64, width: int = WINDOW) -> U8:
     Every start + width must lie inside data.
     """
     view = np.lib.stride_tricks.sliding_window_view(data, width)
-    return view[start]  # type: ignore[no-any-return]
+    return view[start]
 
 
 def _fast_columns(

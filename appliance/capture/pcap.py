@@ -18,7 +18,6 @@ import mmap
 import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
@@ -51,7 +50,7 @@ class PcapReader:
         self.path = path
         self.batch_size = batch_size
         try:
-            self._file: BinaryIO = open(path, "rb")  # noqa: SIM115 (closed in close())
+            self._file = open(path, "rb")  # noqa: SIM115 (closed in close())
         except OSError as exc:
             raise PcapError(f"cannot open {path}: {exc.strerror}") from exc
         size = path.stat().st_size
