@@ -50,6 +50,9 @@ class MirrorLab:
             _ip("-n", name, "link", "set", "lo", "up")
         _ip("link", "add", "a0", "netns", a, "type", "veth", "peer", "name", "b0", "netns", b)
         _ip("link", "add", "m0", "netns", a, "type", "veth", "peer", "name", "m1", "netns", t)
+        # Jumbo MTU: replayed captures carry 1518-byte tagged frames.
+        for ns, dev in ((a, "a0"), (b, "b0"), (a, "m0"), (t, "m1")):
+            _ip("-n", ns, "link", "set", dev, "mtu", "9000")
         for ns, dev in ((a, "m0"), (t, "m1")):
             self.sysctl(ns, f"net.ipv6.conf.{dev}.disable_ipv6", "1")
             _ip("-n", ns, "link", "set", dev, "up")
