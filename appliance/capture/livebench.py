@@ -88,7 +88,7 @@ def _step(
             str(stall_s),
             "--cpu",
             str(consumer_cpu),
-        ],  # fmt: skip
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
