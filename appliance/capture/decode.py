@@ -39,6 +39,7 @@ from __future__ import annotations
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -181,67 +182,72 @@ class Decoder:
         off = batch.offsets
         caplen = batch.caplen
         raw = batch.linktype == LINKTYPE_RAW
-        # The window starts 8 bytes before the IP header: untagged Ethernet at frame + 6,
-        # tagged at frame + 10, raw IP at frame - 8.
-        first = -8 if raw else 6
-        safe = (off + first >= 0) & (off <= len(data) - MAX_REACH)
-        o = np.where(safe, off, -first)
-        win = byte_windows(data, o + first)
+        # Ethertype first (two byte gathers), then one 64-byte header window per IP frame,
+        # starting 8 bytes before the IP header: untagged Ethernet at frame + 6, tagged at
+        # frame + 10, raw IP at frame - 8.
         if raw:
-            ver = win[:, 8] >> 4
-            et = np.where(ver == 4, ETH_IPV4, np.where(ver == 6, ETH_IPV6, 0))
+            safe = (off >= 8) & (off <= len(data) - MAX_REACH)
+            o = np.where(safe, off, 8)
+            ver = data[o] >> 4
+            et2 = np.where(ver == 4, ETH_IPV4, np.where(ver == 6, ETH_IPV6, 0))
             tagged = np.zeros(n, dtype=np.bool_)
             tagged_bad = tagged
-            vlan = np.zeros(n, dtype=np.uint16)
+            start = o - 8
+            non_ip = tagged
         else:
-            et = win.view(">u2")[:, 3]
+            safe = off <= len(data) - MAX_REACH
+            o = np.where(safe, off, 0)
+            et = (data[o + 12].astype(np.uint16) << 8) | data[o + 13]
             tagged = et == ETH_VLAN
+            et2 = et
             tagged_rows = np.flatnonzero(tagged)
             if len(tagged_rows):
-                win[tagged_rows] = byte_windows(data, o[tagged_rows] + 10)
-            vlan = np.zeros(n, dtype=np.uint16)
-        w16 = win.view(">u2")
-        et2 = et if raw else w16[:, 3]
-        if not raw:
-            if len(tagged_rows):
-                vlan[tagged_rows] = w16[tagged_rows, 2] & 0x0FFF
-            if batch.vlan is not None:
-                vlan = np.where(tagged, vlan, batch.vlan).astype(np.uint16)
+                et2 = et.copy()
+                to = o[tagged_rows]
+                et2[tagged_rows] = (data[to + 16].astype(np.uint16) << 8) | data[to + 17]
             # QinQ or a second tag: the slow path walks it.
             tagged_bad = (et == ETH_QINQ) | (tagged & ((et2 == ETH_VLAN) | (et2 == ETH_QINQ)))
-        elif batch.vlan is not None:
-            vlan = batch.vlan.astype(np.uint16)
-        is4 = et2 == ETH_IPV4
-        is6 = et2 == ETH_IPV6
-        b0 = win[:, 8]
-        tot4 = w16[:, 5]
-        # The vectorised IPv4 path takes option-less, unfragmented headers only.
-        ok4 = is4 & (b0 == 0x45) & ((w16[:, 7] & 0x3FFF) == 0) & (tot4 >= 20)
-        nh6 = win[:, 14]
-        plen6 = w16[:, 6]
-        ok6 = is6 & ((b0 >> 4) == 6) & ~_IPV6_EXT_LUT[nh6] & (plen6 > 0)
-        proto = np.where(is6, nh6, win[:, 17])
-        l2len = (0 if raw else 14) + 4 * tagged
-        need = l2len + np.where(is6, 40, 20) + _L4_NEED[proto]
-        fast = safe & ~tagged_bad & (ok4 | ok6) & (need <= caplen)
-        if raw:
-            non_ip = np.zeros(n, dtype=np.bool_)
-        else:
-            non_ip = safe & ~tagged_bad & ~is4 & ~is6 & (caplen >= 14)
+            start = o + 6 + 4 * tagged
+        is_ip = (et2 == ETH_IPV4) | (et2 == ETH_IPV6)
+        if not raw:
+            non_ip = safe & ~tagged_bad & ~is_ip & (caplen >= 14)
             if non_ip.any():
                 types, counts = np.unique(et2[non_ip], return_counts=True)
                 for t, c in zip(types.tolist(), counts.tolist(), strict=True):
                     self.stats.non_ip[t] = self.stats.non_ip.get(t, 0) + c
-        fast_rows: npt.NDArray[np.intp] | None = None
-        if not fast.all():
-            fast_rows = np.flatnonzero(fast)
-            win, vlan, is6, proto = (
-                win[fast_rows],
-                vlan[fast_rows],
-                is6[fast_rows],
-                proto[fast_rows],
-            )
+        cand_mask = safe & ~tagged_bad & is_ip
+        rows = None if cand_mask.all() else np.flatnonzero(cand_mask)
+
+        def sub(a: npt.NDArray[Any]) -> npt.NDArray[Any]:
+            return a if rows is None else a[rows]
+
+        win = byte_windows(data, sub(start))
+        w16 = win.view(">u2")
+        is6 = sub(et2) == ETH_IPV6
+        tagged_c = sub(tagged)
+        b0 = win[:, 8]
+        # The vectorised IPv4 path takes option-less, unfragmented headers only.
+        ok4 = ~is6 & (b0 == 0x45) & ((w16[:, 7] & 0x3FFF) == 0) & (w16[:, 5] >= 20)
+        nh6 = win[:, 14]
+        ok6 = is6 & ((b0 >> 4) == 6) & ~_IPV6_EXT_LUT[nh6] & (w16[:, 6] > 0)
+        proto = np.where(is6, nh6, win[:, 17])
+        need = np.where(is6, 54, 34) + 4 * tagged_c + _L4_NEED[proto] - (14 if raw else 0)
+        fast_c = (ok4 | ok6) & (need <= sub(caplen))
+        meta = None if batch.vlan is None else sub(batch.vlan)
+        if tagged_c.any():
+            vlan = np.where(tagged_c, w16[:, 2] & 0x0FFF, 0 if meta is None else meta)
+            vlan = vlan.astype(np.uint16)
+        else:
+            vlan = np.zeros(len(win), dtype=np.uint16) if meta is None else meta.astype(np.uint16)
+        fast_rows: npt.NDArray[np.intp] | None = rows
+        if not fast_c.all():
+            fast_rows = np.flatnonzero(fast_c) if rows is None else rows[fast_c]
+            win, vlan, is6, proto = win[fast_c], vlan[fast_c], is6[fast_c], proto[fast_c]
         cols = _fast_columns(win, vlan, is6, proto, batch.ts_ns, fast_rows)
+        fast = np.ones(n, dtype=np.bool_)
+        if fast_rows is not None:
+            fast[:] = False
+            fast[fast_rows] = True
         slow_rows = np.flatnonzero(~fast & ~non_ip)
         if len(slow_rows):
             self.stats.slow_path += len(slow_rows)
@@ -487,17 +493,21 @@ def _fast_columns(
         ipver[v6] = 6
     sport = ports >> np.uint32(16)
     dport = ports & np.uint32(0xFFFF)
-    is_icmp = np.where(is6, proto == ICMPV6, proto == ICMP)
-    icmp_type = np.where(is_icmp, sport >> np.uint32(8), 0).astype(np.uint8)
-    icmp_code = np.where(is_icmp, sport & np.uint32(0xFF), 0).astype(np.uint8)
-    echo = is_icmp & np.where(
-        is6, (icmp_type == 128) | (icmp_type == 129), (icmp_type == 8) | (icmp_type == 0)
-    )
     has_ports = _HAS_PORTS[proto]
-    icmp_port = np.where(echo, echo_id, ICMP_KEY_BIT | sport).astype(np.uint32)
-    zero32 = np.uint32(0)
-    ksrc = np.where(has_ports, sport, np.where(is_icmp, icmp_port, zero32)).astype(np.uint32)
-    kdst = np.where(has_ports, dport, np.where(is_icmp, icmp_port, zero32)).astype(np.uint32)
+    ksrc = np.where(has_ports, sport, np.uint32(0))
+    kdst = np.where(has_ports, dport, np.uint32(0))
+    icmp_type = np.zeros(n, dtype=np.uint8)
+    icmp_code = np.zeros(n, dtype=np.uint8)
+    icmp = np.flatnonzero(np.where(is6, proto == ICMPV6, proto == ICMP))
+    if len(icmp):  # a minority: the ICMP key rule on the subset only
+        i6 = is6[icmp]
+        itype = (sport[icmp] >> np.uint32(8)).astype(np.uint8)
+        icmp_type[icmp] = itype
+        icmp_code[icmp] = sport[icmp] & np.uint32(0xFF)
+        echo = np.where(i6, (itype == 128) | (itype == 129), (itype == 8) | (itype == 0))
+        key = np.where(echo, echo_id[icmp], ICMP_KEY_BIT | sport[icmp]).astype(np.uint32)
+        ksrc[icmp] = key
+        kdst[icmp] = key
     return _canonical(
         ts_ns=ts_all if rows is None else ts_all[rows],
         vlan=vlan,
