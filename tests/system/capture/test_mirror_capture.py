@@ -198,3 +198,23 @@ def test_counters_match_ip_s_link(lab: MirrorLab) -> None:
         assert ours.counters["tx_packets"] >= 5 and ours.oper_up
     finally:
         source.close()
+
+
+def test_live_meter_expires_by_the_wall_clock(lab: MirrorLab) -> None:
+    from appliance.capture.source import LiveMeter
+
+    ring_cfg = RingConfig(block_size=1 << 16, block_count=8, retire_timeout_ms=20)
+    opts = RingOptions(interface="m1", ring=ring_cfg, program=capture_program("icmp", []),
+                       netns=lab.ns["T"])  # fmt: skip
+    with PacketRing(opts) as ring:
+        live = LiveMeter(ring, MeterConfig(idle_timeout_s=1), lag_ns=200_000_000)
+        lab.run("A", "ping", "-c", "2", "-i", "0.2", lab.B4)
+        ended: list[FlowRecord] = []
+        deadline = time.monotonic() + 10
+        while not ended and time.monotonic() < deadline:
+            for flows in live.step(time.time_ns(), timeout_s=0.1):
+                ended.extend(flows.records())
+        assert live.close().records() == []
+    (rec,) = ended
+    assert (rec.proto, rec.packets_tx, rec.packets_rx) == ("ICMP", 2, 2)
+    assert rec.end_reason is EndReason.IDLE_TIMEOUT
