@@ -23,7 +23,8 @@ Flow membership rules (exact, independent of how packets are batched):
   expire runs changes only when a record is emitted, never which packets it holds;
 - the initiator (tx side) is the sender of the flow's first packet, except a TCP SYN+ACK as
   first packet, whose receiver is the initiator;
-- the table holds at most max_flows flows. A batch that needs more slots first evicts the least
+- the table holds at most max_flows flows. A batch that needs more slots first ends the flows
+  already past a deadline at its first packet (with that reason), then evicts the least
   recently active flows not touched by that batch (EVICTED, counted in stats.evicted).
 
 How it is fast: a batch is grouped by key with one sort of a 64-bit key hash (a second,
@@ -177,13 +178,16 @@ class FlowMeter:
 
     def expire(self, now_ns: int) -> FlowBatch:
         """End every flow whose idle, close-linger or active time has passed at now_ns."""
-        slots = np.flatnonzero(self._used)
+        self._expire_into_pending(now_ns, self._used)
+        return self._take_pending()
+
+    def _expire_into_pending(self, now_ns: int, candidates: npt.NDArray[np.bool_]) -> None:
+        slots = np.flatnonzero(candidates)
         if len(slots):
             deadline, reason = self._deadlines(slots)
             done = deadline < now_ns
             if done.any():
                 self._end(slots[done], reason[done])
-        return self._take_pending()
 
     def flush(self) -> FlowBatch:
         """End every open flow: at end of file or when the agent stops.
@@ -305,6 +309,13 @@ class FlowMeter:
         n_new = int(new.sum())
         if n_new:
             short = n_new - self._n_free
+            if short > 0:
+                # Table full: first end what is already due at this batch's first packet (the
+                # reason stays right), then evict the least recently active.
+                untouched = self._used.copy()
+                untouched[slot[found]] = False
+                self._expire_into_pending(int(ts[0]), untouched)
+                short = n_new - self._n_free
             if short > 0:
                 self._evict(short, slot[found])
             self._n_free -= n_new

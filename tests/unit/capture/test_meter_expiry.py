@@ -142,3 +142,14 @@ def test_batch_size_does_not_change_the_flows(meter_frames: MeterFn) -> None:
     reasons = {r.end_reason for r in reference}
     assert {EndReason.IDLE_TIMEOUT, EndReason.TCP_FIN, EndReason.TCP_RST} <= reasons
     assert EndReason.ACTIVE_TIMEOUT in reasons
+
+
+def test_full_table_ends_due_flows_with_their_reason_before_evicting() -> None:
+    meter = FlowMeter(MeterConfig(max_flows=16, idle_timeout_s=1))
+    decoder = Decoder()
+    meter.add(decoder.decode(_batch([(i * MS, udp(sport=3000 + i)) for i in range(16)])))
+    # Two seconds later the table is full of idle flows and 16 new keys arrive: no eviction.
+    later = [(2 * S + i * MS, udp(sport=4000 + i)) for i in range(16)]
+    ended = meter.add(decoder.decode(_batch(later))).records()
+    assert len(ended) == 16 and {r.end_reason for r in ended} == {EndReason.IDLE_TIMEOUT}
+    assert meter.stats.evicted == 0 and meter.active_flows == 16
