@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from appliance.capture.bpf import Insn, pack_program
-from appliance.capture.config import RingConfig
+from appliance.capture.bpf import Insn, capture_program, pack_program
+from appliance.capture.config import CaptureConfig, RingConfig
 from appliance.capture.decode import LINKTYPE_ETHERNET, FrameBatch, byte_windows
 from appliance.errors import CommandError
 
@@ -249,6 +249,11 @@ class PacketRing:
         self._stats.freeze_count += freeze
         return RingStats(**self._stats.__dict__)
 
+    def counts(self) -> tuple[int, int]:
+        """(packets, drops) accumulated: what CountersPoller's capture_stats wants."""
+        st = self.stats()
+        return st.packets, st.drops
+
     def close(self) -> None:
         """Unmap the ring and close the socket (batches handed out become invalid)."""
         self.data = np.zeros(0, dtype=np.uint8)
@@ -261,3 +266,33 @@ class PacketRing:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def interface_addresses(ifname: str, netns: str | None = None) -> list[str]:
+    """The IPv4 and IPv6 addresses on ifname ([] when it does not exist)."""
+    from pyroute2 import IPRoute
+
+    with in_netns(netns), IPRoute() as ipr:
+        links = ipr.link_lookup(ifname=ifname)
+        if not links:
+            return []
+        return [str(m.get_attr("IFA_ADDRESS")) for m in ipr.get_addr(index=links[0])]
+
+
+def open_capture(config: CaptureConfig, netns: str | None = None) -> PacketRing:
+    """The ring the `capture` section describes: default filter (minus the uplink's own
+    addresses) AND the user filter, promiscuous, fanout if configured."""
+    own = interface_addresses(config.uplink_interface, netns)
+    program = capture_program(
+        config.filter, own, accept_non_ip=config.accept_non_ip, snaplen=config.ring.snaplen
+    )
+    return PacketRing(
+        RingOptions(
+            interface=config.interface,
+            ring=config.ring,
+            program=program,
+            promiscuous=config.promiscuous,
+            fanout_group=config.fanout_group,
+            netns=netns,
+        )
+    )

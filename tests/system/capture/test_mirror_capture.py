@@ -16,13 +16,13 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Dot1Q, Ether
 
 from appliance.capture.bpf import capture_program
-from appliance.capture.config import MeterConfig, RingConfig
+from appliance.capture.config import CaptureConfig, MeterConfig, RingConfig
 from appliance.capture.counters import NetlinkSource
 from appliance.capture.decode import Decoder
 from appliance.capture.flows import EndReason, FlowRecord
 from appliance.capture.lab import MirrorLab
 from appliance.capture.meter import FlowMeter
-from appliance.capture.ring import PacketRing, RingOptions
+from appliance.capture.ring import PacketRing, RingOptions, open_capture
 
 PY = "/usr/bin/python3"
 VLAN = 10
@@ -204,9 +204,8 @@ def test_live_meter_expires_by_the_wall_clock(lab: MirrorLab) -> None:
     from appliance.capture.source import LiveMeter
 
     ring_cfg = RingConfig(block_size=1 << 16, block_count=8, retire_timeout_ms=20)
-    opts = RingOptions(interface="m1", ring=ring_cfg, program=capture_program("icmp", []),
-                       netns=lab.ns["T"])  # fmt: skip
-    with PacketRing(opts) as ring:
+    cfg = CaptureConfig(interface="m1", uplink_interface="lo", filter="icmp", ring=ring_cfg)
+    with open_capture(cfg, netns=lab.ns["T"]) as ring:
         live = LiveMeter(ring, MeterConfig(idle_timeout_s=1), lag_ns=200_000_000)
         lab.run("A", "ping", "-c", "2", "-i", "0.2", lab.B4)
         ended: list[FlowRecord] = []
