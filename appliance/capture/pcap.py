@@ -128,8 +128,10 @@ class PcapReader:
                     break
                 offs, pos = walk(buf, 0, have, self.batch_size)
                 if not offs:
-                    if got == 0 or pos > max_record:
-                        break  # end of file, or a record longer than any snaplen: stop
+                    if have >= max_record:  # a whole chunk without one complete record
+                        raise PcapError(f"{self.path}: corrupt record after frame {self.frames}")
+                    if got == 0:
+                        break  # end of file (a cut-short last record is ignored)
                     continue
                 rec = np.array(offs, dtype=np.int64)
                 hdr = byte_windows(data, rec, 16)  # the 16-byte record headers, one row each
@@ -141,6 +143,8 @@ class PcapReader:
                     sec = hdr[:, 0:4].copy().view(">u4")[:, 0]
                     frac = hdr[:, 4:8].copy().view(">u4")[:, 0]
                     caplen = hdr[:, 8:12].copy().view(">u4")[:, 0].astype(np.int64)
+                if int(caplen.max()) > max_record - 16:
+                    raise PcapError(f"{self.path}: corrupt record (caplen {int(caplen.max())})")
                 ts = sec.astype(np.int64) * 1_000_000_000 + frac.astype(np.int64) * frac_mult
                 self.frames += len(rec)
                 yield FrameBatch(

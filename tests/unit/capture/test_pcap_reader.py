@@ -88,3 +88,13 @@ def test_synthetic_capture_totals_equal_its_ground_truth(tmp_path: Path) -> None
     assert summary.decode.non_ip_total == truth.non_ip
     assert flows.totals_by_proto() == truth.by_proto
     assert flows.packets == truth.ip_packets
+
+
+def test_corrupt_record_length_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bad.pcap"
+    write_pcap(path, FRAMES)
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<I", data, 24 + 8, 0x7FFFFFF0)  # first record: absurd caplen
+    path.write_bytes(bytes(data) + bytes(1 << 20))
+    with pytest.raises(PcapError, match="corrupt"):
+        meter_pcap(path)
