@@ -277,8 +277,8 @@ class Decoder:
                     self.stats.malformed += 1
                 continue
             vlan_i, ipver_i, proto_i, src, dst, ksrc_i, kdst_i, nb, fl, itype, icode = res
-            rows.append((int(batch.ts_ns[i]), vlan_i, ipver_i, proto_i, *_addr_words(src),
-                         *_addr_words(dst), ksrc_i, kdst_i, nb, fl, itype, icode))  # fmt: skip
+            key = (*_addr_words(src), *_addr_words(dst), ksrc_i, kdst_i)
+            rows.append((int(batch.ts_ns[i]), vlan_i, ipver_i, proto_i, *key, nb, fl, itype, icode))
             where.append(i)
         if not rows:
             return cols
@@ -410,8 +410,8 @@ class Decoder:
         if frag_off:
             remembered = self._frags.get(fkey)
             if remembered is not None and ts_ns - remembered[2] <= FRAG_MEMORY_S * 1e9:
-                return (vlan, ipver, proto, src, dst, remembered[0], remembered[1], nbytes, 0,
-                        0, 0)  # fmt: skip
+                ports = remembered[0], remembered[1]
+                return (vlan, ipver, proto, src, dst, *ports, nbytes, 0, 0, 0)
             return (vlan, ipver, proto, src, dst, 0, 0, nbytes, 0, 0, 0)
         ksrc = kdst = flags = itype = icode = 0
         icmp = (proto == ICMP and ipver == 4) or (proto == ICMPV6 and ipver == 6)

@@ -64,9 +64,9 @@ class MirrorLab:
         _ip("-n", b, "link", "set", "b0", "up")
         _run(["tc", "-n", a, "qdisc", "add", "dev", "a0", "clsact"])
         for hook in ("ingress", "egress"):
-            _run(["tc", "-n", a, "filter", "add", "dev", "a0", hook, "protocol", "all", "u32",
-                  "match", "u32", "0", "0", "action", "mirred", "egress", "mirror", "dev",
-                  "m0"])  # fmt: skip
+            match_all = ["protocol", "all", "u32", "match", "u32", "0", "0"]
+            mirror = ["action", "mirred", "egress", "mirror", "dev", "m0"]
+            _run(["tc", "-n", a, "filter", "add", "dev", "a0", hook, *match_all, *mirror])
 
     def destroy(self) -> None:
         for name in self.ns.values():

@@ -72,23 +72,11 @@ def _step(
     count = int(rate * duration_s)
     cpus = sorted(os.sched_getaffinity(0))
     consumer_cpu, replay_cpu = (cpus[-1], cpus[0]) if len(cpus) > 1 else (cpus[0], cpus[0])
+    consumer_cmd = [sys.executable, "-m", "appliance.capture.livebench", "consume"]
+    consumer_cmd += ["--netns", lab.ns["T"], "--iface", "m1", "--blocks", str(blocks)]
+    consumer_cmd += ["--stall", str(stall_s), "--cpu", str(consumer_cpu)]
     consumer = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "appliance.capture.livebench",
-            "consume",
-            "--netns",
-            lab.ns["T"],
-            "--iface",
-            "m1",
-            "--blocks",
-            str(blocks),
-            "--stall",
-            str(stall_s),
-            "--cpu",
-            str(consumer_cpu),
-        ],
+        consumer_cmd,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -99,11 +87,11 @@ def _step(
         if ready != "ready":
             raise CommandError(f"live bench consumer did not start: {ready!r}")
         loops = max(1, math.ceil(count / REPLAY_PACKETS))
+        pinned = ["taskset", "-c", str(replay_cpu)]
+        replay_args = [f"--pps={rate}", f"--limit={count}", f"--loop={loops}", str(path)]
         replay = lab.run(
-            "A", "taskset", "-c", str(replay_cpu), "tcpreplay", "-i", "a0",
-            f"--pps={rate}", f"--limit={count}", f"--loop={loops}", str(path),
-            timeout=duration_s * 4 + 60,
-        )  # fmt: skip
+            "A", *pinned, "tcpreplay", "-i", "a0", *replay_args, timeout=duration_s * 4 + 60
+        )
         time.sleep(1.0)  # let the last blocks retire
         consumer.stdin.close()
         out = consumer.stdout.read()

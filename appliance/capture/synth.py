@@ -91,8 +91,8 @@ def generate(path: Path, seed: int, packets: int = 1_000_000, flows: int = 50_00
     order = np.argsort(ts, kind="stable")
 
     frames: list[tuple[int, bytes]] = []
-    by_proto = {name: {"flows": 0, "packets": 0, "bytes": 0} for name in ("TCP", "UDP", "ICMP",
-                                                                           "ICMPV6")}  # fmt: skip
+    names = ("TCP", "UDP", "ICMP", "ICMPV6")
+    by_proto = {name: {"flows": 0, "packets": 0, "bytes": 0} for name in names}
     for f in range(flows):
         name = ("TCP", "UDP", "ICMPV6" if v6[f] else "ICMP")[kind[f]]
         by_proto[name]["flows"] += 1
@@ -116,8 +116,8 @@ def generate(path: Path, seed: int, packets: int = 1_000_000, flows: int = 50_00
         frames.append((int(ts_ns[order[-1]]), _ARP))
     write_pcap(path, frames)
     by_proto = {k: v for k, v in by_proto.items() if v["flows"]}
-    return Truth(frames=len(frames), ip_packets=n_ip, non_ip=len(frames) - n_ip,
-                 by_proto=by_proto)  # fmt: skip
+    non_ip = len(frames) - n_ip
+    return Truth(frames=len(frames), ip_packets=n_ip, non_ip=non_ip, by_proto=by_proto)
 
 
 class _Builder:

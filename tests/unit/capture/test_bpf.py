@@ -23,12 +23,19 @@ F_V6 = frame_bytes(eth() / IPv6(src="2001:db8::1", dst="2001:db8:1::2") / TCP(sp
 F_PING6 = frame_bytes(eth() / IPv6(src="2001:db8::1", dst="2001:db8::2") / ICMPv6EchoRequest())
 F_ICMP = frame_bytes(eth() / IP(src="203.0.113.5", dst="192.0.2.1") / ICMP())
 F_ARP = frame_bytes(eth(dst="ff:ff:ff:ff:ff:ff") / ARP(pdst="192.0.2.1"))
-_FRAGS = fragment(IP(src="192.0.2.1", dst="192.0.2.2") / UDP(sport=7, dport=443) / (b"x" * 2000),
-                  fragsize=1000)  # fmt: skip
+_BIG = IP(src="192.0.2.1", dst="192.0.2.2") / UDP(sport=7, dport=443) / (b"x" * 2000)
+_FRAGS = fragment(_BIG, fragsize=1000)
 F_FRAG2 = frame_bytes(eth() / _FRAGS[1])
 
-ALL = {"tcp": F_TCP, "udp": F_UDP, "v6": F_V6, "ping6": F_PING6, "icmp": F_ICMP, "arp": F_ARP,
-       "frag2": F_FRAG2}  # fmt: skip
+ALL = {
+    "tcp": F_TCP,
+    "udp": F_UDP,
+    "v6": F_V6,
+    "ping6": F_PING6,
+    "icmp": F_ICMP,
+    "arp": F_ARP,
+    "frag2": F_FRAG2,
+}
 
 
 def accepted(text: str, vlan: dict[str, int] | None = None) -> set[str]:
