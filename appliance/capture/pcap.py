@@ -126,7 +126,12 @@ class PcapReader:
                 have += got
                 if have < 16:
                     break
-                offs, pos = walk(buf, 0, have, self.batch_size)
+                try:
+                    offs, pos = walk(buf, 0, have, self.batch_size)
+                except IndexError:
+                    raise PcapError(
+                        f"{self.path}: corrupt record after frame {self.frames}"
+                    ) from None
                 if not offs:
                     if have >= max_record:  # a whole chunk without one complete record
                         raise PcapError(f"{self.path}: corrupt record after frame {self.frames}")
