@@ -7,12 +7,14 @@ the ring, the VLAN id the kernel stripped from the frame. `Decoder.decode` turns
 already computed. Nothing here keeps flows; that is appliance.capture.meter.
 
 Two paths, same results:
-- the vectorised path (numpy gathers at per-frame offsets) handles Ethernet, one 802.1Q tag in
-  the bytes, IPv4 without fragmentation, IPv6 without extension headers, and TCP, UDP, SCTP,
+- the vectorised path (the ethertype, then one 64-byte header window per frame gathered as a
+  matrix row, fields read as columns) handles Ethernet, one 802.1Q tag in the bytes, IPv4
+  without options or fragmentation, IPv6 without extension headers, and TCP, UDP, SCTP,
   DCCP, UDP-Lite, ICMP, ICMPv6 and portless protocols;
-- every other frame (IPv6 extension headers, fragments, QinQ, truncated or malformed headers,
-  frames at the very end of a buffer) goes through `_decode_slow`, a per-frame Python decoder.
-  It also owns the fragment rule (below), the only state the decoder keeps.
+- every other frame (IPv4 options, IPv6 extension headers, fragments, QinQ, truncated or
+  malformed headers, frames at the very end of a buffer) goes through `decode_frame`, a
+  per-frame Python decoder. It also owns the fragment rule (below), the only state the
+  decoder keeps.
 
 Flow key rules (docs/FLOWS.md):
 - key = (VLAN id, IP version, protocol, endpoint A, endpoint B), endpoints (address, key port)
@@ -70,7 +72,7 @@ FRAG_MEMORY_S = 30.0
 FRAG_MEMORY_MAX = 4096
 
 #: Bytes beyond a frame's start that the vectorised path may read: its header window starts
-#: at most 10 bytes in and spans nine 8-byte words (see byte_windows), rounded up.
+#: at most 10 bytes in and is WINDOW (64) bytes wide (see byte_windows), rounded up.
 MAX_REACH = 96
 
 _PORT_PROTOS = (TCP, UDP, SCTP, DCCP, UDPLITE)
