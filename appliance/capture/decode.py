@@ -167,7 +167,10 @@ def _strided(data: U8, dtype: str) -> npt.NDArray[np.unsignedinteger]:
 class Decoder:
     """Decodes FrameBatches; keeps only the fragment memory (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, vectorised: bool = True) -> None:
+        """vectorised=False sends every frame through decode_frame: the reference the tests
+        hold the vectorised path to (same columns, much slower)."""
+        self.vectorised = vectorised
         self.stats = DecodeStats()
         # (ipver, src, dst, proto, ip id) -> (port_src, port_dst, first-seen ns)
         self._frags: OrderedDict[tuple[int, bytes, bytes, int, int], tuple[int, int, int]] = (
@@ -180,6 +183,12 @@ class Decoder:
         self.stats.frames += n
         if n == 0:
             return _empty_columns()
+        if not self.vectorised:
+            every = np.arange(n, dtype=np.intp)
+            self.stats.slow_path += n
+            cols = self._merge_slow(batch, _empty_columns(), every[:0], every)
+            self.stats.metered += len(cols)
+            return cols
         data = batch.data
         off = batch.offsets
         caplen = batch.caplen
