@@ -554,16 +554,28 @@ def _canonical(
     icmp_type: U8,
     icmp_code: U8,
 ) -> PacketColumns:
-    """PacketColumns with endpoint A = the lower (address, key port), B the other."""
-    less = (s_hi < d_hi) | ((s_hi == d_hi) & ((s_lo < d_lo) | ((s_lo == d_lo) & (ksrc <= kdst))))
+    """PacketColumns with endpoint A = the lower (address, key port), B the other.
+
+    The high address words are zero for IPv4, so they are compared only on IPv6 rows.
+    """
+    less = (s_lo < d_lo) | ((s_lo == d_lo) & (ksrc <= kdst))
+    a_hi = np.zeros(len(ts_ns), dtype=np.uint64)
+    b_hi = np.zeros(len(ts_ns), dtype=np.uint64)
+    v6 = np.flatnonzero(ipver == 6)
+    if len(v6):
+        sh, dh = s_hi[v6], d_hi[v6]
+        less6 = (sh < dh) | ((sh == dh) & less[v6])
+        less[v6] = less6
+        a_hi[v6] = np.where(less6, sh, dh)
+        b_hi[v6] = np.where(less6, dh, sh)
     return PacketColumns(
         ts_ns=ts_ns,
         vlan=vlan,
         ipver=ipver,
         proto=proto,
-        a_hi=np.where(less, s_hi, d_hi),
+        a_hi=a_hi,
         a_lo=np.where(less, s_lo, d_lo),
-        b_hi=np.where(less, d_hi, s_hi),
+        b_hi=b_hi,
         b_lo=np.where(less, d_lo, s_lo),
         port_a=np.where(less, ksrc, kdst),
         port_b=np.where(less, kdst, ksrc),
