@@ -27,9 +27,11 @@ Flow membership rules (exact, independent of how packets are batched):
   already past a deadline at its first packet (with that reason), then evicts the least
   recently active flows not touched by that batch (EVICTED, counted in stats.evicted).
 
-How it is fast: a batch is grouped by key with one sort of a 64-bit key hash (a second,
-independent 64-bit hash is checked to catch collisions; colliding keys take the per-packet path
-and, in the table, the resident flow is ended as EVICTED and counted in stats.hash_collisions).
+How it is fast: a batch is grouped by a 64-bit key hash (two stable 16-bit radix passes over
+its top half, a full sort when two keys share that half); a second, independent 64-bit hash is
+checked to catch collisions: colliding keys take the per-packet path and, in the table, the
+resident flow is ended as EVICTED and counted in stats.hash_collisions. The table is found by
+binary search in a sorted index of the hashes.
 Groups whose packets cannot trigger rule 1-3 inside the batch (no gap over idle_timeout, no
 active_timeout crossing, no packet later than close_linger after a FIN/RST) are aggregated with
 numpy reductions; the rare others replay their packets one by one (`_step`), which is the
