@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
+import pytest
 from capture_helpers import MS, T0, MeterFn, S, eth, frame_bytes
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
 from appliance.capture.config import MeterConfig
-from appliance.capture.decode import Decoder, FrameBatch
+from appliance.capture.decode import Decoder, FrameBatch, PacketColumns
 from appliance.capture.flows import EndReason
 from appliance.capture.meter import FlowMeter
 
@@ -73,8 +75,6 @@ def test_rst_ends_flow_after_linger(meter_frames: MeterFn) -> None:
 
 
 def _batch(frames: list[tuple[int, Ether]]) -> FrameBatch:
-    import numpy as np
-
     raw = [frame_bytes(p) for _, p in frames]
     offsets = np.cumsum([0] + [len(r) for r in raw[:-1]]).astype(np.int64)
     return FrameBatch(
@@ -153,3 +153,23 @@ def test_full_table_ends_due_flows_with_their_reason_before_evicting() -> None:
     ended = meter.add(decoder.decode(_batch(later))).records()
     assert len(ended) == 16 and {r.end_reason for r in ended} == {EndReason.IDLE_TIMEOUT}
     assert meter.stats.evicted == 0 and meter.active_flows == 16
+
+
+def test_hash_collisions_split_records_but_lose_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import appliance.capture.meter as meter_mod
+
+    real = meter_mod.key_hashes
+
+    def colliding(pk: PacketColumns) -> tuple[np.ndarray, np.ndarray]:
+        h1, h2 = real(pk)
+        return np.zeros_like(h1), h2  # every key on one primary hash: worst case
+
+    monkeypatch.setattr(meter_mod, "key_hashes", colliding)
+    meter = FlowMeter()
+    decoder = Decoder()
+    frames = [(i * MS, udp(sport=5000 + i % 3)) for i in range(30)]
+    ended = meter.add(decoder.decode(_batch(frames))).records()
+    ended += meter.flush().records()
+    assert sum(r.packets_tx for r in ended) == 30
+    assert meter.stats.hash_collisions > 0
+    assert {r.src_port for r in ended} == {5000, 5001, 5002}
