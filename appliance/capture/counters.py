@@ -22,7 +22,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from appliance.wire import InterfaceCounters
 
 COUNTER_FIELDS = (
     "rx_bytes",
@@ -69,7 +72,7 @@ class CounterSample:
     capture_packets: int = 0
     capture_drops: int = 0
 
-    def to_wire(self) -> Any:
+    def to_wire(self) -> InterfaceCounters:
         """The wire InterfaceCounters message."""
         from appliance.wire import InterfaceCounters, InterfaceStats
 

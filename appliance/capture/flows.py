@@ -11,12 +11,15 @@ from __future__ import annotations
 import enum
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from appliance.capture.decode import ICMP, ICMP_KEY_BIT, ICMPV6, TCP
+
+if TYPE_CHECKING:
+    from appliance.wire import FlowEvent
 
 PROTO_NAMES = {TCP: "TCP", 17: "UDP", ICMP: "ICMP", ICMPV6: "ICMPV6", 132: "SCTP", 47: "GRE"}
 
@@ -139,8 +142,8 @@ class FlowRecord:
         }
 
 
-def to_flow_event(rec: FlowRecord, interface: str = "") -> object:
-    """The wire FlowEvent for rec (typed as object so that importing this stays light)."""
+def to_flow_event(rec: FlowRecord, interface: str = "") -> FlowEvent:
+    """The wire FlowEvent for rec (the wire module is imported on first use: it is heavy)."""
     from appliance.wire import FlowEvent
 
     return FlowEvent(

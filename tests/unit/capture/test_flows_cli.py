@@ -57,3 +57,26 @@ def test_text_output_and_missing_file(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "192.0.2.1:40000 -> 192.0.2.2:80" in capsys.readouterr().out
     assert main(["flows", "--pcap", str(tmp_path / "nope.pcap")]) == 1
     assert "no such file" in capsys.readouterr().err
+
+
+def test_flow_event_carries_every_record_field(tmp_path: Path) -> None:
+    from appliance.capture.flows import to_flow_event
+    from appliance.capture.offline import meter_pcap
+    from appliance.wire import FlowEvent
+
+    path = tmp_path / "c.pcap"
+    _capture(path)
+    flows, _ = meter_pcap(path)
+    rec = next(r for r in flows.records() if r.proto == "TCP")
+    ev = to_flow_event(rec, "eth1")
+    assert isinstance(ev, FlowEvent)
+    assert (ev.src_ip, ev.dst_port, ev.proto, ev.packets_tx, ev.packets_rx) == (
+        "192.0.2.1",
+        80,
+        "TCP",
+        1,
+        1,
+    )
+    assert (ev.flags_rx, ev.interface, ev.start_ns, ev.duration_ms) == (0x12, "eth1", T0, 1)
+    assert ev.end_reason == FlowEvent.EndReason.SHUTDOWN
+    assert FlowEvent.FromString(ev.SerializeToString()) == ev
