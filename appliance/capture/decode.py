@@ -157,13 +157,6 @@ class DecodeStats:
         return sum(self.non_ip.values())
 
 
-def _strided(data: U8, dtype: str) -> npt.NDArray[np.unsignedinteger]:
-    """A view of data holding the big-endian integer that starts at every byte offset."""
-    size = np.dtype(dtype).itemsize
-    n = max(len(data) - size + 1, 0)
-    return np.ndarray(shape=(n,), dtype=dtype, buffer=data, offset=0, strides=(1,))
-
-
 class Decoder:
     """Decodes FrameBatches; keeps only the fragment memory (see the module docstring)."""
 

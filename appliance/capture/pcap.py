@@ -1,9 +1,10 @@
 """Capture files: a batch reader for classic pcap and pcapng, and a classic pcap writer.
 
-Reader: the file is memory-mapped; records are walked (the only per-packet Python loop: a
-record's length says where the next one starts) and handed out as FrameBatches of up to
-`batch_size` frames that point into the map, so frame bytes are never copied. Batches of ~16k
-frames keep the decoder's gathers inside the CPU caches.
+Reader: classic pcap is read in CHUNK_BYTES chunks into one reused buffer, which keeps the
+record walk and the decoder's gathers in the CPU caches; the records of a chunk are walked
+(the only per-packet Python loop: a record's length says where the next one starts) and
+handed out as one FrameBatch pointing into the buffer. pcapng is memory-mapped and walked
+block by block. Either way a batch is valid until the next one is requested.
 
 Supported: classic pcap, microsecond (a1b2c3d4) and nanosecond (a1b23c4d) magic, either byte
 order; pcapng with Enhanced and Simple Packet Blocks, the first Interface Description Block's
@@ -274,11 +275,6 @@ class PcapReader:
             ts_ns=np.array(tss, dtype=np.int64),
             linktype=self.linktype,
         )
-
-
-def _strided(data: np.ndarray, dtype: str) -> np.ndarray:
-    size = np.dtype(dtype).itemsize
-    return np.ndarray(shape=(max(len(data) - size + 1, 0),), dtype=dtype, buffer=data, strides=(1,))
 
 
 def write_pcap(
