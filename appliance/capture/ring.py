@@ -159,7 +159,8 @@ class PacketRing:
                 sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
             if options.fanout_group:
                 arg = options.fanout_group | (PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG) << 16
-                sock.setsockopt(SOL_PACKET, PACKET_FANOUT, arg)
+                # An unsigned 32-bit value (the defrag flag is the top bit): pass it as bytes.
+                sock.setsockopt(SOL_PACKET, PACKET_FANOUT, struct.pack("I", arg))
         except OSError as exc:
             sock.close()
             raise CommandError(f"cannot set up the capture ring: {exc}") from exc

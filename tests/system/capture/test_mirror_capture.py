@@ -217,3 +217,34 @@ def test_live_meter_expires_by_the_wall_clock(lab: MirrorLab) -> None:
     (rec,) = ended
     assert (rec.proto, rec.packets_tx, rec.packets_rx) == ("ICMP", 2, 2)
     assert rec.end_reason is EndReason.IDLE_TIMEOUT
+
+
+FLOWS = 12
+FANOUT_CLIENT = f"""
+import socket
+for i in range({FLOWS}):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 41000 + i))
+    s.settimeout(5); s.sendto(b"q" * 100, ("192.0.2.2", 5353)); s.recvfrom(2048); s.close()
+"""
+
+
+def test_fanout_splits_flows_whole_across_two_rings(lab: MirrorLab) -> None:
+    ring_cfg = RingConfig(block_size=1 << 16, block_count=8, retire_timeout_ms=20)
+    program = capture_program("icmp or udp", [])
+    opts = RingOptions(
+        interface="m1", ring=ring_cfg, program=program, fanout_group=4242, netns=lab.ns["T"]
+    )
+    meters = [FlowMeter(), FlowMeter()]
+    decoders = [Decoder(), Decoder()]
+    with PacketRing(opts) as r1, PacketRing(opts) as r2:
+        server = lab.popen("B", PY, "-c", UDP_SERVER.replace("range(3)", f"range({FLOWS})"))
+        _wait_server(lab, "u", 5353)
+        lab.run("A", PY, "-c", FANOUT_CLIENT)
+        assert server.wait(timeout=10) == 0
+        for ring, dec, met in zip((r1, r2), decoders, meters, strict=True):
+            _drain(ring, dec, met, quiet_s=0.3)
+    per_ring = [m.flush().records() for m in meters]
+    ports = [sorted(r.src_port for r in recs if r.proto == "UDP") for recs in per_ring]
+    assert sorted(ports[0] + ports[1]) == [41000 + i for i in range(FLOWS)]  # each flow once
+    assert ports[0] and ports[1]  # both rings got flows (all on one side: p = 2 / 2**12)
+    assert all((r.packets_tx, r.packets_rx) == (1, 1) for recs in per_ring for r in recs)
