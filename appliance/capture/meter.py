@@ -4,23 +4,26 @@ Contract (the agent drives it; `infraspectre flows --pcap` and the benches do th
 
     meter = FlowMeter(MeterConfig(...))
     ended = meter.add(columns)     # PacketColumns from Decoder.decode, arrival order
-    ended = meter.expire(now_ns)   # the caller's clock; call it regularly (every batch or 1 s)
-    ended = meter.flush()          # at shutdown / end of file: every open flow, SHUTDOWN
+    ended = meter.expire(now_ns)   # the caller's clock; call it regularly (every second or so)
+    ended = meter.flush()          # at shutdown / end of file: every open flow
 
 Each call returns a FlowBatch of the flows it ended. `now_ns` passed to expire must not be later
-than the timestamp of packets not yet added (offline: the last packet's time; live: the ring's
-newest block time), otherwise a flow could be ended that a pending packet would have extended.
+than the timestamp of packets not yet added (offline: the last packet's time; live: the wall
+clock minus the ring's retire timeout, see source.LiveMeter), otherwise a flow could be ended
+that a pending packet would have extended.
 
 Flow membership rules (exact, independent of how packets are batched):
 - time is monotonic: a packet stamped earlier than the latest packet already seen counts at the
   latest time (capture timestamps go backwards on multi-queue NICs);
-- a packet whose key has an open flow f ends f first, and starts a new flow, when
-  1. it comes more than idle_timeout after f's last packet (IDLE_TIMEOUT), else
-  2. f is closed (an RST seen, or a FIN seen in both directions) and the packet comes more than
-     close_linger after the closing packet (TCP_RST or TCP_FIN), else
-  3. it comes active_timeout or more after f's first packet (ACTIVE_TIMEOUT);
-- expire(now) ends the flows for which the same three tests hold at `now`, so the time at which
-  expire runs changes only when a record is emitted, never which packets it holds;
+- every open flow has three deadlines: idle (last packet + idle_timeout), close (the packet
+  that closed it, an RST or the second direction's FIN, + close_linger) and active (first
+  packet + active_timeout - 1 ns). A packet of the flow's key that comes after the earliest
+  deadline ends the flow first and starts a new one; the end reason is the earliest deadline's
+  (IDLE_TIMEOUT, TCP_RST / TCP_FIN, ACTIVE_TIMEOUT; ties in that order);
+- expire(now) ends the flows whose earliest deadline is before `now`, with the same reason, so
+  when expire runs changes only when a record is emitted, never what it holds; flush() first
+  does the same at the latest packet time, then ends the rest as SHUTDOWN (flows closed by
+  FIN/RST but still in their linger keep TCP_FIN / TCP_RST);
 - the initiator (tx side) is the sender of the flow's first packet, except a TCP SYN+ACK as
   first packet, whose receiver is the initiator;
 - the table holds at most max_flows flows. A batch that needs more slots first ends the flows
@@ -32,10 +35,11 @@ its top half, a full sort when two keys share that half); a second, independent 
 checked to catch collisions: colliding keys take the per-packet path and, in the table, the
 resident flow is ended as EVICTED and counted in stats.hash_collisions. The table is found by
 binary search in a sorted index of the hashes.
-Groups whose packets cannot trigger rule 1-3 inside the batch (no gap over idle_timeout, no
+Groups whose packets cannot pass a deadline inside the batch (no gap over idle_timeout, no
 active_timeout crossing, no packet later than close_linger after a FIN/RST) are aggregated with
 numpy reductions; the rare others replay their packets one by one (`_step`), which is the
-reference implementation of the rules above.
+reference implementation of the rules above (a test meters one capture in batches of 1, 3, 64
+and 4096 packets and compares every record).
 
 Memory: the table is preallocated columns, SLOT_BYTES per slot times max_flows, plus the sorted
 hash index; nothing grows with traffic.
