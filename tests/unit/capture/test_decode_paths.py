@@ -63,3 +63,26 @@ def test_raw_ip_link_type(tmp_path: Path) -> None:
     ref, _ = _decode_all(path, False)
     _same(fast, ref)
     assert fast.ipver.tolist() == [4, 6] and fast.nbytes.tolist() == [28, 60]
+
+
+def test_vectorised_equals_reference_with_ring_vlan_metadata() -> None:
+    from appliance.capture.decode import FrameBatch
+
+    raw = [
+        frame_bytes(eth() / IP(src="192.0.2.1", dst="192.0.2.2") / UDP(sport=1, dport=2)),
+        frame_bytes(eth() / Dot1Q(vlan=7) / IP(src="192.0.2.1", dst="192.0.2.2") / UDP()),
+        frame_bytes(eth() / IPv6(src="2001:db8::1", dst="2001:db8::2") / TCP(flags="S")),
+        frame_bytes(eth(dst="ff:ff:ff:ff:ff:ff") / ARP()),
+    ]
+    offsets = np.cumsum([0] + [len(r) for r in raw[:-1]]).astype(np.int64)
+    batch = FrameBatch(
+        data=np.frombuffer(b"".join(raw) + bytes(128), dtype=np.uint8),
+        offsets=offsets,
+        caplen=np.array([len(r) for r in raw], dtype=np.int64),
+        ts_ns=T0 + np.arange(len(raw), dtype=np.int64),
+        vlan=np.array([5, 6, 0, 9], dtype=np.uint16),  # as the kernel reported them
+    )
+    fast = Decoder(vectorised=True).decode(batch)
+    ref = Decoder(vectorised=False).decode(batch)
+    _same(fast, ref)
+    assert fast.vlan.tolist() == [5, 7, 0]  # a tag still in the bytes is the inner one
