@@ -50,7 +50,7 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=1, help="synthetic capture seed (default 1)")
     p.add_argument("--packets", type=int, default=1_000_000, help="synthetic capture size")
     p.add_argument("--cache", type=Path, default=Path("cache"), help="where captures are kept")
-    p.add_argument("--repeat", type=int, default=5, help="runs per tool (median reported)")
+    p.add_argument("--repeat", type=int, default=7, help="runs per tool (median reported)")
     p.add_argument("--no-softflowd", action="store_true", help="only our meter")
     p.add_argument("--memory", action="store_true", help="RSS with a full flow table instead")
     p.add_argument("--max-flows", type=int, default=200_000, help="table bound for --memory")
