@@ -73,7 +73,9 @@ class MirrorLab:
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
     def sysctl(self, ns: str, key: str, value: str) -> None:
-        _run(["ip", "netns", "exec", ns, "sysctl", "-qw", f"{key}={value}"])
+        """Set a sysctl inside ns (written to /proc/sys: no dependency on procps)."""
+        path = "/proc/sys/" + key.replace(".", "/")
+        _run(["ip", "netns", "exec", ns, "sh", "-c", f"echo {value} > {path}"])
 
     def run(self, host: str, *argv: str, timeout: float = 30, check: bool = True) -> str:
         """Run a command inside host's namespace ("A", "B" or "T"); returns its stdout."""
