@@ -15,7 +15,11 @@ APT_PACKAGES := \
 	sqlite3 \
 	openssl \
 	e2fsprogs \
-	util-linux
+	util-linux \
+	iputils-ping \
+	softflowd \
+	nfdump \
+	tcpreplay
 
 .PHONY: all deps apt venv proto demo test test-unit test-system test-board lint fmt clean
 

@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "appliance.pki.cli",
     "appliance.bus.cli",
     "appliance.wal.cli",
+    "appliance.capture.cli",
     "appliance.demo",
 )
 
@@ -32,6 +33,7 @@ COMMAND_MODULES = (
 BENCH_MODULES: tuple[str, ...] = (
     "appliance.bus.bench",
     "appliance.wal.bench",
+    "appliance.capture.bench",
     "appliance.agent.bench",
 )
 

@@ -1,0 +1,477 @@
+"""Classic BPF for the capture socket: a compiler for a subset of the pcap filter language.
+
+The device has no tcpdump/libpcap compiler, so the filter is compiled here, in Python, to a
+classic BPF program the kernel runs (SO_ATTACH_FILTER) before a frame reaches the ring.
+
+Language (a documented subset of pcap-filter(7)); words are case-sensitive like tcpdump's:
+
+    expr      := term { ("or" | "||") term }
+    term      := factor { ("and" | "&&") factor }
+    factor    := ("not" | "!") factor | "(" expr ")" | primitive
+    primitive := "ip" | "ip6" | "arp" | "tcp" | "udp" | "sctp" | "icmp" | "icmp6"
+               | "proto" NUMBER                        IPv4 protocol / IPv6 next header
+               | ["src" | "dst"] "host" ADDRESS        IPv4 or IPv6
+               | ["src" | "dst"] "net" ADDRESS "/" LEN
+               | ["src" | "dst"] "port" NUMBER         TCP, UDP or SCTP; IPv4 first fragments
+               | "vlan" [NUMBER]                       tag reported by the kernel (ancillary)
+
+Limits, as with libpcap's own code: IPv6 protocol and port tests look at the header right after
+the fixed IPv6 header (no extension-header walk); frames are untagged on this path (the kernel
+strips 802.1Q and reports it out of band, hence "vlan" uses the ancillary field).
+
+`capture_program` builds the program the capture uses: the default filter (IPv4 and IPv6 only,
+unless accept_non_ip, and never frames to or from the box's own uplink addresses) AND the user
+filter. `run_program` interprets a program in Python so unit tests can check what it accepts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# Instruction classes and modes (linux/filter.h).
+LD, LDX, ALU, JMP, RET = 0x00, 0x01, 0x04, 0x05, 0x06
+W, H, B = 0x00, 0x08, 0x10
+ABS, IND, MSH, IMM = 0x20, 0x40, 0xA0, 0x00
+JEQ, JSET = 0x10, 0x40
+AND_ = 0x50
+K = 0x00
+SKF_AD_OFF = -0x1000
+SKF_AD_VLAN_TAG = 44
+SKF_AD_VLAN_TAG_PRESENT = 48
+
+Insn = tuple[int, int, int, int]  # code, jt, jf, k
+
+
+class FilterSyntaxError(ValueError):
+    """The filter text is outside the supported language; str() says where."""
+
+
+# -- parsing ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prim:
+    """A primitive: kind in ip, ip6, arp, proto, host, net, port, vlan."""
+
+    kind: str
+    direction: str = ""  # "", "src", "dst"
+    value: object = None
+
+
+@dataclass(frozen=True)
+class Not:
+    inner: Node
+
+
+@dataclass(frozen=True)
+class And:
+    left: Node
+    right: Node
+
+
+@dataclass(frozen=True)
+class Or:
+    left: Node
+    right: Node
+
+
+Node = Prim | Not | And | Or
+
+_PROTO_WORDS = {"tcp": 6, "udp": 17, "sctp": 132, "icmp": 1, "icmp6": 58}
+_TOKEN = re.compile(r"\s*(\(|\)|&&|\|\||!|[^\s()!&|]+)")
+
+
+def _tokens(text: str) -> list[str]:
+    out: list[str] = []
+    pos = 0
+    text = text.strip()
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if not m:
+            raise FilterSyntaxError(f"unexpected character at {pos}: {text[pos:]!r}")
+        out.append(m.group(1))
+        pos = m.end()
+    return out
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.toks = _tokens(text)
+        self.i = 0
+
+    def peek(self) -> str | None:
+        return self.toks[self.i] if self.i < len(self.toks) else None
+
+    def take(self) -> str:
+        tok = self.peek()
+        if tok is None:
+            raise FilterSyntaxError("unexpected end of filter")
+        self.i += 1
+        return tok
+
+    def expr(self) -> Node:
+        node = self.term()
+        while self.peek() in ("or", "||"):
+            self.take()
+            node = Or(node, self.term())
+        return node
+
+    def term(self) -> Node:
+        node = self.factor()
+        while self.peek() in ("and", "&&"):
+            self.take()
+            node = And(node, self.factor())
+        return node
+
+    def factor(self) -> Node:
+        tok = self.take()
+        if tok in ("not", "!"):
+            return Not(self.factor())
+        if tok == "(":
+            node = self.expr()
+            if self.take() != ")":
+                raise FilterSyntaxError("missing ')'")
+            return node
+        return self.primitive(tok)
+
+    def primitive(self, tok: str) -> Node:
+        if tok in ("ip", "ip6", "arp"):
+            return Prim(tok)
+        if tok in _PROTO_WORDS:
+            return Prim("proto", value=_PROTO_WORDS[tok])
+        if tok == "proto":
+            return Prim("proto", value=self.number(255))
+        if tok == "vlan":
+            nxt = self.peek()
+            if nxt is not None and nxt.isdigit():
+                return Prim("vlan", value=self.number(4095))
+            return Prim("vlan")
+        direction = ""
+        if tok in ("src", "dst"):
+            direction, tok = tok, self.take()
+        if tok == "host":
+            word = self.take()
+            try:
+                return Prim("host", direction, ipaddress.ip_address(word))
+            except ValueError:
+                raise FilterSyntaxError(f"host {word!r}: not an IP address") from None
+        if tok == "net":
+            word = self.take()
+            try:
+                return Prim("net", direction, ipaddress.ip_network(word, strict=True))
+            except ValueError:
+                raise FilterSyntaxError(f"net {word!r}: not an address/prefix") from None
+        if tok == "port":
+            return Prim("port", direction, self.number(65535))
+        raise FilterSyntaxError(f"unknown word {tok!r}")
+
+    def number(self, limit: int) -> int:
+        word = self.take()
+        if not word.isdigit() or int(word) > limit:
+            raise FilterSyntaxError(f"{word!r}: expected a number up to {limit}")
+        return int(word)
+
+
+def parse_filter(text: str) -> Node | None:
+    """Parse filter text (None for an empty filter)."""
+    if not text.strip():
+        return None
+    p = _Parser(text)
+    node = p.expr()
+    if p.peek() is not None:
+        raise FilterSyntaxError(f"unexpected {p.peek()!r}")
+    return node
+
+
+# -- compiling -------------------------------------------------------------------------
+
+
+class _Label:
+    __slots__ = ("pos",)
+
+    def __init__(self) -> None:
+        self.pos = -1
+
+
+_Op = tuple[int, "_Label | int", "_Label | int", int]  # jt/jf: label or 0 (fall through)
+
+
+class _Compiler:
+    def __init__(self) -> None:
+        self.ops: list[_Op | _Label] = []
+
+    def emit(self, code: int, k: int = 0, jt: _Label | int = 0, jf: _Label | int = 0) -> None:
+        self.ops.append((code, jt, jf, k & 0xFFFFFFFF))
+
+    def mark(self, label: _Label) -> None:
+        self.ops.append(label)
+
+    def node(self, n: Node, yes: _Label, no: _Label) -> None:
+        """Emit code that jumps to yes when n holds, else to no."""
+        if isinstance(n, Not):
+            self.node(n.inner, no, yes)
+        elif isinstance(n, And):
+            mid = _Label()
+            self.node(n.left, mid, no)
+            self.mark(mid)
+            self.node(n.right, yes, no)
+        elif isinstance(n, Or):
+            mid = _Label()
+            self.node(n.left, yes, mid)
+            self.mark(mid)
+            self.node(n.right, yes, no)
+        else:
+            self.prim(n, yes, no)
+
+    def ethertype(self, value: int, yes: _Label, no: _Label) -> None:
+        self.emit(LD | H | ABS, 12)
+        self.emit(JMP | JEQ | K, value, yes, no)
+
+    def prim(self, p: Prim, yes: _Label, no: _Label) -> None:
+        if p.kind == "ip":
+            self.ethertype(0x0800, yes, no)
+        elif p.kind == "ip6":
+            self.ethertype(0x86DD, yes, no)
+        elif p.kind == "arp":
+            self.ethertype(0x0806, yes, no)
+        elif p.kind == "vlan":
+            if p.value is None:
+                self.emit(LD | W | ABS, SKF_AD_OFF + SKF_AD_VLAN_TAG_PRESENT)
+                self.emit(JMP | JEQ | K, 0, no, yes)
+            else:
+                present = _Label()
+                self.emit(LD | W | ABS, SKF_AD_OFF + SKF_AD_VLAN_TAG_PRESENT)
+                self.emit(JMP | JEQ | K, 0, no, present)
+                self.mark(present)
+                self.emit(LD | W | ABS, SKF_AD_OFF + SKF_AD_VLAN_TAG)
+                self.emit(ALU | AND_ | K, 0x0FFF)
+                self.emit(JMP | JEQ | K, int(p.value), yes, no)  # type: ignore[call-overload]
+        elif p.kind == "proto":
+            v4, v6 = _Label(), _Label()
+            proto = int(p.value)  # type: ignore[call-overload]
+            self.emit(LD | H | ABS, 12)
+            self.emit(JMP | JEQ | K, 0x0800, v4, 0)
+            self.emit(JMP | JEQ | K, 0x86DD, v6, no)
+            self.mark(v4)
+            self.emit(LD | B | ABS, 23)
+            self.emit(JMP | JEQ | K, proto, yes, no)
+            self.mark(v6)
+            self.emit(LD | B | ABS, 20)
+            self.emit(JMP | JEQ | K, proto, yes, no)
+        elif p.kind == "host":
+            addr = p.value
+            assert isinstance(addr, ipaddress.IPv4Address | ipaddress.IPv6Address)
+            net = ipaddress.ip_network(f"{addr}/{addr.max_prefixlen}")
+            self.net(net, p.direction, yes, no)
+        elif p.kind == "net":
+            assert isinstance(p.value, ipaddress.IPv4Network | ipaddress.IPv6Network)
+            self.net(p.value, p.direction, yes, no)
+        elif p.kind == "port":
+            self.port(int(p.value), p.direction, yes, no)  # type: ignore[call-overload]
+
+    def net(
+        self,
+        net: ipaddress.IPv4Network | ipaddress.IPv6Network,
+        direction: str,
+        yes: _Label,
+        no: _Label,
+    ) -> None:
+        if net.version == 4:
+            offsets = {"src": [26], "dst": [30], "": [26, 30]}[direction]
+            words = [(int(net.network_address), int(net.netmask))]
+            etype = 0x0800
+        else:
+            offsets = {"src": [22], "dst": [38], "": [22, 38]}[direction]
+            a = int(net.network_address).to_bytes(16, "big")
+            m = int(net.netmask).to_bytes(16, "big")
+            words = [
+                (int.from_bytes(a[i : i + 4], "big"), int.from_bytes(m[i : i + 4], "big"))
+                for i in range(0, 16, 4)
+            ]
+            etype = 0x86DD
+        is_ip = _Label()
+        self.ethertype(etype, is_ip, no)
+        self.mark(is_ip)
+        for n_off, base in enumerate(offsets):
+            last_side = n_off == len(offsets) - 1
+            side_no = no if last_side else _Label()
+            for i, (value, mask) in enumerate(words):
+                if mask == 0:
+                    continue
+                self.emit(LD | W | ABS, base + 4 * i)
+                if mask != 0xFFFFFFFF:
+                    self.emit(ALU | AND_ | K, mask)
+                self.emit(JMP | JEQ | K, value & mask, 0, side_no)
+            self._goto(yes)
+            if not last_side:
+                assert isinstance(side_no, _Label)
+                self.mark(side_no)
+
+    def port(self, port: int, direction: str, yes: _Label, no: _Label) -> None:
+        fields = {"src": [0], "dst": [2], "": [0, 2]}[direction]
+        v4, v6, v4ok, v6ok = _Label(), _Label(), _Label(), _Label()
+        self.emit(LD | H | ABS, 12)
+        self.emit(JMP | JEQ | K, 0x0800, v4, 0)
+        self.emit(JMP | JEQ | K, 0x86DD, v6, no)
+        self.mark(v4)
+        self.emit(LD | B | ABS, 23)
+        for proto in (6, 17):
+            self.emit(JMP | JEQ | K, proto, v4ok, 0)
+        self.emit(JMP | JEQ | K, 132, v4ok, no)
+        self.mark(v4ok)
+        self.emit(LD | H | ABS, 20)
+        self.emit(JMP | JSET | K, 0x1FFF, no, 0)  # a non-first fragment has no ports
+        self.emit(LDX | B | MSH, 14)
+        for i, f in enumerate(fields):
+            self.emit(LD | H | IND, 14 + f)
+            self.emit(JMP | JEQ | K, port, yes, no if i == len(fields) - 1 else 0)
+        self.mark(v6)
+        self.emit(LD | B | ABS, 20)
+        for proto in (6, 17):
+            self.emit(JMP | JEQ | K, proto, v6ok, 0)
+        self.emit(JMP | JEQ | K, 132, v6ok, no)
+        self.mark(v6ok)
+        for i, f in enumerate(fields):
+            self.emit(LD | H | ABS, 54 + f)
+            self.emit(JMP | JEQ | K, port, yes, no if i == len(fields) - 1 else 0)
+
+    def _goto(self, target: _Label) -> None:
+        """Unconditional jump (JA) to target."""
+        self.ops.append((JMP | 0x00, target, target, 0))
+
+    def assemble(self) -> list[Insn]:
+        # First pass: instruction indices of labels.
+        idx = 0
+        for op in self.ops:
+            if isinstance(op, _Label):
+                op.pos = idx
+            else:
+                idx += 1
+        out: list[Insn] = []
+        for op in self.ops:
+            if isinstance(op, _Label):
+                continue
+            code, jt, jf, k = op
+            here = len(out)
+            if code == JMP | 0x00:  # JA: k is the offset
+                assert isinstance(jt, _Label)
+                out.append((code, 0, 0, _offset(jt.pos, here, 1 << 32)))
+                continue
+            t = _offset(jt.pos, here, 256) if isinstance(jt, _Label) else jt
+            f = _offset(jf.pos, here, 256) if isinstance(jf, _Label) else jf
+            out.append((code, t, f, k))
+        return out
+
+
+def _offset(target: int, here: int, limit: int) -> int:
+    off = target - here - 1
+    if not 0 <= off < limit:
+        raise FilterSyntaxError("filter too long for classic BPF jumps; simplify it")
+    return off
+
+
+def compile_filter(node: Node | None, snaplen: int = 262144) -> list[Insn]:
+    """A program that returns snaplen for frames matching node (all frames if None), else 0."""
+    comp = _Compiler()
+    yes, no = _Label(), _Label()
+    if node is not None:
+        comp.node(node, yes, no)
+    comp.mark(yes)
+    comp.emit(RET | K, snaplen)
+    comp.mark(no)
+    comp.emit(RET | K, 0)
+    return comp.assemble()
+
+
+def default_filter(own_addresses: Sequence[str], accept_non_ip: bool = False) -> Node | None:
+    """IPv4/IPv6 only (unless accept_non_ip), minus frames to or from own_addresses."""
+    node: Node | None = None
+    for addr in own_addresses:
+        host = Prim("host", "", ipaddress.ip_address(addr))
+        node = host if node is None else Or(node, host)
+    base: Node | None = Not(node) if node is not None else None
+    if not accept_non_ip:
+        ip_only: Node = Or(Prim("ip"), Prim("ip6"))
+        base = ip_only if base is None else And(ip_only, base)
+    return base
+
+
+def capture_program(
+    user_filter: str,
+    own_addresses: Sequence[str],
+    accept_non_ip: bool = False,
+    snaplen: int = 262144,
+) -> list[Insn]:
+    """The program the capture attaches: default filter AND the user's."""
+    base = default_filter(own_addresses, accept_non_ip)
+    user = parse_filter(user_filter)
+    if base is not None and user is not None:
+        return compile_filter(And(base, user), snaplen)
+    return compile_filter(user if base is None else base, snaplen)
+
+
+def pack_program(prog: Sequence[Insn]) -> bytes:
+    """struct sock_filter[] bytes for SO_ATTACH_FILTER."""
+    return b"".join(struct.pack("HBBI", *insn) for insn in prog)
+
+
+def run_program(prog: Sequence[Insn], frame: bytes, vlan: int | None = None) -> int:
+    """Interpret prog on frame like the kernel does; returns the accepted length (0 = drop).
+
+    vlan is the tag the kernel would report out of band (None: no tag). An out-of-bounds load
+    ends the program with 0, as in the kernel.
+    """
+    a = x = 0
+    pc = 0
+    while pc < len(prog):
+        code, jt, jf, k = prog[pc]
+        cls = code & 0x07
+        if cls in (LD, LDX):
+            mode, size = code & 0xE0, code & 0x18
+            if cls == LDX and mode == MSH:
+                if k >= len(frame):
+                    return 0
+                x = (frame[k] & 0x0F) * 4
+            elif mode == IMM:
+                if cls == LD:
+                    a = k
+                else:
+                    x = k
+            else:
+                off = k if mode == ABS else x + k
+                if off >= 0x80000000:  # ancillary (SKF_AD_OFF + n)
+                    n = off - (SKF_AD_OFF & 0xFFFFFFFF)
+                    if n == SKF_AD_VLAN_TAG_PRESENT:
+                        a = int(vlan is not None)
+                    elif n == SKF_AD_VLAN_TAG:
+                        a = vlan or 0
+                    else:
+                        return 0
+                else:
+                    width = {W: 4, H: 2, B: 1}[size]
+                    if off + width > len(frame):
+                        return 0
+                    a = int.from_bytes(frame[off : off + width], "big")
+        elif cls == ALU:
+            if code & 0xF0 == AND_:
+                a &= k
+            else:
+                raise ValueError(f"unsupported ALU op {code:#x}")
+        elif cls == JMP:
+            op = code & 0xF0
+            if op == 0x00:
+                pc += k
+            elif op == JEQ:
+                pc += jt if a == k else jf
+            elif op == JSET:
+                pc += jt if a & k else jf
+            else:
+                raise ValueError(f"unsupported jump {code:#x}")
+        elif cls == RET:
+            return k
+        pc += 1
+    return 0

@@ -1,0 +1,123 @@
+"""A mirror-port lab in network namespaces, for the system tests and the live bench.
+
+    with MirrorLab("t") as lab:     # namespaces isA-t-PID, isB-t-PID, isT-t-PID
+        lab.run("A", "ping", "-c", "1", lab.B4)
+
+Hosts A (192.0.2.1, 2001:db8::1 on a0) and B (192.0.2.2, 2001:db8::2 on b0) share a veth pair
+(this kernel has no 802.1Q devices: `send_frames` injects tagged frames raw). Everything a0
+sends and receives is mirrored with tc (u32 match-all: this kernel has no matchall) to m0,
+whose peer m1 sits in the tap namespace T, where the capture runs. IPv6 is off on m0/m1 so
+the tap adds no traffic of its own. Every namespace is deleted on exit, whatever happened.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from types import TracebackType
+
+
+class MirrorLab:
+    """Namespaces A, B (talking) and T (the tap); see the module docstring."""
+
+    A4, B4 = "192.0.2.1", "192.0.2.2"
+    A6, B6 = "2001:db8::1", "2001:db8::2"
+
+    def __init__(self, tag: str) -> None:
+        suffix = f"{tag}-{os.getpid()}"
+        self.ns = {"A": f"isA-{suffix}", "B": f"isB-{suffix}", "T": f"isT-{suffix}"}
+
+    def __enter__(self) -> MirrorLab:
+        try:
+            self._build()
+        except BaseException:
+            self.destroy()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.destroy()
+
+    def _build(self) -> None:
+        a, b, t = self.ns["A"], self.ns["B"], self.ns["T"]
+        for name in (a, b, t):
+            _ip("netns", "add", name)
+            _ip("-n", name, "link", "set", "lo", "up")
+        _ip("link", "add", "a0", "netns", a, "type", "veth", "peer", "name", "b0", "netns", b)
+        _ip("link", "add", "m0", "netns", a, "type", "veth", "peer", "name", "m1", "netns", t)
+        # Jumbo MTU: replayed captures carry 1518-byte tagged frames.
+        for ns, dev in ((a, "a0"), (b, "b0"), (a, "m0"), (t, "m1")):
+            _ip("-n", ns, "link", "set", dev, "mtu", "9000")
+        for ns, dev in ((a, "m0"), (t, "m1")):
+            self.sysctl(ns, f"net.ipv6.conf.{dev}.disable_ipv6", "1")
+            _ip("-n", ns, "link", "set", dev, "up")
+        _ip("-n", a, "addr", "add", f"{self.A4}/24", "dev", "a0")
+        _ip("-n", a, "addr", "add", f"{self.A6}/64", "dev", "a0", "nodad")
+        _ip("-n", b, "addr", "add", f"{self.B4}/24", "dev", "b0")
+        _ip("-n", b, "addr", "add", f"{self.B6}/64", "dev", "b0", "nodad")
+        _ip("-n", a, "link", "set", "a0", "up")
+        _ip("-n", b, "link", "set", "b0", "up")
+        _run(["tc", "-n", a, "qdisc", "add", "dev", "a0", "clsact"])
+        for hook in ("ingress", "egress"):
+            match_all = ["protocol", "all", "u32", "match", "u32", "0", "0"]
+            mirror = ["action", "mirred", "egress", "mirror", "dev", "m0"]
+            _run(["tc", "-n", a, "filter", "add", "dev", "a0", hook, *match_all, *mirror])
+
+    def destroy(self) -> None:
+        for name in self.ns.values():
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+    def sysctl(self, ns: str, key: str, value: str) -> None:
+        """Set a sysctl inside ns (written to /proc/sys: no dependency on procps)."""
+        path = "/proc/sys/" + key.replace(".", "/")
+        _run(["ip", "netns", "exec", ns, "sh", "-c", f"echo {value} > {path}"])
+
+    def run(self, host: str, *argv: str, timeout: float = 30, check: bool = True) -> str:
+        """Run a command inside host's namespace ("A", "B" or "T"); returns its stdout."""
+        proc = subprocess.run(
+            ["ip", "netns", "exec", self.ns[host], *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"{argv[0]} in {host} failed: {proc.stderr.strip()[:300]}")
+        return proc.stdout
+
+    def send_frames(self, host: str, dev: str, frames: list[bytes]) -> None:
+        """Transmit raw Ethernet frames on dev inside host (AF_PACKET, from a helper)."""
+        hexes = ",".join(f.hex() for f in frames)
+        code = (
+            "import socket,sys\n"
+            "s=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\n"
+            f"s.bind(({dev!r},0))\n"
+            "for h in sys.argv[1].split(','): s.send(bytes.fromhex(h))\n"
+        )
+        self.run(host, "/usr/bin/python3", "-c", code, hexes)
+
+    def mac(self, host: str, dev: str) -> str:
+        """The MAC address of dev inside host."""
+        return self.run(host, "cat", f"/sys/class/net/{dev}/address").strip()
+
+    def popen(self, host: str, *argv: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            ["ip", "netns", "exec", self.ns[host], *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+
+def _ip(*argv: str) -> None:
+    _run(["ip", *argv])
+
+
+def _run(argv: list[str]) -> None:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {proc.stderr.strip()[:300]}")

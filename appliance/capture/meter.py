@@ -1,0 +1,515 @@
+"""The flow meter: decoded packets in, ended flows out. Pure: no sockets, no clock of its own.
+
+Contract (the agent drives it; `infraspectre flows --pcap` and the benches do the same):
+
+    meter = FlowMeter(MeterConfig(...))
+    ended = meter.add(columns)     # PacketColumns from Decoder.decode, arrival order
+    ended = meter.expire(now_ns)   # the caller's clock; call it regularly (every second or so)
+    ended = meter.flush()          # at shutdown / end of file: every open flow
+
+Each call returns a FlowBatch of the flows it ended. `now_ns` passed to expire must not be later
+than the timestamp of packets not yet added (offline: the last packet's time; live: the wall
+clock minus the ring's retire timeout, see source.LiveMeter), otherwise a flow could be ended
+that a pending packet would have extended.
+
+Flow membership rules (exact, independent of how packets are batched):
+- time is monotonic: a packet stamped earlier than the latest packet already seen counts at the
+  latest time (capture timestamps go backwards on multi-queue NICs);
+- every open flow has three deadlines: idle (last packet + idle_timeout), close (the packet
+  that closed it, an RST or the second direction's FIN, + close_linger) and active (first
+  packet + active_timeout - 1 ns). A packet of the flow's key that comes after the earliest
+  deadline ends the flow first and starts a new one; the end reason is the earliest deadline's
+  (IDLE_TIMEOUT, TCP_RST / TCP_FIN, ACTIVE_TIMEOUT; ties in that order);
+- expire(now) ends the flows whose earliest deadline is before `now`, with the same reason, so
+  when expire runs changes only when a record is emitted, never what it holds; flush() first
+  does the same at the latest packet time, then ends the rest as SHUTDOWN (flows closed by
+  FIN/RST but still in their linger keep TCP_FIN / TCP_RST);
+- the initiator (tx side) is the sender of the flow's first packet, except a TCP SYN+ACK as
+  first packet, whose receiver is the initiator;
+- the table holds at most max_flows flows. A batch that needs more slots first ends the flows
+  already past a deadline at its first packet (with that reason), then evicts the least
+  recently active flows not touched by that batch (EVICTED, counted in stats.evicted).
+
+How it is fast: a batch is grouped by a 64-bit key hash (two stable 16-bit radix passes over
+its top half, a full sort when two keys share that half); a second, independent 64-bit hash is
+checked to catch collisions: colliding keys take the per-packet path and, in the table, the
+resident flow is ended as EVICTED and counted in stats.hash_collisions. The table is found by
+binary search in a sorted index of the hashes.
+Groups whose packets cannot pass a deadline inside the batch (no gap over idle_timeout, no
+active_timeout crossing, no packet later than close_linger after a FIN/RST) are aggregated with
+numpy reductions; the rare others replay their packets one by one (`_step`), which is the
+reference implementation of the rules above (a test meters one capture in batches of 1, 3, 64
+and 4096 packets and compares every record).
+
+Memory: the table is preallocated columns, SLOT_BYTES per slot times max_flows, plus the sorted
+hash index; nothing grows with traffic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from appliance.capture.config import MeterConfig
+from appliance.capture.decode import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, PacketColumns
+from appliance.capture.flows import FLOW_COLUMNS, EndReason, FlowBatch
+
+NONE_NS = np.iinfo(np.int64).max
+I64 = npt.NDArray[np.int64]
+U64 = npt.NDArray[np.uint64]
+
+_C1 = np.uint64(0xFF51AFD7ED558CCD)
+_C2 = np.uint64(0xC4CEB9FE1A85EC53)
+_S33 = np.uint64(33)
+_SEED1 = np.uint64(0x9E3779B97F4A7C15)
+_SEED2 = np.uint64(0xD6E8FEB86659FD93)
+
+#: Table columns besides FLOW_COLUMNS' (reason and end_ns are export-only).
+_STATE_COLUMNS: dict[str, type[np.generic]] = {
+    "h1": np.uint64,
+    "h2": np.uint64,
+    "fin_ab": np.int64,
+    "fin_ba": np.int64,
+    "rst": np.int64,
+}
+
+
+def _fmix(x: U64) -> U64:
+    """MurmurHash3's 64-bit finaliser, in place: a bijection that mixes every bit."""
+    x ^= x >> _S33
+    x *= _C1
+    x ^= x >> _S33
+    x *= _C2
+    x ^= x >> _S33
+    return x
+
+
+def key_hashes(pk: PacketColumns) -> tuple[U64, U64]:
+    """Two independent 64-bit hashes of every packet's flow key."""
+    k1 = (
+        pk.port_a.astype(np.uint64)
+        | (pk.port_b.astype(np.uint64) << np.uint64(17))
+        | (pk.vlan.astype(np.uint64) << np.uint64(34))
+        | (pk.proto.astype(np.uint64) << np.uint64(46))
+        | ((pk.ipver == 6).astype(np.uint64) << np.uint64(54))
+    )
+    # IPv4: both addresses fit one word exactly; IPv6: fold the four words.
+    k0 = (pk.a_lo << np.uint64(32)) | pk.b_lo
+    v6 = np.flatnonzero(pk.ipver == 6)
+    if len(v6):
+        x = _fmix(pk.a_hi[v6] ^ _SEED2)
+        x = _fmix(x ^ pk.a_lo[v6])
+        x = _fmix(x ^ pk.b_hi[v6])
+        k0[v6] = x ^ pk.b_lo[v6]
+    h1 = _fmix(k0 ^ (k1 * _C2) ^ _SEED1)
+    h2 = _fmix(k0 ^ _SEED2) + k1 * _C1
+    return h1, h2
+
+
+@dataclass
+class MeterStats:
+    """Cumulative counters of one meter."""
+
+    packets: int = 0
+    bytes: int = 0
+    flows_started: int = 0
+    flows_ended: dict[str, int] = field(default_factory=dict)
+    evicted: int = 0
+    hash_collisions: int = 0
+    slow_groups: int = 0
+    peak_flows: int = 0
+
+
+class FlowMeter:
+    """Bidirectional flow table with idle/active/FIN-RST expiry (module docstring)."""
+
+    #: Bytes per table slot (columns + hash index entry), for the memory bound.
+    SLOT_BYTES = (
+        sum(np.dtype(t).itemsize for t in FLOW_COLUMNS.values())
+        + sum(np.dtype(t).itemsize for t in _STATE_COLUMNS.values())
+        + 8
+        + 8
+        + 1
+    )  # index hash, index slot, used flag
+
+    def __init__(self, config: MeterConfig | None = None) -> None:
+        self.config = config or MeterConfig()
+        cap = self.config.max_flows
+        self.capacity = cap
+        self._idle = int(self.config.idle_timeout_s * 1e9)
+        self._active = int(self.config.active_timeout_s * 1e9)
+        self._linger = int(self.config.close_linger_s * 1e9)
+        self.t: dict[str, npt.NDArray[Any]] = {
+            k: np.zeros(cap, dtype=v) for k, v in {**FLOW_COLUMNS, **_STATE_COLUMNS}.items()
+        }
+        self._used = np.zeros(cap, dtype=np.bool_)
+        # Free slots: a stack, _free[:_n_free].
+        self._free = np.arange(cap - 1, -1, -1, dtype=np.int64)
+        self._n_free = cap
+        self._idx_h1: U64 = np.zeros(0, dtype=np.uint64)  # sorted
+        self._idx_slot: I64 = np.zeros(0, dtype=np.int64)
+        self._clock = np.iinfo(np.int64).min
+        self._pending: list[FlowBatch] = []
+        self.stats = MeterStats()
+
+    # -- public API -----------------------------------------------------------------------
+
+    @property
+    def clock_ns(self) -> int:
+        """The latest packet time seen (the offline clock); 0 before the first packet."""
+        return max(self._clock, 0)
+
+    @property
+    def active_flows(self) -> int:
+        """Open flows in the table (never more than max_flows)."""
+        return len(self._idx_h1)
+
+    def add(self, pk: PacketColumns) -> FlowBatch:
+        """Meter a batch of packets (arrival order); returns the flows it ended."""
+        n = len(pk)
+        if n == 0:
+            return FlowBatch.empty()
+        # A batch touches at most n slots; keeping n <= capacity guarantees eviction always
+        # finds enough untouched flows.
+        step = max(self.capacity // 2, 1)
+        if n > step:
+            for s in range(0, n, step):
+                self._add(pk.take(np.arange(s, min(s + step, n))))
+        else:
+            self._add(pk)
+        return self._take_pending()
+
+    def expire(self, now_ns: int) -> FlowBatch:
+        """End every flow whose idle, close-linger or active time has passed at now_ns."""
+        self._expire_into_pending(now_ns, self._used)
+        return self._take_pending()
+
+    def _expire_into_pending(self, now_ns: int, candidates: npt.NDArray[np.bool_]) -> None:
+        slots = np.flatnonzero(candidates)
+        if len(slots):
+            deadline, reason = self._deadlines(slots)
+            done = deadline < now_ns
+            if done.any():
+                self._end(slots[done], reason[done])
+
+    def flush(self) -> FlowBatch:
+        """End every open flow: at end of file or when the agent stops.
+
+        Flows already past a deadline at the latest packet time end for that reason; the
+        others end as SHUTDOWN, except flows closed by FIN or RST (still inside their
+        linger), which keep TCP_FIN / TCP_RST.
+        """
+        if self._clock > 0:
+            # Flows already past a deadline at the last packet's time end for that reason,
+            # whenever expire() last ran.
+            expired = self.expire(self._clock)  # (expire() replaces self._pending)
+            self._pending.append(expired)
+        slots = np.flatnonzero(self._used)
+        if len(slots):
+            t = self.t
+            rst = t["rst"][slots]
+            closed = _close_ns(rst, t["fin_ab"][slots], t["fin_ba"][slots]) != NONE_NS
+            reason = np.where(
+                closed,
+                np.where(rst != NONE_NS, EndReason.TCP_RST, EndReason.TCP_FIN),
+                EndReason.SHUTDOWN,
+            )
+            self._end(slots, reason.astype(np.uint8))
+        return self._take_pending()
+
+    # -- the batch path -------------------------------------------------------------------
+
+    def _add(self, pk: PacketColumns) -> None:
+        n = len(pk)
+        t = self.t
+        ts = np.maximum.accumulate(pk.ts_ns)
+        if ts[0] < self._clock:
+            ts = np.maximum(ts, self._clock)
+        self._clock = int(ts[-1])
+        self.stats.packets += n
+        self.stats.bytes += int(pk.nbytes.sum())
+
+        h1, h2 = key_hashes(pk)
+        # Group by key: two stable 16-bit radix passes over the hash's top 32 bits keep the
+        # arrival order within a key (several times faster than sorting 64-bit words). Two
+        # keys sharing those 32 bits (rare) fall back to a full stable sort of the hash.
+        h32 = h1 >> np.uint64(32)
+        by_low = np.argsort((h32 & np.uint64(0xFFFF)).astype(np.uint16), kind="stable")
+        by_high = np.argsort((h32[by_low] >> np.uint64(16)).astype(np.uint16), kind="stable")
+        order = by_low[by_high]
+        sh1 = h1[order]
+        change = sh1[1:] != sh1[:-1]
+        if (change & ((sh1[1:] ^ sh1[:-1]) < np.uint64(1 << 32))).any():
+            order = np.argsort(h1, kind="stable")
+            sh1 = h1[order]
+            change = sh1[1:] != sh1[:-1]
+        brk = np.flatnonzero(change) + 1
+        starts = np.concatenate((np.zeros(1, dtype=np.int64), brk))
+        ends = np.append(brk, n)
+        ngroups = len(starts)
+        first = order[starts]
+        gh1 = sh1[starts]
+        gh2 = h2[first]
+        sts = ts[order]
+        t_first = sts[starts]
+        t_last = sts[ends - 1]
+
+        # Groups whose packets do not all share h2: keys collide on h1 (per-packet path).
+        sh2 = h2[order]
+        inner = np.ones(max(n - 1, 0), dtype=np.bool_)
+        inner[brk - 1] = False
+        odd = np.flatnonzero((sh2[1:] != sh2[:-1]) & inner)
+        slow = np.zeros(ngroups, dtype=np.bool_)
+        if len(odd):
+            slow[np.searchsorted(starts, odd, side="right") - 1] = True
+
+        # Table lookup.
+        if len(self._idx_h1):
+            pos = np.minimum(np.searchsorted(self._idx_h1, gh1), len(self._idx_h1) - 1)
+            found = self._idx_h1[pos] == gh1
+            slot = np.where(found, self._idx_slot[pos], -1)
+        else:
+            found = np.zeros(ngroups, dtype=np.bool_)
+            slot = np.full(ngroups, -1, dtype=np.int64)
+        fs = slot[found]
+        slow[found] |= t["h2"][fs] != gh2[found]
+
+        # Would the resident flow end at this batch's first packet (rules 1-3)?
+        s_start = np.zeros(ngroups, dtype=np.int64)
+        s_close = np.full(ngroups, NONE_NS, dtype=np.int64)
+        s_deadline = np.full(ngroups, NONE_NS, dtype=np.int64)
+        s_reason = np.zeros(ngroups, dtype=np.uint8)
+        s_start[found] = t["start_ns"][fs]
+        s_close[found] = _close_ns(t["rst"][fs], t["fin_ab"][fs], t["fin_ba"][fs])
+        s_deadline[found], s_reason[found] = self._deadlines(fs)
+        presplit = found & (s_deadline < t_first)
+        has_close = s_close != NONE_NS
+        eff_start = np.where(found & ~presplit, s_start, t_first)
+
+        # Could a rule fire inside the batch? Then the group replays packet by packet.
+        gap = np.zeros(n, dtype=np.int64)
+        gap[1:] = sts[1:] - sts[:-1]
+        gap[starts] = 0
+        slow |= np.maximum.reduceat(gap, starts) > self._idle
+        slow |= (t_last - eff_start) >= self._active
+        cont_closing = found & ~presplit & has_close
+        slow |= cont_closing & ((t_last - np.minimum(s_close, t_last)) > self._linger)
+        sflags = pk.tcp_flags[order]
+        finrst = (sflags & (TCP_FIN | TCP_RST)) != 0
+        fr_pos = np.flatnonzero(finrst)
+        if len(fr_pos):
+            g_fr = np.searchsorted(starts, fr_pos, side="right") - 1
+            first_fr = np.full(ngroups, NONE_NS, dtype=np.int64)
+            np.minimum.at(first_fr, g_fr, sts[fr_pos])
+            slow |= (first_fr != NONE_NS) & ((t_last - np.minimum(first_fr, t_last)) > self._linger)
+        presplit &= ~slow
+
+        # End resident flows that the first packet splits off.
+        if presplit.any():
+            self._export(slot[presplit], s_reason[presplit])
+
+        # New keys get slots (evicting if the table is full) and enter the index.
+        new = ~found
+        n_new = int(new.sum())
+        if n_new:
+            short = n_new - self._n_free
+            if short > 0:
+                # Table full: first end what is already due at this batch's first packet (the
+                # reason stays right), then evict the least recently active.
+                untouched = self._used.copy()
+                untouched[slot[found]] = False
+                self._expire_into_pending(int(ts[0]), untouched)
+                short = n_new - self._n_free
+            if short > 0:
+                self._evict(short, slot[found])
+            self._n_free -= n_new
+            new_slots = self._free[self._n_free : self._n_free + n_new].copy()
+            slot[new] = new_slots
+            self._used[new_slots] = True
+            ins = np.searchsorted(self._idx_h1, gh1[new])
+            self._idx_h1 = np.insert(self._idx_h1, ins, gh1[new])
+            self._idx_slot = np.insert(self._idx_slot, ins, new_slots)
+            t["h1"][new_slots] = gh1[new]
+            self.stats.peak_flows = max(self.stats.peak_flows, len(self._idx_h1))
+
+        fresh = new | presplit
+        if fresh.any():
+            self._reset(slot[fresh], pk, first[fresh], gh2[fresh], t_first[fresh])
+
+        # Vectorised accumulation for the fast groups.
+        fast = ~slow
+        if fast.any():
+            srev = pk.rev[order]
+            sbytes = pk.nbytes[order]
+            cnt = ends - starts
+            p_ba = np.add.reduceat(srev.astype(np.int64), starts)
+            b_all = np.add.reduceat(sbytes, starts)
+            b_ba = np.add.reduceat(np.where(srev, sbytes, 0), starts)
+            f_ab = np.bitwise_or.reduceat(np.where(srev, 0, sflags), starts)
+            f_ba = np.bitwise_or.reduceat(np.where(srev, sflags, 0), starts)
+            fsl = slot[fast]
+            t["pkts_ab"][fsl] += (cnt - p_ba)[fast]
+            t["pkts_ba"][fsl] += p_ba[fast]
+            t["bytes_ab"][fsl] += (b_all - b_ba)[fast]
+            t["bytes_ba"][fsl] += b_ba[fast]
+            t["flags_ab"][fsl] |= f_ab[fast].astype(np.uint8)
+            t["flags_ba"][fsl] |= f_ba[fast].astype(np.uint8)
+            t["end_ns"][fsl] = t_last[fast]
+            if len(fr_pos):
+                keep = fast[g_fr]
+                fpos, fslot = fr_pos[keep], slot[g_fr[keep]]
+                fts, ff, fr = sts[fpos], sflags[fpos], srev[fpos]
+                rst = (ff & TCP_RST) != 0
+                fin = (ff & TCP_FIN) != 0
+                np.minimum.at(t["rst"], fslot[rst], fts[rst])
+                np.minimum.at(t["fin_ab"], fslot[fin & ~fr], fts[fin & ~fr])
+                np.minimum.at(t["fin_ba"], fslot[fin & fr], fts[fin & fr])
+
+        # The per-packet path for the rest.
+        slow_groups = np.flatnonzero(slow)
+        if len(slow_groups):
+            self.stats.slow_groups += len(slow_groups)
+            for g in slow_groups.tolist():
+                for i in order[starts[g] : ends[g]].tolist():
+                    self._step(int(slot[g]), pk, i, int(ts[i]), int(h2[i]))
+
+    # -- the per-packet reference path ----------------------------------------------------
+
+    def _step(self, s: int, pk: PacketColumns, i: int, ts: int, h2: int) -> None:
+        """Add packet i (time ts) to the flow in slot s, ending that flow first if a rule says."""
+        t = self.t
+        one = np.array([s], dtype=np.int64)
+        idx = np.array([i], dtype=np.int64)
+        if int(t["h2"][s]) != h2:
+            self.stats.hash_collisions += 1
+            self._export(one, np.array([EndReason.EVICTED], dtype=np.uint8))
+            self.stats.evicted += 1
+            self._reset(one, pk, idx, np.array([h2], dtype=np.uint64), np.array([ts]))
+        elif int(t["pkts_ab"][s]) + int(t["pkts_ba"][s]) > 0:
+            reason = self._split_reason(s, ts)
+            if reason is not None:
+                self._export(one, np.array([reason], dtype=np.uint8))
+                self._reset(one, pk, idx, np.array([h2], dtype=np.uint64), np.array([ts]))
+        rev = bool(pk.rev[i])
+        flags = int(pk.tcp_flags[i])
+        d = "ba" if rev else "ab"
+        t["pkts_" + d][s] += 1
+        t["bytes_" + d][s] += int(pk.nbytes[i])
+        t["flags_" + d][s] |= flags
+        t["end_ns"][s] = ts
+        if flags & TCP_RST and int(t["rst"][s]) == NONE_NS:
+            t["rst"][s] = ts
+        if flags & TCP_FIN and int(t["fin_" + d][s]) == NONE_NS:
+            t["fin_" + d][s] = ts
+
+    def _split_reason(self, s: int, ts: int) -> EndReason | None:
+        """The reason flow s ends before a packet at ts, or None (scalar `_deadlines`)."""
+        t = self.t
+        rst = int(t["rst"][s])
+        close = min(rst, max(int(t["fin_ab"][s]), int(t["fin_ba"][s])))
+        candidates = [
+            (int(t["end_ns"][s]) + self._idle, 0, EndReason.IDLE_TIMEOUT),
+            (
+                close + self._linger if close != NONE_NS else NONE_NS,
+                1,
+                EndReason.TCP_RST if rst != NONE_NS else EndReason.TCP_FIN,
+            ),
+            (int(t["start_ns"][s]) + self._active - 1, 2, EndReason.ACTIVE_TIMEOUT),
+        ]
+        deadline, _, reason = min(candidates)
+        return reason if deadline < ts else None
+
+    def _deadlines(self, slots: I64) -> tuple[I64, npt.NDArray[np.uint8]]:
+        """When each flow in slots ends unless... and why: the earliest of its three deadlines.
+
+        A flow ends at time T > deadline. Idle: last + idle_timeout; close: closing packet +
+        close_linger; active: first + active_timeout - 1 (the active rule is ">=").
+        Taking the earliest makes the reason independent of when it is evaluated. Ties go to
+        idle, then close, then active.
+        """
+        t = self.t
+        rst = t["rst"][slots]
+        close = _close_ns(rst, t["fin_ab"][slots], t["fin_ba"][slots])
+        d_idle = t["end_ns"][slots] + self._idle
+        d_close = np.where(close != NONE_NS, close + self._linger, NONE_NS)
+        d_active = t["start_ns"][slots] + (self._active - 1)
+        close_reason = np.where(rst != NONE_NS, EndReason.TCP_RST, EndReason.TCP_FIN)
+        deadline = np.minimum(np.minimum(d_idle, d_close), d_active)
+        reason = np.where(
+            d_idle == deadline,
+            EndReason.IDLE_TIMEOUT,
+            np.where(d_close == deadline, close_reason, EndReason.ACTIVE_TIMEOUT),
+        ).astype(np.uint8)
+        return deadline, reason
+
+    # -- slots ----------------------------------------------------------------------------
+
+    def _reset(
+        self,
+        slots: I64,
+        pk: PacketColumns,
+        first: npt.NDArray[np.intp] | I64,
+        h2: U64,
+        start_ns: I64,
+    ) -> None:
+        """Start a new, empty flow in slots, keyed like packets `first`."""
+        t = self.t
+        for k in ("vlan", "ipver", "proto", "a_hi", "a_lo", "b_hi", "b_lo", "port_a", "port_b"):
+            t[k][slots] = getattr(pk, k)[first]
+        t["icmp_type"][slots] = pk.icmp_type[first]
+        t["icmp_code"][slots] = pk.icmp_code[first]
+        fl = pk.tcp_flags[first]
+        synack = (fl & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK)
+        t["init_b"][slots] = pk.rev[first] ^ synack
+        t["h2"][slots] = h2
+        for k in ("pkts_ab", "pkts_ba", "bytes_ab", "bytes_ba", "flags_ab", "flags_ba"):
+            t[k][slots] = 0
+        t["start_ns"][slots] = start_ns
+        t["end_ns"][slots] = start_ns
+        for k in ("fin_ab", "fin_ba", "rst"):
+            t[k][slots] = NONE_NS
+        self.stats.flows_started += len(slots)
+
+    def _export(self, slots: I64, reason: npt.NDArray[np.uint8]) -> None:
+        """Snapshot slots as ended flows (the slots stay in use: callers reset or free them)."""
+        cols = {k: self.t[k][slots] for k in FLOW_COLUMNS if k != "reason"}
+        cols["reason"] = reason
+        self._pending.append(FlowBatch(cols))
+        for r, c in zip(*np.unique(reason, return_counts=True), strict=True):
+            name = EndReason(int(r)).name
+            self.stats.flows_ended[name] = self.stats.flows_ended.get(name, 0) + int(c)
+
+    def _end(self, slots: I64, reason: npt.NDArray[np.uint8]) -> None:
+        """Export slots and free them."""
+        self._export(slots, reason)
+        self._used[slots] = False
+        self._free[self._n_free : self._n_free + len(slots)] = slots
+        self._n_free += len(slots)
+        pos = np.searchsorted(self._idx_h1, self.t["h1"][slots])
+        keep = np.ones(len(self._idx_h1), dtype=np.bool_)
+        keep[pos] = False
+        self._idx_h1 = self._idx_h1[keep]
+        self._idx_slot = self._idx_slot[keep]
+
+    def _evict(self, count: int, touched: I64) -> None:
+        """Free `count` slots: the least recently active flows not in `touched`."""
+        cand_mask = self._used.copy()
+        cand_mask[touched] = False
+        cand = np.flatnonzero(cand_mask)
+        last = self.t["end_ns"][cand]
+        pick = cand[np.argpartition(last, count - 1)[:count]] if count < len(cand) else cand
+        self.stats.evicted += len(pick)
+        self._end(pick, np.full(len(pick), EndReason.EVICTED, dtype=np.uint8))
+
+    def _take_pending(self) -> FlowBatch:
+        out = FlowBatch.concat(self._pending)
+        self._pending = []
+        return out
+
+
+def _close_ns(rst: I64, fin_ab: I64, fin_ba: I64) -> I64:
+    """When a flow closed: its first RST, or its second direction's first FIN; NONE_NS if open."""
+    return np.minimum(rst, np.maximum(fin_ab, fin_ba))
