@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "appliance.bus.cli",
     "appliance.wal.cli",
     "appliance.capture.cli",
+    "appliance.agent.cli",
     "appliance.demo",
 )
 

@@ -52,8 +52,6 @@ class AgentConfig:
     publish_timeout_s: float = 30.0
     backoff_base_ms: int = 500
     backoff_cap_ms: int = 30000
-    #: Interface counters are sampled and sealed this often.
-    counters_interval_s: float = 10.0
     #: On SIGTERM: stop capture, seal open flows, flush, and exit within this bound.
     shutdown_timeout_s: float = 10.0
     #: Bounded quarantine of envelopes the bus refused (kept for inspection).
@@ -74,5 +72,5 @@ class AgentConfig:
             raise ValueError(f"send_rate: {self.send_rate} must be >= 0")
         if self.backoff_base_ms <= 0 or self.backoff_cap_ms < self.backoff_base_ms:
             raise ValueError("backoff_base_ms: need 0 < backoff_base_ms <= backoff_cap_ms")
-        if self.counters_interval_s <= 0 or self.shutdown_timeout_s <= 0:
-            raise ValueError("counters_interval_s: intervals and timeouts must be positive")
+        if self.shutdown_timeout_s <= 0:
+            raise ValueError(f"shutdown_timeout_s: {self.shutdown_timeout_s} must be positive")

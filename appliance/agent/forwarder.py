@@ -175,6 +175,9 @@ class Forwarder:
         self._limiter = RateLimiter(config.send_rate, clock)
         self._on_state = on_state
         self._last_failure_kind = ""
+        # Batch size in use: halved while the bus rejects whole batches (to isolate the one
+        # record it cannot decode), grown back after each success.
+        self._limit = config.batch_size
 
     # -- state machine ---------------------------------------------------------------------------
 
@@ -197,6 +200,17 @@ class Forwarder:
     def stop(self) -> None:
         self._stop.set()
 
+    def set_send_rate(self, rate: float) -> None:
+        """Change the send-rate limit (SIGHUP)."""
+        self._limiter = RateLimiter(rate, self._clock)
+
+    def set_transports(self, transports: Sequence[Callable[[], Transport]]) -> None:
+        """Replace the bus addresses; the next connection uses the new list (SIGHUP)."""
+        if not transports:
+            raise ValueError("the forwarder needs at least one bus address")
+        self._factories = list(transports)
+        self._index = 0
+
     def run(self) -> None:
         """Deliver until stop(); returns with the state STOPPED."""
         try:
@@ -208,7 +222,7 @@ class Forwarder:
 
     def step(self) -> None:
         """One iteration: wait out a pause, or send one batch (tests drive this directly)."""
-        records = self.outbox.read(self.config.batch_size)
+        records = self.outbox.read(self._limit)
         if not records:
             self._stop.wait(self.config.idle_poll_s)
             return
@@ -243,10 +257,14 @@ class Forwarder:
         try:
             acks = transport.publish(payloads, self.config.timeout_s)
         except TransportError as err:
+            if err.kind == "rejected":
+                self._isolate(records, err)
+                return
             self._on_failure(err)
             return
         self._failures = 0
         self._last_failure_kind = ""
+        self._limit = min(self.config.batch_size, self._limit * 2)
         self.stats.batches += 1
         done: list[int] = []
         retry_hint = 0
@@ -271,6 +289,18 @@ class Forwarder:
                 self.stats.last_success_unix = time.time()
             hint = retry_hint / 1000
             self._pause(hint + self._rng.uniform(0, hint), Event.RETRY)
+
+    def _isolate(self, records: Sequence[OutRecord], err: TransportError) -> None:
+        """The bus refused the batch as a whole (it could not decode it): bisect down to the one
+        record at fault and quarantine it, so it never blocks the queue."""
+        self.stats.failures["rejected"] = self.stats.failures.get("rejected", 0) + 1
+        if len(records) > 1:
+            self._limit = max(1, len(records) // 2)
+            return
+        self._quarantine(records[0], f"batch refused: {err.detail}")
+        self.outbox.ack([records[0].seq])
+        self.stats.invalid += 1
+        self._limit = self.config.batch_size
 
     def _on_failure(self, err: TransportError) -> None:
         self.stats.failures[err.kind] = self.stats.failures.get(err.kind, 0) + 1

@@ -131,6 +131,7 @@ class Agent:
         counters: CounterSource | None,
         data_dir: Path,
         *,
+        counters_interval_s: float = 10.0,
         transport: Callable[[str], Transport] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -139,6 +140,7 @@ class Agent:
         self.wal = wal
         self.flows = flows
         self.counters = counters
+        self.counters_interval_s = counters_interval_s
         self._clock = clock
         self.chain = ChainState(data_dir / "agent" / "chain.json")
         start = self.chain.start()
@@ -151,12 +153,12 @@ class Agent:
         self.sealer = Sealer(
             identity.agent_id, identity.signing_key, seq=start.seq, prev_sig=start.prev_sig
         )
-        make: Callable[[str], Transport] = transport or (
+        self._make: Callable[[str], Transport] = transport or (
             lambda addr: GrpcTransport(addr, identity.tls)
         )
         self.forwarder = Forwarder(
             wal,
-            [functools.partial(make, addr) for addr in cfg.bus],
+            [functools.partial(self._make, addr) for addr in cfg.bus],
             ForwarderConfig(
                 batch_size=cfg.batch_size,
                 timeout_s=cfg.publish_timeout_s,
@@ -178,6 +180,27 @@ class Agent:
         self._stopped = threading.Event()
 
     # -- lifecycle -------------------------------------------------------------------------------
+
+    @property
+    def pipeline_alive(self) -> bool:
+        """False once the pipeline thread has ended (a capture failure) while not stopping."""
+        return self._pipeline.is_alive() or self._stopping.is_set()
+
+    def reconfigure(self, fresh: AgentConfig) -> list[str]:
+        """Apply a reloaded `agent` section: send_rate and bus addresses change live; the rest
+        needs a restart and is reported as such. Returns what changed."""
+        changed: list[str] = []
+        if fresh.send_rate != self.cfg.send_rate:
+            self.forwarder.set_send_rate(fresh.send_rate)
+            changed.append(f"send_rate={fresh.send_rate}")
+        if fresh.bus != self.cfg.bus:
+            self.forwarder.set_transports([functools.partial(self._make, a) for a in fresh.bus])
+            changed.append(f"bus={','.join(fresh.bus)}")
+        for key in ("id", "tls", "server_name", "metrics_host", "metrics_port", "batch_size"):
+            if getattr(fresh, key) != getattr(self.cfg, key):
+                changed.append(f"{key} (takes effect after a restart)")
+        self.cfg.send_rate, self.cfg.bus = fresh.send_rate, fresh.bus
+        return changed
 
     @property
     def ready(self) -> bool:
@@ -238,7 +261,7 @@ class Agent:
                     self._seal(flow=flow)
                 if self.counters is not None and self._clock() >= next_counters:
                     self._seal(counters=self.counters.sample())
-                    next_counters = self._clock() + self.cfg.counters_interval_s
+                    next_counters = self._clock() + self.counters_interval_s
         except Exception:
             log.exception("capture pipeline failed; stopping capture")
             raise

@@ -20,6 +20,7 @@ capture:
     max_flows: 200000
   counters_interval_s: 10
   counters_interfaces: []    # empty: every interface
+  netns: ""                  # capture inside this named network namespace (tests, demos)
 ```
 """
 
@@ -94,6 +95,9 @@ class CaptureConfig:
     meter: MeterConfig = field(default_factory=MeterConfig)
     counters_interval_s: float = 10.0
     counters_interfaces: list[str] = field(default_factory=list)
+    #: Open the capture socket and read counters inside this named network namespace
+    #: (/run/netns/NAME), while the agent itself stays in its own: tests, demos, containers.
+    netns: str = ""
 
     def validate(self) -> None:
         if not 0 <= self.fanout_group < 65536:

@@ -27,7 +27,7 @@ def _flow(i: int) -> FlowEvent:
 def _config(pki: Path, port: int) -> AgentConfig:
     cfg = AgentConfig(
         bus=[f"127.0.0.1:{port}"], server_name="localhost", metrics_host="127.0.0.1",
-        metrics_port=0, counters_interval_s=0.2,
+        metrics_port=0,
         tls=AgentTls(cert_dir=pki / "agents/branch-1", ca=str(pki / "ca.crt")),
     )  # fmt: skip
     cfg.validate()
@@ -41,7 +41,9 @@ def test_flows_and_counters_reach_the_bus_signed_and_chained(
     cfg = _config(pki, bus.port)
     flows = ScriptedFlows([_flow(i) for i in range(300)], [_flow(900), _flow(901)])
     wal = MemWal()
-    agent = Agent(cfg, load_identity(cfg), wal, flows, FixedCounters(), tmp_path)
+    agent = Agent(
+        cfg, load_identity(cfg), wal, flows, FixedCounters(), tmp_path, counters_interval_s=0.2
+    )
     agent.start()
     for _ in range(200):  # bounded wait for delivery
         if agent.forwarder.stats.ok >= 300 and agent.ready:

@@ -52,8 +52,9 @@ class Script:
 
 
 def _fwd(outbox: MemOutbox, transports: list[Script], tmp_path: Path, **kw: object) -> Forwarder:
+    kw.setdefault("batch_size", 4)
     cfg = ForwarderConfig(
-        batch_size=4, backoff_base_s=0.001, backoff_cap_s=0.004,
+        backoff_base_s=0.001, backoff_cap_s=0.004,
         quarantine_path=tmp_path / "q.jsonl", **kw,  # type: ignore[arg-type]
     )  # fmt: skip
     return Forwarder(outbox, [lambda t=t: t for t in transports], cfg, rng=random.Random(1))
@@ -132,3 +133,24 @@ def test_frame_batch_is_a_valid_publish_batch_request() -> None:
     envs = [Envelope(version="v1", idempotency_key=f"k{i}" * (i * 40 + 1)) for i in range(4)]
     raw = frame_batch([e.SerializeToString() for e in envs])
     assert list(PublishBatchRequest.FromString(raw).envelopes) == envs
+
+
+def test_an_undecodable_record_is_isolated_and_quarantined(tmp_path: Path) -> None:
+    box = _box(8)
+
+    class Picky(Script):
+        def publish(self, payloads: Sequence[bytes], timeout: float) -> list[PublishAck]:
+            self.seen.append(list(payloads))
+            if b"p5" in payloads:
+                raise TransportError("rejected", "undecodable batch")
+            return [PublishAck(status=OK)] * len(payloads)
+
+    bus = Picky("a", [])
+    f = _fwd(box, [bus], tmp_path, batch_size=8)
+    for _ in range(10):
+        f.step()
+        if not box.pending:
+            break
+    assert not box.pending and f.stats.ok == 7 and f.stats.invalid == 1
+    (entry,) = [json.loads(x) for x in (tmp_path / "q.jsonl").read_text().splitlines()]
+    assert entry["key"] == "k5" and "undecodable" in entry["reason"]
