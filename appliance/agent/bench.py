@@ -32,6 +32,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("pipeline", help="WAL -> forwarder -> bus store, end to end over mTLS")
     p.add_argument("--flows", type=int, default=100_000)
     p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--in-flight", type=int, default=2, help="batches in flight (workers)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_run)
 
@@ -42,9 +43,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _forward(wal_dir: str, pki: str, port: int, batch: int, total: int, out: Any) -> None:
+def _forward(
+    wal_dir: str, pki: str, port: int, batch: int, workers: int, total: int, out: Any
+) -> None:
     """Child process: drain the WAL to the bus, then report CPU and peak RSS."""
-    from appliance.agent.forwarder import Forwarder, ForwarderConfig
+    from appliance.agent.forwarder import ForwarderConfig, ForwarderPool
     from appliance.agent.transport import GrpcTransport, Identity
     from appliance.wal import Wal, WalConfig
 
@@ -56,17 +59,24 @@ def _forward(wal_dir: str, pki: str, port: int, batch: int, total: int, out: Any
         server_name="localhost",
     )
     wal = Wal.open(WalConfig(path=Path(wal_dir), max_wal_bytes=512 * 1024 * 1024))
-    fwd = Forwarder(
+    pool = ForwarderPool(
         wal,
         [lambda: GrpcTransport(f"127.0.0.1:{port}", ident)],
         ForwarderConfig(batch_size=batch, quarantine_path=Path(wal_dir) / "quarantine"),
+        workers=workers,
     )
     cpu0 = time.process_time()
     t0 = time.perf_counter()
     deadline = t0 + 600
-    while fwd.stats.ok + fwd.stats.invalid < total and time.perf_counter() < deadline:
-        fwd.step()
+    pool.start()
+    while time.perf_counter() < deadline:
+        done = pool.stats.ok + pool.stats.invalid
+        if done >= total:
+            break
+        time.sleep(0.005)
     elapsed = time.perf_counter() - t0
+    pool.stop(30)
+    fwd = pool
     cpu = time.process_time() - cpu0
     wal.close()
     out.send(
@@ -139,11 +149,15 @@ def _run(args: argparse.Namespace) -> int:
                     str(root / "pki"),
                     port,
                     args.batch_size,
+                    args.in_flight,
                     args.flows,
                     send,
                 ),
             )
             child.start()
+            while not recv.poll(1.0):  # never wait forever on a child that died
+                if not child.is_alive():
+                    raise CommandError(f"bench: the forwarder process died ({child.exitcode})")
             result = recv.recv()
             child.join(60)
         finally:
@@ -161,6 +175,7 @@ def _run(args: argparse.Namespace) -> int:
         "seconds": round(result["seconds"], 3),
         "batches": result["batches"],
         "batch_size": args.batch_size,
+        "in_flight": args.in_flight,
         "seal_per_s": round(seal_per_s),
         "target_flows_per_s": 20000,
         "cpus": os.cpu_count(),

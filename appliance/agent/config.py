@@ -47,6 +47,9 @@ class AgentConfig:
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 9100
     batch_size: int = 500
+    #: Batches in flight at once (forwarder workers): the bus verifies one while it commits
+    #: another. 1 keeps strict delivery order.
+    max_in_flight: int = 2
     #: Envelopes per second at most towards the bus (0: unlimited).
     send_rate: float = 0.0
     publish_timeout_s: float = 30.0
@@ -68,6 +71,8 @@ class AgentConfig:
             raise ValueError(f"metrics_port: {self.metrics_port} is not a TCP port")
         if not 1 <= self.batch_size <= 5000:
             raise ValueError(f"batch_size: {self.batch_size} must be 1..5000 (the bus's max_batch)")
+        if not 1 <= self.max_in_flight <= 16:
+            raise ValueError(f"max_in_flight: {self.max_in_flight} must be 1..16")
         if self.send_rate < 0:
             raise ValueError(f"send_rate: {self.send_rate} must be >= 0")
         if self.backoff_base_ms <= 0 or self.backoff_cap_ms < self.backoff_base_ms:

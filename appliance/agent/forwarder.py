@@ -42,6 +42,7 @@ from appliance.agent.transport import Transport, TransportError
 from appliance.wire import PublishAck
 
 log = logging.getLogger(__name__)
+_QUARANTINE_LOCK = threading.Lock()
 
 
 class OutRecord(Protocol):
@@ -128,23 +129,58 @@ class ForwarderStats:
 
 
 class RateLimiter:
-    """Token bucket: at most `rate` items per second, bursts up to one second's worth."""
+    """Token bucket: at most `rate` items per second, bursts up to one second's worth.
+    Thread-safe: the workers of a ForwarderPool share one."""
 
     def __init__(self, rate: float, clock: Callable[[], float]) -> None:
         self.rate = rate
         self._clock = clock
         self._tokens = rate
         self._last = clock()
+        self._lock = threading.Lock()
+
+    def set_rate(self, rate: float) -> None:
+        with self._lock:
+            self.rate = rate
+            self._tokens = min(self._tokens, rate)
 
     def delay_for(self, n: int) -> float:
         """Take n tokens; return how long to wait before sending them (0 when available)."""
-        if self.rate <= 0:
-            return 0.0
-        now = self._clock()
-        self._tokens = min(self.rate, self._tokens + (now - self._last) * self.rate)
-        self._last = now
-        self._tokens -= n
-        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+        with self._lock:
+            if self.rate <= 0:
+                return 0.0
+            now = self._clock()
+            self._tokens = min(self.rate, self._tokens + (now - self._last) * self.rate)
+            self._last = now
+            self._tokens -= n
+            return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
+
+class Leases:
+    """One outbox shared by several forwarder workers: read() hands each pending record to one
+    worker at a time; ack() or release() gives it back (acked records leave the outbox)."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self._outbox = outbox
+        self._leased: set[int] = set()
+        self._lock = threading.Lock()
+
+    def read(self, limit: int) -> Sequence[OutRecord]:
+        with self._lock:
+            records = self._outbox.read(limit + len(self._leased))
+            out = [r for r in records if r.seq not in self._leased][:limit]
+            self._leased.update(r.seq for r in out)
+            return out
+
+    def ack(self, seqs: Iterable[int]) -> int:
+        seqs = list(seqs)
+        n = self._outbox.ack(seqs)
+        self.release(seqs)
+        return n
+
+    def release(self, seqs: Iterable[int]) -> None:
+        with self._lock:
+            self._leased.difference_update(seqs)
 
 
 class Forwarder:
@@ -159,6 +195,7 @@ class Forwarder:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         on_state: Callable[[State], None] | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         if not transports:
             raise ValueError("the forwarder needs at least one bus address")
@@ -172,7 +209,7 @@ class Forwarder:
         self._clock = clock
         self._rng = rng or random.Random()
         self._stop = threading.Event()
-        self._limiter = RateLimiter(config.send_rate, clock)
+        self._limiter = limiter or RateLimiter(config.send_rate, clock)
         self._on_state = on_state
         self._last_failure_kind = ""
         # Batch size in use: halved while the bus rejects whole batches (to isolate the one
@@ -202,7 +239,7 @@ class Forwarder:
 
     def set_send_rate(self, rate: float) -> None:
         """Change the send-rate limit (SIGHUP)."""
-        self._limiter = RateLimiter(rate, self._clock)
+        self._limiter.set_rate(rate)
 
     def set_transports(self, transports: Sequence[Callable[[], Transport]]) -> None:
         """Replace the bus addresses; the next connection uses the new list (SIGHUP)."""
@@ -226,10 +263,15 @@ class Forwarder:
         if not records:
             self._stop.wait(self.config.idle_poll_s)
             return
-        delay = self._limiter.delay_for(len(records))
-        if delay > 0 and self._stop.wait(delay):
-            return
-        self._send(records)
+        try:
+            delay = self._limiter.delay_for(len(records))
+            if delay > 0 and self._stop.wait(delay):
+                return
+            self._send(records)
+        finally:
+            release = getattr(self.outbox, "release", None)
+            if release is not None:  # shared outbox: what was not acked goes back to the pool
+                release([r.seq for r in records])
 
     def _connect(self) -> Transport:
         if self._transport is None:
@@ -321,6 +363,10 @@ class Forwarder:
 
     def _quarantine(self, rec: OutRecord, reason: str) -> None:
         """Keep an envelope the bus refused, for inspection (bounded: one rotation)."""
+        with _QUARANTINE_LOCK:  # several workers may quarantine at once
+            self._write_quarantine(rec, reason)
+
+    def _write_quarantine(self, rec: OutRecord, reason: str) -> None:
         path = self.config.quarantine_path
         log.error(
             "bus refused envelope %s: %s (quarantined)", rec.key.decode(errors="replace"), reason
@@ -352,3 +398,68 @@ def _explain(err: TransportError) -> str:
     if err.kind == "exhausted":
         return f"bus overloaded, backing off ({err.detail})"
     return err.detail
+
+
+class ForwarderPool:
+    """`workers` forwarders sharing one outbox (through Leases) and one rate limit, so that
+    several batches are in flight: the bus verifies one while it commits another.
+
+    Stats are summed; the state is the most troubled worker's (backing off > throttled >
+    connecting > connected).
+    """
+
+    _SEVERITY = (State.BACKING_OFF, State.THROTTLED, State.CONNECTING, State.CONNECTED)
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        transports: Sequence[Callable[[], Transport]],
+        config: ForwarderConfig,
+        workers: int = 2,
+    ) -> None:
+        self.limiter = RateLimiter(config.send_rate, time.monotonic)
+        leases = Leases(outbox)
+        self.workers = [
+            Forwarder(leases, transports, config, limiter=self.limiter) for _ in range(workers)
+        ]
+        self._threads = [
+            threading.Thread(target=w.run, name=f"agent-forwarder-{i}")
+            for i, w in enumerate(self.workers)
+        ]
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def stop(self, timeout: float) -> None:
+        for w in self.workers:
+            w.stop()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.1, deadline - time.monotonic()))
+
+    def set_send_rate(self, rate: float) -> None:
+        self.limiter.set_rate(rate)
+
+    def set_transports(self, transports: Sequence[Callable[[], Transport]]) -> None:
+        for w in self.workers:
+            w.set_transports(transports)
+
+    @property
+    def stats(self) -> ForwarderStats:
+        each = [w.stats for w in self.workers]
+        total = ForwarderStats()
+        for s in each:
+            total.sent += s.sent
+            total.ok += s.ok
+            total.retry += s.retry
+            total.invalid += s.invalid
+            total.batches += s.batches
+            for kind, n in s.failures.items():
+                total.failures[kind] = total.failures.get(kind, 0) + n
+        total.last_success_unix = max(s.last_success_unix for s in each)
+        total.backoff_s = max(s.backoff_s for s in each)
+        states = {s.state for s in each}
+        total.state = next((st for st in self._SEVERITY if st in states), State.STOPPED)
+        total.address = each[0].address
+        return total

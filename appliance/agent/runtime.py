@@ -3,7 +3,8 @@
 Threads and who owns what:
 - the *pipeline* thread owns the Sealer (the chain is a sequence): it polls the flow source,
   samples interface counters on their interval, seals each record and appends it to the WAL;
-- the *forwarder* thread drains the WAL to the bus (forwarder.py);
+- the *forwarder* threads (`agent.max_in_flight` of them) drain the WAL to the bus, each
+  with its own batch in flight (forwarder.py);
 - the HTTP endpoint thread serves /metrics, /healthz, /ready;
 - the WAL runs its own flusher (group commit on its interval).
 
@@ -31,7 +32,7 @@ from nacl.signing import SigningKey
 
 from appliance.agent.chain import ChainState
 from appliance.agent.config import AgentConfig
-from appliance.agent.forwarder import Forwarder, ForwarderConfig, OutRecord
+from appliance.agent.forwarder import ForwarderConfig, ForwarderPool, OutRecord
 from appliance.agent.metrics import AgentSnapshot, agent_registry
 from appliance.agent.transport import GrpcTransport, Identity, Transport
 from appliance.crypto import Sealer, load_signing_key
@@ -156,7 +157,7 @@ class Agent:
         self._make: Callable[[str], Transport] = transport or (
             lambda addr: GrpcTransport(addr, identity.tls)
         )
-        self.forwarder = Forwarder(
+        self.forwarder = ForwarderPool(
             wal,
             [functools.partial(self._make, addr) for addr in cfg.bus],
             ForwarderConfig(
@@ -168,6 +169,7 @@ class Agent:
                 quarantine_path=data_dir / "agent" / "quarantine.jsonl",
                 quarantine_max_bytes=cfg.quarantine_max_bytes,
             ),
+            workers=cfg.max_in_flight,
         )
         self.flows_sealed = 0
         self.counters_sealed = 0
@@ -175,7 +177,6 @@ class Agent:
         self._stopping = threading.Event()
         self._capture_running = False
         self._pipeline = threading.Thread(target=self._run_pipeline, name="agent-pipeline")
-        self._forward = threading.Thread(target=self.forwarder.run, name="agent-forwarder")
         self.endpoint: HttpEndpoint | None = None
         self._stopped = threading.Event()
 
@@ -224,7 +225,7 @@ class Agent:
             )
         self._capture_running = True
         self._pipeline.start()
-        self._forward.start()
+        self.forwarder.start()
         log.info(
             "agent %s running; forwarding to %s", self.identity.agent_id, ", ".join(self.cfg.bus)
         )
@@ -238,8 +239,7 @@ class Agent:
         self._stopping.set()
         self._pipeline.join(max(0.1, deadline - self._clock()))
         self.wal.flush()
-        self.forwarder.stop()
-        self._forward.join(max(0.1, deadline - self._clock()))
+        self.forwarder.stop(max(0.1, deadline - self._clock()))
         self.chain.finish(self.sealer.seq, self.sealer.prev_sig)
         self.wal.close()
         if self.endpoint is not None:

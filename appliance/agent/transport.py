@@ -1,9 +1,8 @@
 """The forwarder's edge: publishing one batch of sealed envelopes to one bus address.
 
 `Transport` is what the forwarder calls; `GrpcTransport` is the real one (mTLS gRPC, the
-batched RPC). Envelopes travel as the exact bytes that were sealed and stored in the WAL: a
-PublishBatchRequest is built by framing those bytes as its repeated field 1, without parsing
-them, so a retransmission is byte-identical by construction.
+batched RPC). Envelopes travel as the exact bytes that were sealed and stored in the WAL
+(wire.framing), so a retransmission is byte-identical by construction.
 
 Failures are classified once, here, into `TransportError.kind`:
 
@@ -26,6 +25,7 @@ import grpc
 
 from appliance.wire import PUBLISH_BATCH_METHOD, PublishAck, PublishBatchResponse
 from appliance.wire.channel import mtls_channel
+from appliance.wire.framing import frame_batch
 
 
 class TransportError(Exception):
@@ -50,23 +50,6 @@ class Transport(Protocol):
     def publish(self, payloads: Sequence[bytes], timeout: float) -> list[PublishAck]: ...
 
     def close(self) -> None: ...
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def frame_batch(payloads: Sequence[bytes]) -> bytes:
-    """PublishBatchRequest bytes holding payloads (serialized Envelopes) as field 1, verbatim."""
-    return b"".join(b"\x0a" + _varint(len(p)) + p for p in payloads)
 
 
 @dataclass(frozen=True)

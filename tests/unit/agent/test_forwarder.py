@@ -17,8 +17,9 @@ from appliance.agent.forwarder import (
     RateLimiter,
     State,
 )
-from appliance.agent.transport import TransportError, frame_batch
+from appliance.agent.transport import TransportError
 from appliance.wire import Envelope, PublishAck, PublishBatchRequest
+from appliance.wire.framing import frame_batch
 
 OK, RETRY, INVALID = PublishAck.OK, PublishAck.RETRY, PublishAck.INVALID
 
@@ -154,3 +155,43 @@ def test_an_undecodable_record_is_isolated_and_quarantined(tmp_path: Path) -> No
     assert not box.pending and f.stats.ok == 7 and f.stats.invalid == 1
     (entry,) = [json.loads(x) for x in (tmp_path / "q.jsonl").read_text().splitlines()]
     assert entry["key"] == "k5" and "undecodable" in entry["reason"]
+
+
+def test_pool_workers_share_the_outbox_without_sending_a_record_twice(tmp_path: Path) -> None:
+    import threading
+
+    from appliance.agent.forwarder import ForwarderPool
+
+    box = _box(400)
+    lock = threading.Lock()
+    seen: list[bytes] = []
+
+    class Recorder(Script):
+        def publish(self, payloads: Sequence[bytes], timeout: float) -> list[PublishAck]:
+            with lock:
+                seen.extend(payloads)
+            return [PublishAck(status=OK)] * len(payloads)
+
+    cfg = ForwarderConfig(batch_size=7, quarantine_path=tmp_path / "q", idle_poll_s=0.001)
+    pool = ForwarderPool(box, [lambda: Recorder("a", [])], cfg, workers=3)
+    pool.start()
+    for _ in range(500):  # bounded
+        if not box.pending:
+            break
+        threading.Event().wait(0.01)
+    pool.stop(5)
+    assert not box.pending
+    assert sorted(seen) == sorted(f"p{i}".encode() for i in range(1, 401))  # each exactly once
+    assert pool.stats.ok == 400 and pool.stats.state is State.STOPPED
+
+
+def test_leases_give_back_what_was_not_acked() -> None:
+    from appliance.agent.forwarder import Leases
+
+    leases = Leases(_box(5))
+    first = leases.read(2)
+    second = leases.read(2)
+    assert [r.seq for r in first] == [1, 2] and [r.seq for r in second] == [3, 4]
+    leases.ack([1])
+    leases.release([2])
+    assert [r.seq for r in leases.read(10)] == [2, 5]
