@@ -13,7 +13,18 @@ APT_PACKAGES := \
 	python3-dev \
 	iproute2 \
 	sqlite3 \
-	openssl
+	openssl \
+	qemu-system-arm \
+	squashfs-tools \
+	f2fs-tools \
+	dosfstools \
+	mtools \
+	fdisk \
+	socat \
+	cpio \
+	kmod \
+	zstd \
+	debian-archive-keyring
 
 .PHONY: all deps apt venv proto demo test test-unit test-system test-board lint fmt clean
 
