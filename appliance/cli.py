@@ -21,7 +21,7 @@ from appliance import __version__
 from appliance.errors import CommandError
 
 #: Modules whose register(subparsers) adds top-level commands, in help order.
-COMMAND_MODULES = ("appliance.pki.cli",)
+COMMAND_MODULES = ("appliance.pki.cli", "appliance.image.cli", "appliance.qemu.cli")
 
 #: Modules whose register(subparsers) adds `infraspectre bench ...` commands.
 BENCH_MODULES: tuple[str, ...] = ()

@@ -14,9 +14,11 @@ Networking, always explicit (`-nic none` first: QEMU's default NIC is unrestrict
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import enum
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -33,6 +35,8 @@ GUESTFWD_ADDR = "10.0.2.100"
 GUESTFWD_PORT = 50051
 #: The line the image prints on the console when the system is up.
 READY_MARKER = "INFRASPECTRE-READY"
+#: The kernel's last line before a reset or power-off (printed at emergency level).
+RESET_LINE = re.compile(r"reboot: (Restarting system|Power down|System halted)")
 
 
 class State(enum.Enum):
@@ -68,6 +72,7 @@ class Machine:
         uplink_port: int | None = None,
         mirror: Mirror | None = None,
         cmdline_extra: tuple[str, ...] = (),
+        snapshot: bool = False,
         qemu: str = "qemu-system-aarch64",
     ) -> None:
         self.board = board
@@ -76,6 +81,7 @@ class Machine:
         self.uplink_port = uplink_port
         self.mirror = mirror
         self.cmdline_extra = cmdline_extra
+        self.snapshot = snapshot
         self.qemu = qemu
         self.state = State.OFF
         self.boots = 0
@@ -118,7 +124,8 @@ class Machine:
         if boot.dtb is not None:
             cmd += ["-dtb", str(boot.dtb)]
         cmd += [*self.board.serial_before, "-serial", serial]
-        cmd += [a.replace("{image}", str(self.image)) for a in self.board.disk]
+        drive = str(self.image) + (",snapshot=on" if self.snapshot else "")
+        cmd += [a.replace("{image}", drive) for a in self.board.disk]
         cmd += ["-netdev", uplink, *self.board.uplink]
         if self.mirror is not None:
             cmd += [
@@ -157,19 +164,41 @@ class Machine:
         self.state = State.READY
         return time.monotonic() - start
 
+    def boot(self, timeout: float = 180.0) -> float:
+        """Power on and wait until ready; seconds from power-on to a responsive shell."""
+        self.power_on()
+        return self.wait_ready(timeout)
+
     def run(self, command: str, timeout: float = 60.0) -> CommandResult:
         """Run a shell command on the guest's console."""
         return self.console.run(command, timeout)
 
-    def wait_off(self, timeout: float = 60.0) -> int:
-        """Wait for QEMU to exit by itself (the guest halted or rebooted); its exit status."""
+    def put_file(self, path: str, data: bytes, timeout: float = 60.0) -> None:
+        """Write data to path on the guest (through the console, base64 in short lines)."""
+        encoded = base64.b64encode(data).decode()
+        self.run(f": > {path}.b64", timeout)
+        for i in range(0, len(encoded), 512):
+            self.run(f"echo {encoded[i : i + 512]} >> {path}.b64", timeout)
+        result = self.run(f"base64 -d {path}.b64 > {path} && rm {path}.b64", timeout)
+        if result.status != 0:
+            raise CommandError(f"cannot write {path} on the guest: {result.output}")
+
+    def wait_off(self, timeout: float = 60.0) -> None:
+        """Wait until the guest has halted or reset after a `reboot` or `poweroff`.
+
+        virt ends QEMU itself (-no-reboot); QEMU's raspi3b models no reset or power
+        controller, so there the kernel's last words end it: once the kernel says it
+        restarts or powers down, the card is quiet and the harness cuts the power.
+        """
         assert self._proc is not None
-        try:
-            status = self._proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise CommandError(f"{self.board.name} did not power off in {timeout:.0f} s") from None
-        self._off()
-        return status
+        deadline = time.monotonic() + timeout
+        while self._proc.poll() is None:
+            if RESET_LINE.search(self.console.text()):
+                break
+            if time.monotonic() > deadline:
+                raise CommandError(f"{self.board.name} did not power off in {timeout:.0f} s")
+            time.sleep(0.2)
+        self.power_cut()
 
     def power_cut(self) -> None:
         """Kill QEMU at once: what pulling the power does to the card."""
