@@ -32,7 +32,7 @@ from typing import TextIO
 
 from appliance import __version__
 from appliance.errors import CommandError
-from appliance.image import debian, initramfs, manifest, overlay, rootfs, sdcard
+from appliance.image import bootcheck, debian, initramfs, manifest, overlay, rootfs, sdcard
 from appliance.image.definition import Definition
 
 STEPS = 9
@@ -177,7 +177,7 @@ def build(
 
     with progress.step("squashfs") as note:
         squash = work / "root.squashfs"
-        sdcard.make_root(root, squash, epoch)
+        sdcard.make_root(root, squash, epoch, defn.squashfs_options)
         note(f"{squash.stat().st_size / sdcard.MIB:.1f} MiB")
 
     image = out / f"infraspectre-{board.name}.img"
@@ -191,6 +191,10 @@ def build(
         if board.config_txt:
             shutil.copyfile(defn.image_dir / board.config_txt, boot / "config.txt")
         files = {p.name: p for p in sorted(boot.iterdir())}
+        if board.config_txt:
+            lacking = bootcheck.missing(files, (boot / "config.txt").read_text(), cmdline)
+            if lacking:
+                raise CommandError(f"the boot partition would lack {', '.join(lacking)}")
         sdcard.make_boot(files, layout.boot_size, work / "boot.vfat", work / "boot-staging", epoch)
         empty = work / "data-tree"
         empty.mkdir()

@@ -43,6 +43,7 @@ class Definition:
     boot_packages: tuple[str, ...]
     prune: tuple[str, ...]
     modules: tuple[str, ...]
+    squashfs_options: tuple[str, ...]
     site_packages: str
     python_version: str
     platforms: tuple[str, ...]
@@ -75,13 +76,14 @@ def load(board: str, source: Path = SOURCE_DIR) -> Definition:
     board_path = source / "image" / "boards" / f"{board}.toml"
     common = _read(common_path)
     spec = _read(board_path)
-    _keys(common, common_path, "", {"archive", "root", "python", "initramfs"})
+    _keys(common, common_path, "", {"archive", "root", "squashfs", "python", "initramfs"})
     archive = _table(
         common, common_path, "archive", {"mirror", "security_mirror", "suite", "components", "arch"}
     )
     root = _table(common, common_path, "root", {"packages", "boot_packages", "prune", "modules"})
     python = _table(common, common_path, "python", {"site_packages", "version", "platforms"})
     initramfs = _table(common, common_path, "initramfs", {"modules"})
+    squashfs = _table(common, common_path, "squashfs", {"options"})
     fields = {f.name for f in dataclasses.fields(Board)} - {"name"}
     _keys(spec, board_path, "", fields)
     missing = fields - set(spec)
@@ -103,6 +105,7 @@ def load(board: str, source: Path = SOURCE_DIR) -> Definition:
         boot_packages=tuple(root["boot_packages"]) + b.boot_packages,
         prune=tuple(root["prune"]),
         modules=tuple(root["modules"]),
+        squashfs_options=tuple(squashfs["options"]),
         site_packages=python["site_packages"],
         python_version=python["version"],
         platforms=tuple(python["platforms"]),

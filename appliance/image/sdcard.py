@@ -17,7 +17,7 @@ import dataclasses
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from appliance.errors import CommandError
@@ -94,8 +94,9 @@ def make_boot(files: Mapping[str, Path], size: int, out: Path, staging: Path, ep
     run(["mcopy", "-i", str(out), "-s", "-m", "-Q", *names, "::/"], "mcopy", env=env)
 
 
-def make_root(tree: Path, out: Path, epoch: int) -> None:
-    """A zstd squashfs of tree: all files root-owned, every time epoch, sorted (reproducible)."""
+def make_root(tree: Path, out: Path, epoch: int, options: Sequence[str]) -> None:
+    """A squashfs of tree (compression options given): all files root-owned, every time
+    epoch, sorted (reproducible)."""
     out.unlink(missing_ok=True)
     run(
         [
@@ -103,8 +104,7 @@ def make_root(tree: Path, out: Path, epoch: int) -> None:
             str(tree),
             str(out),
             "-noappend",
-            "-comp",
-            "zstd",
+            *options,
             "-all-root",
             "-mkfs-time",
             str(epoch),

@@ -9,6 +9,7 @@ machine downloads packages and wheels.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,11 +22,21 @@ CACHE = Path(os.environ.get("INFRASPECTRE_CACHE", definition.SOURCE_DIR / "cache
 EPOCH = 1795737600
 
 
+def build_rpi(out: Path) -> build.Result:
+    """Build the rpi image into out from this session's inputs (cache, SOURCE_DATE_EPOCH)."""
+    return build.build(definition.load("rpi"), out, CACHE, epoch=EPOCH)
+
+
 @pytest.fixture(scope="session")
 def rpi_build(tmp_path_factory: pytest.TempPathFactory) -> build.Result:
     """The rpi image, built once per session (the one CI boots on raspi3b)."""
-    out = tmp_path_factory.mktemp("image-rpi")
-    return build.build(definition.load("rpi"), out, CACHE, epoch=EPOCH)
+    return build_rpi(tmp_path_factory.mktemp("image-rpi"))
+
+
+@pytest.fixture(scope="session")
+def rebuild_rpi() -> Callable[[Path], build.Result]:
+    """Build the rpi image again, from the same inputs, into a given directory."""
+    return build_rpi
 
 
 @pytest.fixture(scope="session")
