@@ -100,6 +100,8 @@ def build(
     keep_work: bool = False,
 ) -> Result:
     """Build the image of defn.board into out (created), using and filling cache."""
+    if os.geteuid() != 0:
+        raise CommandError("image build runs as root: the root filesystem's files are root's")
     progress = progress or Progress()
     began = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)

@@ -52,30 +52,35 @@ def check_target(image_bytes: int, target: Path, force: bool, system: System = S
         return "file"
     if not stat.S_ISBLK(st.st_mode):
         raise CommandError(f"{target} is neither a block device nor a regular file")
-    major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
-    dev = system.sys / "dev" / "block" / f"{major}:{minor}"
-    if not dev.exists():
-        raise CommandError(f"{target}: no {dev} in sysfs")
-    node = dev.resolve()
+    check_block_device(
+        image_bytes, f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}", str(target), system
+    )
+    return "block device"
+
+
+def check_block_device(image_bytes: int, dev: str, label: str, system: System = System()) -> None:
+    """Refuse block device dev ("MAJOR:MINOR", shown as label) unless it is a whole,
+    removable, unused card at least image_bytes large."""
+    node_link = system.sys / "dev" / "block" / dev
+    if not node_link.exists():
+        raise CommandError(f"{label}: no {node_link} in sysfs")
+    node = node_link.resolve()
     name = node.name
     if (node / "partition").exists():
-        raise CommandError(
-            f"{target} is partition {name}: give the whole card ({node.parent.name})"
-        )
+        raise CommandError(f"{label} is partition {name}: give the whole card ({node.parent.name})")
     if _read(node / "removable") != "1":
         raise CommandError(
-            f"{target} ({name}) is not a removable device: refusing to overwrite a fixed disk"
+            f"{label} ({name}) is not a removable device: refusing to overwrite a fixed disk"
         )
     parts = {name} | {p.name for p in node.iterdir() if (p / "partition").exists()}
     busy = sorted(_in_use(parts, system))
     if busy:
-        raise CommandError(f"{target} is in use ({', '.join(busy)}): unmount it first")
+        raise CommandError(f"{label} is in use ({', '.join(busy)}): unmount it first")
     size = int(_read(node / "size") or "0") * 512
     if size < image_bytes:
         raise CommandError(
-            f"{target} holds {size / 2**20:.0f} MiB, the image needs {image_bytes / 2**20:.0f} MiB"
+            f"{label} holds {size / 2**20:.0f} MiB, the image needs {image_bytes / 2**20:.0f} MiB"
         )
-    return "block device"
 
 
 def _read(path: Path) -> str:

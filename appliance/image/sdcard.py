@@ -95,8 +95,8 @@ def make_boot(files: Mapping[str, Path], size: int, out: Path, staging: Path, ep
 
 
 def make_root(tree: Path, out: Path, epoch: int, options: Sequence[str]) -> None:
-    """A squashfs of tree (compression options given): all files root-owned, every time
-    epoch, sorted (reproducible)."""
+    """A squashfs of tree (compression options given): owners and modes as in the tree (the
+    build runs as root, overlays declare theirs), every time epoch, sorted (reproducible)."""
     out.unlink(missing_ok=True)
     run(
         [
@@ -105,7 +105,6 @@ def make_root(tree: Path, out: Path, epoch: int, options: Sequence[str]) -> None
             str(out),
             "-noappend",
             *options,
-            "-all-root",
             "-mkfs-time",
             str(epoch),
             "-all-time",

@@ -60,6 +60,50 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def qemu_command(
+    board: BoardSpec,
+    boot: bootfiles.BootFiles,
+    image: Path,
+    *,
+    serial: str,
+    uplink_port: int | None = None,
+    mirror: Mirror | None = None,
+    snapshot: bool = False,
+    cmdline_extra: tuple[str, ...] = (),
+    qemu: str = "qemu-system-aarch64",
+) -> list[str]:
+    """The QEMU command line booting boot's files on board with image as the card.
+
+    serial is the console's -serial backend (tcp:...,server=on,wait=on or mon:stdio).
+    """
+    extra = [f"infraspectre.uplink={board.uplink_interface}"]
+    if mirror is not None:
+        extra.append(f"infraspectre.mirror={board.mirror_interface}")
+    cmdline = bootfiles.board_cmdline(boot.cmdline, board.console, [*extra, *cmdline_extra])
+    uplink = "user,id=up,restrict=on"
+    if uplink_port is not None:
+        uplink += (
+            f",guestfwd=tcp:{GUESTFWD_ADDR}:{GUESTFWD_PORT}"
+            f"-cmd:socat STDIO TCP:127.0.0.1:{uplink_port}"
+        )
+    cmd = [qemu, *board.machine, "-display", "none", "-monitor", "none"]
+    cmd += ["-no-reboot", "-nic", "none", "-kernel", str(boot.kernel)]
+    cmd += ["-initrd", str(boot.initrd), "-append", cmdline]
+    if board.dtb and boot.dtb is not None:
+        cmd += ["-dtb", str(boot.dtb)]
+    cmd += [*board.serial_before, "-serial", serial]
+    drive = str(image) + (",snapshot=on" if snapshot else "")
+    cmd += [a.replace("{image}", drive) for a in board.disk]
+    cmd += ["-netdev", uplink, *board.uplink]
+    if mirror is not None:
+        cmd += [
+            "-netdev",
+            f"socket,id=mirror,udp=127.0.0.1:{mirror.host},localaddr=127.0.0.1:{mirror.qemu}",
+            *board.mirror,
+        ]
+    return cmd
+
+
 class Machine:
     """A board booting image; workdir holds the boot files, console logs and QEMU's stderr."""
 
@@ -104,37 +148,18 @@ class Machine:
         """QEMU's argument list for this board (console on TCP port, or stdio)."""
         if self._boot is None:
             self._boot = bootfiles.extract(self.image, self.workdir / "boot", self.board.dtb)
-        boot = self._boot
-        extra = [f"infraspectre.uplink={self.board.uplink_interface}"]
-        if self.mirror is not None:
-            extra.append(f"infraspectre.mirror={self.board.mirror_interface}")
-        cmdline = bootfiles.board_cmdline(
-            boot.cmdline, self.board.console, [*extra, *self.cmdline_extra]
-        )
         serial = "mon:stdio" if console_stdio else f"tcp:127.0.0.1:{console_port},server=on,wait=on"
-        uplink = "user,id=up,restrict=on"
-        if self.uplink_port is not None:
-            uplink += (
-                f",guestfwd=tcp:{GUESTFWD_ADDR}:{GUESTFWD_PORT}"
-                f"-cmd:socat STDIO TCP:127.0.0.1:{self.uplink_port}"
-            )
-        cmd = [self.qemu, *self.board.machine, "-display", "none", "-monitor", "none"]
-        cmd += ["-no-reboot", "-nic", "none", "-kernel", str(boot.kernel)]
-        cmd += ["-initrd", str(boot.initrd), "-append", cmdline]
-        if boot.dtb is not None:
-            cmd += ["-dtb", str(boot.dtb)]
-        cmd += [*self.board.serial_before, "-serial", serial]
-        drive = str(self.image) + (",snapshot=on" if self.snapshot else "")
-        cmd += [a.replace("{image}", drive) for a in self.board.disk]
-        cmd += ["-netdev", uplink, *self.board.uplink]
-        if self.mirror is not None:
-            cmd += [
-                "-netdev",
-                f"socket,id=mirror,udp=127.0.0.1:{self.mirror.host},"
-                f"localaddr=127.0.0.1:{self.mirror.qemu}",
-                *self.board.mirror,
-            ]
-        return cmd
+        return qemu_command(
+            self.board,
+            self._boot,
+            self.image,
+            serial=serial,
+            uplink_port=self.uplink_port,
+            mirror=self.mirror,
+            snapshot=self.snapshot,
+            cmdline_extra=self.cmdline_extra,
+            qemu=self.qemu,
+        )
 
     def power_on(self) -> None:
         """Start QEMU and connect to its console (the guest starts once connected)."""

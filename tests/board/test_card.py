@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.image import bootcheck, build, firstboot, manifest, settings
+from appliance.image import bootcheck, build, firstboot, lock, manifest, settings
 from appliance.qemu.machine import Machine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,18 +67,12 @@ def test_manifest_lists_packages_locked_python_and_file_hashes(
     debs = {p["name"]: p["version"] for p in doc["debian_packages"]}
     assert {"python3", "busybox-static", "raspi-firmware", "linux-image-arm64"} <= set(debs)
     assert all(re.fullmatch(r"[0-9a-f]{64}", p["sha256"]) for p in doc["debian_packages"])
-    lock = {}
-    for raw in (ROOT / "requirements.lock").read_text().splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if line:
-            name, _, version = line.partition("==")
-            lock[re.sub(r"[-_.]+", "-", name).lower()] = version
     shipped = {
-        re.sub(r"[-_.]+", "-", p["name"]).lower(): p["version"]
+        lock.normalise(p["name"]): p["version"]
         for p in doc["python_packages"]
         if p["name"] != "infraspectre-edge"
     }
-    assert shipped == lock
+    assert shipped == lock.read(ROOT / "requirements.lock")
     root = {e["path"]: e for e in doc["files"]["root"]}
     assert root["usr/local/bin/infraspectre"]["mode"] == "0755"
     assert root["etc/shadow"]["mode"] == "0640"

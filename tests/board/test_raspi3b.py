@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from appliance import __version__
+from appliance.image.lock import normalise
+from appliance.image.lock import read as read_lock
 from appliance.qemu.fixtures import Listener
 from appliance.qemu.machine import GUESTFWD_ADDR, GUESTFWD_PORT, Machine
 
@@ -46,13 +48,13 @@ def test_guest_infraspectre_version_equals_the_hosts(pi: Machine) -> None:
 
 
 def test_guest_python_distributions_are_the_locked_versions(pi: Machine) -> None:
-    lock = _lock(ROOT / "requirements.lock")
+    lock = read_lock(ROOT / "requirements.lock")
     names = " ".join(sorted(lock))
     script = "import sys, importlib.metadata as m; [print(n, m.version(n)) for n in sys.argv[1:]]"
     result = pi.run(f'python3 -c "{script}" {names}', timeout=120)
     assert result.status == 0, result.output
     found = dict(line.split() for line in result.output.splitlines() if line.strip())
-    assert {_norm(k): v for k, v in found.items()} == lock
+    assert {normalise(k): v for k, v in found.items()} == lock
 
 
 def test_root_is_read_only(pi: Machine) -> None:
@@ -118,17 +120,3 @@ def test_data_survives_a_power_cut_and_a_reboot(boot_board, rpi_image: Path) -> 
     pi.boot()
     result = pi.run("cat /data/survivor /data/survivor2")
     assert result.output.split() == ["before-power-cut", "before-reboot"]
-
-
-def _norm(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def _lock(path: Path) -> dict[str, str]:
-    pins = {}
-    for raw in path.read_text().splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if line:
-            name, _, version = line.partition("==")
-            pins[_norm(name)] = version
-    return pins
