@@ -24,7 +24,7 @@ from appliance.errors import CommandError
 COMMAND_MODULES = ("appliance.pki.cli", "appliance.image.cli", "appliance.qemu.cli")
 
 #: Modules whose register(subparsers) adds `infraspectre bench ...` commands.
-BENCH_MODULES: tuple[str, ...] = ()
+BENCH_MODULES: tuple[str, ...] = ("appliance.image.bench", "appliance.qemu.bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
