@@ -15,6 +15,10 @@ root). The suite provides the image; the plugin provides:
         a TCP server on the host loopback answering each connection's first bytes with
         b"pong:" + those bytes: the far end of the uplink's guestfwd.
 
+    mirror_port_shared() -> MirrorPort
+        the host end of the mirror NIC: .mirror goes to boot_board, .send(frame) puts an
+        Ethernet frame on the guest's mirror interface.
+
 When a test fails, the tail of each console log is added to its report, and the logs stay
 in the test's tmp_path (console-N.log per boot, qemu-N.cmd with the exact command line).
 """
@@ -34,10 +38,12 @@ from appliance.qemu.machine import Machine, Mirror
 
 __all__ = [
     "Listener",
+    "MirrorPort",
     "boot_board",
     "boot_board_shared",
     "host_listener",
     "host_listener_shared",
+    "mirror_port_shared",
     "pytest_runtest_makereport",
 ]
 
@@ -145,6 +151,49 @@ class Listener:
 
     def close(self) -> None:
         self._sock.close()
+
+
+class MirrorPort:
+    """The host end of a board's mirror NIC: frames sent here appear on the guest's mirror
+    interface; the guest's own frames (ARP, ND) arrive on `port` and are drained."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = int(self._sock.getsockname()[1])
+        self.mirror = Mirror(host=self.port, qemu=_free_udp_port())
+        self.received = 0
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self._sock.recv(65536)
+            except OSError:
+                return
+            self.received += 1
+
+    def send(self, frame: bytes) -> None:
+        """One Ethernet frame (destination MAC first, no FCS) onto the mirror port."""
+        self._sock.sendto(frame, ("127.0.0.1", self.mirror.qemu))
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def mirror_port_shared() -> Iterator[MirrorPort]:
+    """A mirror port for a module's shared machine (pass .mirror to boot_board_shared)."""
+    port = MirrorPort()
+    yield port
+    port.close()
 
 
 @pytest.fixture

@@ -16,15 +16,23 @@ import pytest
 from appliance import __version__
 from appliance.image.lock import normalise
 from appliance.image.lock import read as read_lock
-from appliance.qemu.fixtures import Listener
+from appliance.qemu.fixtures import Listener, MirrorPort
 from appliance.qemu.machine import GUESTFWD_ADDR, GUESTFWD_PORT, Machine
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def pi(boot_board_shared, rpi_image: Path, host_listener_shared: Listener) -> Machine:  # type: ignore[no-untyped-def]
-    return boot_board_shared(rpi_image, "raspi3b", uplink_port=host_listener_shared.port)
+def pi(  # type: ignore[no-untyped-def]
+    boot_board_shared, rpi_image: Path, host_listener_shared: Listener,
+    mirror_port_shared: MirrorPort,
+) -> Machine:  # fmt: skip
+    return boot_board_shared(
+        rpi_image,
+        "raspi3b",
+        uplink_port=host_listener_shared.port,
+        mirror=mirror_port_shared.mirror,
+    )
 
 
 def test_runtime_dependencies_import_in_the_guest(pi: Machine) -> None:
@@ -100,6 +108,24 @@ def test_uplink_reaches_the_guestfwd_port_and_nothing_else(
     assert lines["10.0.2.2"].startswith("blocked"), result.output
     assert lines["203.0.113.1"].startswith("blocked"), result.output
     assert host_listener_shared.connections == 1
+
+
+def test_mirror_port_frames_reach_the_promiscuous_mirror_interface(
+    pi: Machine, mirror_port_shared: MirrorPort
+) -> None:
+    flags = pi.run("cat /sys/class/net/usb1/flags")
+    assert int(flags.output, 16) & 0x100, "usb1 is not promiscuous"  # IFF_PROMISC
+    before = int(pi.run("cat /sys/class/net/usb1/statistics/rx_packets").output)
+    # frames for a MAC that is not the guest's, as a switch's SPAN port delivers them
+    frame = bytes.fromhex("02aabbccddee02112233445508004500") + bytes(50)
+    for _ in range(100):
+        mirror_port_shared.send(frame)
+    counted = pi.run(
+        "i=0; while [ $i -lt 40 ]; do n=$(cat /sys/class/net/usb1/statistics/rx_packets); "
+        f"[ $n -ge {before + 100} ] && break; sleep 0.25; i=$((i+1)); done; echo $n",
+        timeout=60,
+    )
+    assert int(counted.output) - before == 100
 
 
 def test_supervisor_reports_the_missing_agent_instead_of_pretending(pi: Machine) -> None:
