@@ -172,6 +172,8 @@ def build(
         layers = [p for p in (defn.overlays / "base", defn.overlays / board.name) if p.is_dir()]
         for layer in layers:
             overlay.apply(layer, root)
+        # the device's clock floor (etc/init.d/rcS): never earlier than the build
+        (root / "etc/appliance/build-epoch").write_text(f"{epoch}\n")
         rootfs.compile_bytecode(
             root, ["usr/lib/python3.11", "usr/lib/python3/dist-packages", defn.site_packages]
         )
