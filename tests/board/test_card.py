@@ -16,6 +16,8 @@ from appliance.image import bootcheck, build, firstboot, lock, manifest, setting
 from appliance.qemu.machine import Machine
 
 ROOT = Path(__file__).resolve().parents[2]
+# a cold build (downloads) or a boot on a loaded 2-core host can exceed the default 300 s
+pytestmark = pytest.mark.timeout(900)
 
 
 def _boot_files(image: Path) -> list[str]:

@@ -23,6 +23,8 @@ from appliance.qemu.fixtures import Listener, MirrorPort
 from appliance.qemu.machine import GUESTFWD_ADDR, GUESTFWD_PORT, Machine
 
 ROOT = Path(__file__).resolve().parents[2]
+# a cold build (downloads) or a boot on a loaded 2-core host can exceed the default 300 s
+pytestmark = pytest.mark.timeout(900)
 
 
 AGENT_ID = "branch-042"
@@ -123,7 +125,12 @@ def test_uplink_reaches_the_guestfwd_port_and_nothing_else(
 def test_mirror_port_frames_reach_the_promiscuous_mirror_interface(
     pi: Machine, mirror_port_shared: MirrorPort
 ) -> None:
-    flags = pi.run("cat /sys/class/net/usb1/flags")
+    # rcS sets it up in the background once USB has enumerated it: wait, bounded
+    flags = pi.run(
+        "i=0; while [ $(( $(cat /sys/class/net/usb1/flags 2>/dev/null || echo 0) & 0x100 )) = 0 ]"
+        " && [ $i -lt 80 ]; do sleep 0.5; i=$((i+1)); done; cat /sys/class/net/usb1/flags",
+        timeout=60,
+    )
     assert int(flags.output, 16) & 0x100, "usb1 is not promiscuous"  # IFF_PROMISC
     before = int(pi.run("cat /sys/class/net/usb1/statistics/rx_packets").output)
     # frames for a MAC that is not the guest's, as a switch's SPAN port delivers them
