@@ -26,7 +26,7 @@ APT_PACKAGES := \
 	zstd \
 	debian-archive-keyring
 
-.PHONY: all deps apt venv proto demo test test-unit test-system test-board lint fmt clean
+.PHONY: all deps apt venv proto demo image test test-unit test-system test-board lint fmt clean
 
 all: venv
 
@@ -56,6 +56,10 @@ proto: venv
 
 demo: venv
 	$(BIN)/python -m appliance demo
+
+# The Raspberry Pi SD card image (root: file ownership); downloads go to ./cache.
+image: venv
+	$(BIN)/infraspectre image build --board rpi --out out/rpi
 
 lint: venv
 	$(BIN)/ruff check appliance tests

@@ -40,9 +40,27 @@ RESET_LINE = re.compile(r"reboot: (Restarting system|Power down|System halted)")
 
 
 class State(enum.Enum):
+    """Where a board is in its lifecycle (see the module docstring)."""
+
     OFF = "off"
     BOOTING = "booting"
     READY = "ready"
+
+
+class Event(enum.Enum):
+    POWER_ON = "power on"
+    READY = "ready marker and shell seen"
+    OFF = "power cut, halt or reset"
+
+
+#: The allowed transitions; anything else is a harness bug and raises.
+TRANSITIONS: dict[tuple[State, Event], State] = {
+    (State.OFF, Event.POWER_ON): State.BOOTING,
+    (State.BOOTING, Event.READY): State.READY,
+    (State.BOOTING, Event.OFF): State.OFF,
+    (State.READY, Event.OFF): State.OFF,
+    (State.OFF, Event.OFF): State.OFF,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +181,7 @@ class Machine:
 
     def power_on(self) -> None:
         """Start QEMU and connect to its console (the guest starts once connected)."""
-        if self.state is not State.OFF:
+        if (self.state, Event.POWER_ON) not in TRANSITIONS:
             raise CommandError(f"{self.board.name} is already on")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.boots += 1
@@ -178,7 +196,7 @@ class Machine:
         except CommandError:
             self.power_cut()
             raise CommandError(f"QEMU did not start: {self._stderr_tail()}") from None
-        self.state = State.BOOTING
+        self._move(Event.POWER_ON)
 
     def wait_ready(self, timeout: float = 180.0) -> float:
         """Wait for the ready marker and a responsive shell; seconds since power-on."""
@@ -186,7 +204,7 @@ class Machine:
         self.console.wait_for(READY_MARKER, timeout)
         self.console.sync(max(10.0, timeout - (time.monotonic() - start)))
         self.console.run("stty -echo", timeout=10)
-        self.state = State.READY
+        self._move(Event.READY)
         return time.monotonic() - start
 
     def boot(self, timeout: float = 180.0) -> float:
@@ -237,7 +255,13 @@ class Machine:
             self._console.close()
             self._console = None
         self._proc = None
-        self.state = State.OFF
+        self._move(Event.OFF)
+
+    def _move(self, event: Event) -> None:
+        after = TRANSITIONS.get((self.state, event))
+        if after is None:
+            raise CommandError(f"{self.board.name}: {event.value} while {self.state.value}")
+        self.state = after
 
     def _stderr_tail(self) -> str:
         path = self.workdir / f"qemu-{self.boots}.stderr"
