@@ -12,7 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from appliance import __version__
@@ -231,10 +231,10 @@ def compile_bytecode(root: Path, dirs: Sequence[str]) -> None:
             raise CommandError(f"compileall {rel} failed: {proc.stderr.strip()[-300:]}")
 
 
-def run(cmd: Sequence[str], what: str, **kwargs: object) -> str:
+def run(cmd: Sequence[str], what: str, env: Mapping[str, str] | None = None) -> str:
     """Run a host tool; a failure becomes a one-line CommandError naming the tool."""
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, **kwargs)  # type: ignore[call-overload]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     except FileNotFoundError as exc:
         raise CommandError(f"{what}: {cmd[0]} is not installed (make apt installs it)") from exc
     if proc.returncode != 0:
