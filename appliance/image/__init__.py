@@ -1,6 +1,8 @@
 """The image builder: Debian arm64 packages + overlays/ + the locked Python -> an SD card image.
 
-Modules: definition (image/ data), debian (packages), rootfs (the root tree), overlay
-(declared files), initramfs, sdcard (partitions and the MBR image), manifest, build (the
-steps), configure (first-boot settings), flash (writing a card). No arm64 code runs on the host.
+Modules: definition (the data in image/), debian (packages: resolve, cache, unpack), rootfs
+(the root tree), overlay (declared files), initramfs, sdcard (partitions and the MBR image),
+bootcheck (what a Pi's firmware will load), manifest, lock (requirements.lock), build (the
+steps), settings (`image configure`: first-boot settings), flash (`image flash`), firstboot
+(runs on the device), bench (`bench image`). No arm64 code runs on the host.
 """
