@@ -19,9 +19,20 @@ APT_PACKAGES := \
 	iputils-ping \
 	softflowd \
 	nfdump \
-	tcpreplay
+	tcpreplay \
+	qemu-system-arm \
+	squashfs-tools \
+	f2fs-tools \
+	dosfstools \
+	mtools \
+	fdisk \
+	socat \
+	cpio \
+	kmod \
+	zstd \
+	debian-archive-keyring
 
-.PHONY: all deps apt venv proto demo test test-unit test-system test-board lint fmt clean
+.PHONY: all deps apt venv proto demo image test test-unit test-system test-board lint fmt clean
 
 all: venv
 
@@ -51,6 +62,10 @@ proto: venv
 
 demo: venv
 	$(BIN)/python -m appliance demo
+
+# The Raspberry Pi SD card image (root: file ownership); downloads go to ./cache.
+image: venv
+	$(BIN)/infraspectre image build --board rpi --out out/rpi
 
 lint: venv
 	$(BIN)/ruff check appliance tests

@@ -27,6 +27,8 @@ COMMAND_MODULES = (
     "appliance.wal.cli",
     "appliance.capture.cli",
     "appliance.agent.cli",
+    "appliance.image.cli",
+    "appliance.qemu.cli",
     "appliance.demo",
 )
 
@@ -36,6 +38,8 @@ BENCH_MODULES: tuple[str, ...] = (
     "appliance.wal.bench",
     "appliance.capture.bench",
     "appliance.agent.bench",
+    "appliance.image.bench",
+    "appliance.qemu.bench",
 )
 
 

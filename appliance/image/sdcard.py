@@ -1,0 +1,188 @@
+"""The SD card image: an MBR with boot (FAT32) | root (squashfs) | data (f2fs).
+
+Built without mounting anything (the host kernel has neither vfat nor f2fs): each partition is
+made in its own file by userspace tools (mkfs.fat + mcopy, mksquashfs, mkfs.f2fs + sload.f2fs)
+and copied into place. Layout invariants:
+
+- partition 1 starts at 4 MiB (erase-block alignment); every partition is 4 MiB aligned;
+- the image size is a power of two (QEMU's SD card model refuses anything else);
+- the MBR disk identifier is fixed per build (`DISK_ID`); the kernel command line finds the
+  root as PARTUUID=<id>-02 and the initramfs finds the card by it;
+- every timestamp is SOURCE_DATE_EPOCH and every volume id/UUID is fixed: same inputs, same bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from appliance.errors import CommandError
+from appliance.image.rootfs import run
+
+MIB = 1 << 20
+ALIGN = 4 * MIB
+#: MBR disk identifier (also the FAT volume id): fixed, so rebuilds are identical.
+DISK_ID = 0x5EC7E0A1
+#: f2fs UUID of the data partition (fixed for the same reason).
+DATA_UUID = "5ec7e0a1-da7a-4f2f-8a3e-000000000003"
+BOOT_SIZE = 64 * MIB
+MIN_DATA_SIZE = 64 * MIB
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Partition offsets and sizes in bytes; total is a power of two."""
+
+    boot_start: int
+    boot_size: int
+    root_start: int
+    root_size: int
+    data_start: int
+    data_size: int
+    total: int
+
+
+def plan(root_bytes: int) -> Layout:
+    """The smallest power-of-two card that holds the boot, the root and a minimal data part."""
+    root_size = _align_up(root_bytes)
+    need = ALIGN + BOOT_SIZE + root_size + MIN_DATA_SIZE
+    total = 1 << (need - 1).bit_length()
+    data_start = ALIGN + BOOT_SIZE + root_size
+    return Layout(
+        ALIGN, BOOT_SIZE, ALIGN + BOOT_SIZE, root_size, data_start, total - data_start, total
+    )
+
+
+def _align_up(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def make_boot(files: Mapping[str, Path], size: int, out: Path, staging: Path, epoch: int) -> None:
+    """A FAT32 file system holding files (name on the card -> source), fixed ids and times."""
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    for name in sorted(files):
+        dst = staging / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(files[name], dst)
+        os.utime(dst, (epoch, epoch))
+    out.unlink(missing_ok=True)
+    env = dict(os.environ, SOURCE_DATE_EPOCH=str(epoch), TZ="UTC")
+    run(
+        [
+            "mkfs.fat",
+            "-C",
+            "-F",
+            "32",
+            "-n",
+            "BOOT",
+            "-i",
+            f"{DISK_ID:08X}",
+            "--invariant",
+            str(out),
+            str(size // 1024),
+        ],
+        "mkfs.fat",
+        env=env,
+    )
+    names = [str(staging / n) for n in sorted(os.listdir(staging))]
+    run(["mcopy", "-i", str(out), "-s", "-m", "-Q", *names, "::/"], "mcopy", env=env)
+
+
+def make_root(tree: Path, out: Path, epoch: int, options: Sequence[str]) -> None:
+    """A squashfs of tree (compression options given): owners and modes as in the tree (the
+    build runs as root, overlays declare theirs), every time epoch, sorted (reproducible)."""
+    out.unlink(missing_ok=True)
+    run(
+        [
+            "mksquashfs",
+            str(tree),
+            str(out),
+            "-noappend",
+            *options,
+            "-mkfs-time",
+            str(epoch),
+            "-all-time",
+            str(epoch),
+            "-no-xattrs",
+            "-quiet",
+            "-no-progress",
+            "-reproducible",
+        ],
+        "mksquashfs",
+    )
+
+
+def make_data(tree: Path, size: int, out: Path, epoch: int) -> None:
+    """An f2fs file system of size bytes holding tree, with a fixed UUID and timestamps."""
+    out.unlink(missing_ok=True)
+    with out.open("wb") as fh:
+        fh.truncate(size)
+    run(
+        [
+            "mkfs.f2fs",
+            "-q",
+            "-f",
+            "-l",
+            "data",
+            "-U",
+            DATA_UUID,
+            "-T",
+            str(epoch),
+            "-r",
+            "-t",
+            "0",
+            str(out),
+        ],
+        "mkfs.f2fs",
+    )
+    run(["sload.f2fs", "-f", str(tree), "-T", str(epoch), "-t", "/", str(out)], "sload.f2fs")
+
+
+def assemble(layout: Layout, boot: Path, root: Path, data: Path, out: Path) -> None:
+    """Write the MBR and copy the three partitions into an image of layout.total bytes."""
+    out.unlink(missing_ok=True)
+    with out.open("wb") as fh:
+        fh.truncate(layout.total)
+    s = 512
+    table = (
+        f"label: dos\nlabel-id: 0x{DISK_ID:08x}\nunit: sectors\n\n"
+        f"start={layout.boot_start // s}, size={layout.boot_size // s}, type=c, bootable\n"
+        f"start={layout.root_start // s}, size={layout.root_size // s}, type=83\n"
+        f"start={layout.data_start // s}, size={layout.data_size // s}, type=83\n"
+    )
+    proc = subprocess.run(
+        ["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(out)],
+        input=table,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise CommandError(f"sfdisk failed: {proc.stderr.strip()}")
+    for part, offset, limit in (
+        (boot, layout.boot_start, layout.boot_size),
+        (root, layout.root_start, layout.root_size),
+        (data, layout.data_start, layout.data_size),
+    ):
+        if part.stat().st_size > limit:
+            raise CommandError(f"{part.name} ({part.stat().st_size} bytes) exceeds its partition")
+        copy_into(part, out, offset)
+
+
+def copy_into(src: Path, dst: Path, offset: int) -> None:
+    """Copy src into dst at offset, in place, keeping holes where src has zero blocks."""
+    block = MIB
+    zero = bytes(block)
+    with src.open("rb") as fin, dst.open("r+b") as fout:
+        pos = offset
+        while chunk := fin.read(block):
+            if chunk != zero[: len(chunk)]:
+                fout.seek(pos)
+                fout.write(chunk)
+            pos += len(chunk)

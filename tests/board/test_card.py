@@ -1,0 +1,130 @@
+"""The built rpi card itself: boot partition, partitions, manifest, reproducibility, growth."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from appliance.image import bootcheck, build, firstboot, lock, manifest, settings
+from appliance.qemu.machine import Machine
+
+ROOT = Path(__file__).resolve().parents[2]
+# a cold build (downloads) or a boot on a loaded 2-core host can exceed the default 300 s
+pytestmark = pytest.mark.timeout(900)
+
+
+def _boot_files(image: Path) -> list[str]:
+    spec = f"{image}@@{settings.boot_partition_offset(image)}"
+    out = subprocess.run(
+        ["mdir", "-b", "-i", spec, "::"], capture_output=True, text=True, check=True
+    ).stdout
+    return [line.removeprefix("::/").strip() for line in out.splitlines() if line.strip()]
+
+
+def _boot_text(image: Path, name: str) -> str:
+    spec = f"{image}@@{settings.boot_partition_offset(image)}"
+    return subprocess.run(
+        ["mtype", "-i", spec, f"::{name}"], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_boot_partition_holds_everything_config_and_cmdline_name(rpi_image: Path) -> None:
+    files = _boot_files(rpi_image)
+    config = _boot_text(rpi_image, "config.txt")
+    cmdline = _boot_text(rpi_image, "cmdline.txt")
+    assert "arm_64bit=1" in config
+    assert {"[pi3]", "[pi4]"} <= {line.strip() for line in config.splitlines()}
+    assert bootcheck.missing(files, config, cmdline) == []
+
+
+def test_cmdline_root_is_the_cards_squashfs_partition(rpi_image: Path) -> None:
+    cmdline = _boot_text(rpi_image, "cmdline.txt")
+    found = re.search(r"root=PARTUUID=([0-9a-f]{8})-(\d+)", cmdline)
+    assert found, cmdline
+    with rpi_image.open("rb") as fh:
+        mbr = fh.read(512)
+        assert mbr[440:444] == bytes.fromhex(found.group(1))[::-1]
+        entry = 446 + 16 * (int(found.group(2)) - 1)
+        fh.seek(int.from_bytes(mbr[entry + 8 : entry + 12], "little") * 512)
+        assert fh.read(4) == b"hsqs", "partition 2 does not hold a squashfs"
+
+
+def test_card_size_is_a_power_of_two(rpi_image: Path) -> None:
+    size = rpi_image.stat().st_size
+    assert size & (size - 1) == 0
+
+
+def test_manifest_lists_packages_locked_python_and_file_hashes(
+    rpi_build: build.Result,
+) -> None:
+    doc = manifest.read(rpi_build.manifest)
+    assert doc["image"]["sha256"] == manifest.sha256_file(rpi_build.image) == rpi_build.sha256
+    debs = {p["name"]: p["version"] for p in doc["debian_packages"]}
+    assert {"python3", "busybox-static", "raspi-firmware", "linux-image-arm64"} <= set(debs)
+    assert all(re.fullmatch(r"[0-9a-f]{64}", p["sha256"]) for p in doc["debian_packages"])
+    shipped = {
+        lock.normalise(p["name"]): p["version"]
+        for p in doc["python_packages"]
+        if p["name"] != "infraspectre-edge"
+    }
+    assert shipped == lock.read(ROOT / "requirements.lock")
+    root = {e["path"]: e for e in doc["files"]["root"]}
+    assert root["usr/local/bin/infraspectre"]["mode"] == "0755"
+    assert root["etc/shadow"]["mode"] == "0640"
+    boot = {e["path"]: e for e in doc["files"]["boot"]}
+    assert (
+        boot["vmlinuz"]["sha256"]
+        == hashlib.sha256(
+            subprocess.run(
+                [
+                    "mtype",
+                    "-i",
+                    f"{rpi_build.image}@@{settings.boot_partition_offset(rpi_build.image)}",
+                    "::vmlinuz",
+                ],
+                capture_output=True,
+                check=True,
+            ).stdout
+        ).hexdigest()
+    )
+
+
+def test_two_builds_are_bit_identical(
+    rpi_build: build.Result,
+    rebuild_rpi: Callable[[Path], build.Result],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    second = rebuild_rpi(tmp_path_factory.mktemp("image-rpi-again"))
+    assert second.sha256 == rpi_build.sha256
+    assert second.manifest.read_bytes() == rpi_build.manifest.read_bytes()
+
+
+def test_data_partition_grows_to_a_larger_card_on_first_boot(
+    boot_board,
+    rpi_image: Path,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    bigger = tmp_path / "bigger.img"
+    shutil.copyfile(rpi_image, bigger)
+    card = 2 * rpi_image.stat().st_size
+    os.truncate(bigger, card)
+    start, before = firstboot.mbr_partition(rpi_image, 3)
+    pi: Machine = boot_board(bigger, "virt")
+    grown = int(pi.run("cat /sys/class/block/vda3/size").output) * 512
+    assert grown > before
+    assert card - (start + grown) < 1 << 20
+    df = pi.run("df -k /data | tail -1").output.split()
+    assert int(df[1]) * 1024 > before, df
+    # idempotent: the next boot finds nothing to do and keeps the data
+    assert pi.run("echo kept > /data/kept && sync").status == 0
+    pi.power_cut()
+    pi.boot()
+    assert pi.run("cat /data/kept").output == "kept"
+    assert "grow-data" not in pi.console.text()
