@@ -35,6 +35,7 @@ from appliance.config import build_section
 ENV_NAMES = {
     "IS_CAPTURE_INTERFACE": "interface",
     "IS_CAPTURE_FILTER": "filter",
+    "IS_UPLINK_INTERFACE": "uplink_interface",
     "IS_MAX_FLOWS": "meter.max_flows",
 }
 

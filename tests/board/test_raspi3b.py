@@ -175,10 +175,13 @@ def test_supervisor_restarts_a_crashing_service_with_doubling_capped_backoff(
     assert delays[:4] == ["1", "2", "4", "4"], waited.output
 
 
-def test_supervisor_reports_the_missing_agent_instead_of_pretending(pi: Machine) -> None:
-    # the check imports the CLI, which takes a while on an emulated Pi: wait for the verdict
-    pi.console.wait_for("supervise: service agent is not installed", timeout=180)
-    assert "supervise: starting agent" not in pi.console.text()
+def test_unprovisioned_box_runs_the_agent_which_asks_for_its_identity(pi: Machine) -> None:
+    # The supervisor starts the real agent; without an identity in /data/keys it refuses with
+    # one line and the supervisor retries with backoff (imports are slow on an emulated Pi).
+    pi.console.wait_for("provision the box", timeout=240)
+    text = pi.console.text()
+    assert "infraspectre: cannot read the agent certificate /data/keys/client.crt" in text
+    assert "supervise: service agent is not installed" not in text
 
 
 def test_data_survives_a_power_cut_and_a_reboot(boot_board, rpi_image: Path) -> None:  # type: ignore[no-untyped-def]
