@@ -404,11 +404,11 @@ class ForwarderPool:
     """`workers` forwarders sharing one outbox (through Leases) and one rate limit, so that
     several batches are in flight: the bus verifies one while it commits another.
 
-    Stats are summed; the state is the most troubled worker's (backing off > throttled >
-    connecting > connected).
+    Stats are summed; the state is the most troubled worker's (backing off > throttled), else
+    connected when any worker is (an idle worker that never needed to send stays CONNECTING).
     """
 
-    _SEVERITY = (State.BACKING_OFF, State.THROTTLED, State.CONNECTING, State.CONNECTED)
+    _SEVERITY = (State.BACKING_OFF, State.THROTTLED, State.CONNECTED, State.CONNECTING)
 
     def __init__(
         self,
