@@ -164,7 +164,8 @@ def test_supervisor_restarts_a_crashing_service_with_doubling_capped_backoff(
     pi.put_file("/tmp/flaky.conf", conf.encode())
     pi.run("/usr/lib/appliance/supervise /tmp/flaky.conf >/dev/null 2>&1 & echo $! >/tmp/flaky.pid")
     waited = pi.run(
-        "i=0; while [ $(grep -c restarting /run/log/flaky.log) -lt 4 ] && [ $i -lt 120 ]; do "
+        "i=0; while [ $(cat /run/log/flaky.log 2>/dev/null | grep -c restarting) -lt 4 ] "
+        "&& [ $i -lt 120 ]; do "
         "sleep 0.5; i=$((i+1)); done; kill $(cat /tmp/flaky.pid); cat /run/log/flaky.log",
         timeout=90,
     )
@@ -182,8 +183,7 @@ def test_unprovisioned_box_runs_the_agent_which_asks_for_its_identity(pi: Machin
         timeout=300,
     ).output
     assert "infraspectre: cannot read the agent certificate /data/keys/client.crt" in log
-    assert "supervise: agent exited with status 1" in log or "supervise: starting agent" in log
-    assert "provision the box" not in pi.console.text()
+    assert "supervise: starting agent" in log
 
 
 def test_data_survives_a_power_cut_and_a_reboot(boot_board, rpi_image: Path) -> None:  # type: ignore[no-untyped-def]
