@@ -12,21 +12,16 @@ then processes and namespaces are torn down, also on Ctrl-C. Needs root (namespa
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from appliance.errors import CommandError
-
-CLI = [sys.executable, "-m", "appliance", "--log-level", "WARNING"]
+from appliance.localprocs import CLI, cli_process, free_port
 
 
 def register(sub: Any) -> None:
@@ -34,34 +29,6 @@ def register(sub: Any) -> None:
     p = sub.add_parser("demo", help="run the main job end to end on embedded defaults (root)")
     p.add_argument("--burst", type=int, default=40, help="short UDP flows in the burst")
     p.set_defaults(func=_run)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def _process(args: list[str], **kw: Any) -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen(args, text=True, **kw)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def _ready(proc: subprocess.Popen[str], what: str) -> None:
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if "ready" not in line:
-        raise CommandError(f"demo: the {what} did not start (see the messages above)")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -82,14 +49,14 @@ def _run(args: argparse.Namespace) -> int:
         print("== PKI: org CA, bus certificate, agent demo-branch-1 (client cert + Ed25519 key)")
         print(f"== hosts A {lab.A4} / {lab.A6} and B {lab.B4} / {lab.B6}; A's port mirrored "
               "(tc u32 -> mirred) to the tap port m1")  # fmt: skip
-        port, agent_metrics = _free_port(), _free_port()
+        port, agent_metrics = free_port(), free_port()
         config = root / "infraspectre.yaml"
         config.write_text(
             yaml.safe_dump(
                 {
                     "eventbus": {
-                        "host": "127.0.0.1", "port": port, "metrics_port": _free_port(),
-                        "health_port": _free_port(), "tls": {"cert_dir": str(root / "pki")},
+                        "host": "127.0.0.1", "port": port, "metrics_port": free_port(),
+                        "health_port": free_port(), "tls": {"cert_dir": str(root / "pki")},
                     },
                     "agent": {
                         "bus": [f"127.0.0.1:{port}"], "server_name": "localhost",
@@ -107,22 +74,21 @@ def _run(args: argparse.Namespace) -> int:
                 }
             )
         )  # fmt: skip
-        with _process(
-            [*CLI, "bus", "serve", "--config", str(config)], stdout=subprocess.PIPE
-        ) as bus:
-            _ready(bus, "bus")
+        with cli_process(["bus", "serve", "--config", str(config)], "bus") as bus:
             print(f"== bus: mTLS gRPC on 127.0.0.1:{port}, SQLite store in {root / 'data'}")
-            with _process(
-                [*CLI, "agent", "run", "--config", str(config)], stdout=subprocess.PIPE
-            ) as agent:
-                _ready(agent, "agent")
+            with cli_process(["agent", "run", "--config", str(config)], "agent") as agent:
                 print(f"== agent capturing on m1, metrics on 127.0.0.1:{agent_metrics}/metrics")
                 print("== bus tail (flows as the bus stores them):")
-                tail_cmd = [*CLI, "bus", "tail", "--config", str(config), "--from-start"]
-                with _process(tail_cmd):
+                tail = subprocess.Popen(
+                    [*CLI, "bus", "tail", "--config", str(config), "--from-start"], text=True
+                )
+                try:
                     sent = _traffic(lab, args.burst)
                     stored = _wait_for(root / "data/bus.sqlite", sent)
                     time.sleep(0.6)  # let the tail print the last rows
+                finally:
+                    tail.terminate()
+                    tail.wait(timeout=15)
                 agent.send_signal(signal.SIGTERM)
                 agent_rc = agent.wait(timeout=30)
             bus.send_signal(signal.SIGTERM)

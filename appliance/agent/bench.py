@@ -14,9 +14,6 @@ import json
 import multiprocessing as mp
 import os
 import resource
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +22,7 @@ from typing import Any
 import yaml
 
 from appliance.errors import CommandError
+from appliance.localprocs import cli_process, free_port
 
 
 def register(sub: Any) -> None:
@@ -35,12 +33,6 @@ def register(sub: Any) -> None:
     p.add_argument("--in-flight", type=int, default=2, help="batches in flight (workers)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_run)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _forward(
@@ -118,7 +110,7 @@ def _run(args: argparse.Namespace) -> int:
                 wal.append(env.idempotency_key, env.SerializeToString())
             wal.flush()
         seal_per_s = args.flows / (time.perf_counter() - t0)
-        port = _free_port()
+        port = free_port()
         config = root / "bus.yaml"
         config.write_text(
             yaml.safe_dump(
@@ -132,15 +124,7 @@ def _run(args: argparse.Namespace) -> int:
                 }
             )
         )  # fmt: skip
-        bus = subprocess.Popen(
-            [sys.executable, "-m", "appliance", "--log-level", "WARNING", "bus", "serve",
-             "--config", str(config)],
-            stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        try:
-            assert bus.stdout is not None
-            if "bus ready" not in bus.stdout.readline():
-                raise CommandError("bench: the bus did not start")
+        with cli_process(["bus", "serve", "--config", str(config)], "bus"):
             recv, send = mp.get_context("fork").Pipe(duplex=False)
             child = mp.get_context("fork").Process(
                 target=_forward,
@@ -160,9 +144,6 @@ def _run(args: argparse.Namespace) -> int:
                     raise CommandError(f"bench: the forwarder process died ({child.exitcode})")
             result = recv.recv()
             child.join(60)
-        finally:
-            bus.terminate()
-            bus.wait(timeout=60)
         stored = count(open_reader(root / "data" / "bus.sqlite"))
     flows_per_s = result["ok"] / result["seconds"]
     report = {

@@ -14,15 +14,14 @@ import argparse
 import concurrent.futures as cf
 import json
 import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from appliance.localprocs import cli_process, free_port
 
 T0_MS = 1_700_000_000_000
 
@@ -39,12 +38,6 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_run)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -69,7 +62,7 @@ def _run(args: argparse.Namespace) -> int:
         root = Path(tmp)
         init_pki(root / "pki", [])
         ident = issue_agent(root / "pki", "bench-agent")
-        port = _free_port()
+        port = free_port()
         config = root / "bus.yaml"
         config.write_text(
             yaml.safe_dump(
@@ -84,17 +77,7 @@ def _run(args: argparse.Namespace) -> int:
                 }
             )
         )  # fmt: skip
-        bus = subprocess.Popen(
-            [sys.executable, "-m", "appliance", "--log-level", "WARNING", "bus", "serve",
-             "--config", str(config)],
-            stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        try:
-            assert bus.stdout is not None
-            if "bus ready" not in bus.stdout.readline():
-                from appliance.errors import CommandError
-
-                raise CommandError("bench: the bus did not start")
+        with cli_process(["bus", "serve", "--config", str(config)], "bus") as bus:
             sealer = Sealer("bench-agent", load_signing_key(ident.signing_key))
             total = args.unary + args.batched
             t0 = time.perf_counter()
@@ -163,9 +146,6 @@ def _run(args: argparse.Namespace) -> int:
                 elapsed = time.perf_counter() - t0
                 results["batched"] = _phase(done, elapsed, _cpu_seconds(bus.pid) - cpu0)
             channel.close()
-        finally:
-            bus.terminate()
-            bus.wait(timeout=60)
         from appliance.bus.store import count, open_reader
 
         stored = count(open_reader(root / "data" / "bus.sqlite"))

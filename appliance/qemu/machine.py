@@ -20,12 +20,12 @@ import enum
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 from appliance.errors import CommandError
+from appliance.localprocs import free_port
 from appliance.qemu import bootfiles
 from appliance.qemu.boards import BoardSpec
 from appliance.qemu.console import CommandResult, Console
@@ -69,13 +69,6 @@ class Mirror:
 
     host: int
     qemu: int
-
-
-def free_port() -> int:
-    """A TCP port on the loopback that is free now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def qemu_command(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -16,12 +15,7 @@ import pytest
 import yaml
 
 from appliance.capture.lab import MirrorLab
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from appliance.localprocs import free_port
 
 
 class AgentProc:

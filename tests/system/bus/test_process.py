@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,23 +15,18 @@ from typing import Any
 import pytest
 import yaml
 
+from appliance.localprocs import free_port
 from appliance.pki.trustmap import add_trust_entry
 from appliance.wire import PublishAck, PublishBatchRequest
 
 CLI = [sys.executable, "-m", "appliance"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def bus_proc(pki: Path, tmp_path: Path) -> Any:
     trust = tmp_path / "trust.yaml"
     add_trust_entry(trust, "branch-1", str(pki / "agents/branch-1/ed25519.pub"))
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "bus.yaml"
     config.write_text(
         yaml.safe_dump(

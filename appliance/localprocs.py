@@ -1,0 +1,42 @@
+"""Our own command as local child processes (benches, the demo, tests): a free loopback port,
+and `infraspectre ...` started, awaited until it prints its ready line, and always stopped."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+
+from appliance.errors import CommandError
+
+#: `infraspectre` run by the current interpreter, quiet below WARNING.
+CLI = (sys.executable, "-m", "appliance", "--log-level", "WARNING")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def cli_process(args: Sequence[str], what: str) -> Iterator[subprocess.Popen[str]]:
+    """Run `infraspectre ARGS`, wait for its first stdout line to say "ready", yield it; on
+    exit terminate it (kill after 15 s) whatever happened."""
+    proc = subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        if "ready" not in proc.stdout.readline():
+            raise CommandError(f"the {what} did not start (see the messages above)")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
