@@ -79,3 +79,23 @@ def test_flows_and_counters_reach_the_bus_signed_and_chained(
     assert [e.seq for e in envs] == list(range(1, len(envs) + 1))
     shutdown = [e for e in envs if e.HasField("flow") and e.flow.end_reason == FlowEvent.SHUTDOWN]
     assert len(shutdown) == 2
+
+
+def test_reload_changes_send_rate_and_bus_live_and_names_the_rest(
+    pki: Path, bus_factory: Any, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    bus = bus_factory()
+    cfg = _config(pki, bus.port)
+    agent = Agent(cfg, load_identity(cfg), MemWal(), ScriptedFlows([], []), None, tmp_path)
+    fresh = dataclasses.replace(
+        cfg, send_rate=250.0, bus=[f"127.0.0.1:{bus.port}", "127.0.0.1:9"], batch_size=100
+    )
+    changed = agent.reconfigure(fresh)
+    assert "send_rate=250.0" in changed
+    assert f"bus=127.0.0.1:{bus.port},127.0.0.1:9" in changed
+    assert "batch_size (takes effect after a restart)" in changed
+    assert agent.forwarder.limiter.rate == 250.0
+    assert all(len(w._factories) == 2 for w in agent.forwarder.workers)
+    assert agent.reconfigure(fresh) == ["batch_size (takes effect after a restart)"]
