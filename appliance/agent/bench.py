@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from appliance.errors import CommandError
-from appliance.localprocs import cli_process, free_port
+from appliance.localprocs import cli_process, free_port, process_cpu_seconds
 
 
 def register(sub: Any) -> None:
@@ -124,7 +124,8 @@ def _run(args: argparse.Namespace) -> int:
                 }
             )
         )  # fmt: skip
-        with cli_process(["bus", "serve", "--config", str(config)], "bus"):
+        with cli_process(["bus", "serve", "--config", str(config)], "bus") as bus:
+            bus_cpu0 = process_cpu_seconds(bus.pid)
             recv, send = mp.get_context("fork").Pipe(duplex=False)
             child = mp.get_context("fork").Process(
                 target=_forward,
@@ -143,6 +144,7 @@ def _run(args: argparse.Namespace) -> int:
                 if not child.is_alive():
                     raise CommandError(f"bench: the forwarder process died ({child.exitcode})")
             result = recv.recv()
+            bus_cpu = process_cpu_seconds(bus.pid) - bus_cpu0
             child.join(60)
         stored = count(open_reader(root / "data" / "bus.sqlite"))
     flows_per_s = result["ok"] / result["seconds"]
@@ -150,6 +152,7 @@ def _run(args: argparse.Namespace) -> int:
         "flows_per_s": round(flows_per_s, 1),
         "agent_rss_mb": round(result["rss_mb"], 1),
         "agent_cpu_s_per_1k_flows": round(result["cpu_s"] / result["ok"] * 1000, 4),
+        "bus_cpu_s_per_1k_flows": round(bus_cpu / result["ok"] * 1000, 4),
         "flows": args.flows,
         "stored": stored,
         "all_stored_once": stored == args.flows,

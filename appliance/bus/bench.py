@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from appliance.localprocs import cli_process, free_port
+from appliance.localprocs import cli_process, free_port, process_cpu_seconds
 
 T0_MS = 1_700_000_000_000
 
@@ -38,11 +38,6 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_run)
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -132,19 +127,19 @@ def _run(args: argparse.Namespace) -> int:
             results: dict[str, Any] = {}
             with cf.ThreadPoolExecutor(args.clients) as pool:
                 raws = [e.SerializeToString() for e in envs[1 : args.unary]]
-                cpu0, t0 = _cpu_seconds(bus.pid), time.perf_counter()
+                cpu0, t0 = process_cpu_seconds(bus.pid), time.perf_counter()
                 done = sum(pool.map(send_unary, raws)) + 1
                 elapsed = time.perf_counter() - t0
-                results["unary"] = _phase(done, elapsed, _cpu_seconds(bus.pid) - cpu0)
+                results["unary"] = _phase(done, elapsed, process_cpu_seconds(bus.pid) - cpu0)
                 rest = [e.SerializeToString() for e in envs[args.unary :]]
                 chunks = [
                     rest[i : i + args.batch_size] for i in range(0, len(rest), args.batch_size)
                 ]
                 framed = {id(c): frame_batch(c) for c in chunks}
-                cpu0, t0 = _cpu_seconds(bus.pid), time.perf_counter()
+                cpu0, t0 = process_cpu_seconds(bus.pid), time.perf_counter()
                 done = sum(pool.map(send_batch, chunks))
                 elapsed = time.perf_counter() - t0
-                results["batched"] = _phase(done, elapsed, _cpu_seconds(bus.pid) - cpu0)
+                results["batched"] = _phase(done, elapsed, process_cpu_seconds(bus.pid) - cpu0)
             channel.close()
         from appliance.bus.store import count, open_reader
 
