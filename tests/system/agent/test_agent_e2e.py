@@ -94,7 +94,7 @@ def test_overloaded_bus_makes_the_agent_back_off_and_loses_nothing(
     bus_factory: Any, agent_factory: Any, lab: Any
 ) -> None:
     bus = bus_factory(overload=True, backoff_hint_ms=300)
-    agent = agent_factory(bus.port).start()
+    agent = agent_factory(bus.port, max_in_flight=1).start()  # one worker: calls are countable
     sent = udp_spray(lab, 22000, 200)
     agent.wait_metric('agent_publish_total{status="RETRY"}', 1)
     n0 = _calls(bus)
