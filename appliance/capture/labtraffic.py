@@ -7,6 +7,7 @@ bounded in count and time.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from dataclasses import dataclass
 
@@ -77,7 +78,8 @@ class Sent:
     bytes_rx: int
 
 
-def _wait_listen(lab: MirrorLab, proto: str, port: int) -> None:
+def wait_listen(lab: MirrorLab, proto: str, port: int) -> None:
+    """Wait (bounded) until B listens on proto ('u' or 't') port."""
     for _ in range(100):
         if lab.run("B", "ss", f"-Hln{proto}", f"sport = :{port}").strip():
             return
@@ -99,12 +101,24 @@ def ping(lab: MirrorLab, count: int = 3, v6: bool = False) -> Sent:
     return Sent("ICMP", lab.A4, lab.B4, 0, 8 << 8, count, count, count * ip_len, count * ip_len)
 
 
+def udp_server(lab: MirrorLab, rounds: int, reply: int) -> subprocess.Popen[str]:
+    """A UDP server on B:5353 answering `rounds` datagrams with `reply` bytes each, listening
+    when this returns; the caller waits for it or kills it."""
+    server = lab.popen("B", PY, "-c", _UDP_SERVER, str(rounds), str(reply))
+    try:
+        wait_listen(lab, "u", 5353)
+    except BaseException:
+        server.kill()
+        server.wait()
+        raise
+    return server
+
+
 def udp_exchange(lab: MirrorLab, rounds: int = 3, size: int = 100, reply: int = 200,
                  sport: int = 40001) -> Sent:  # fmt: skip
     """A sends `rounds` UDP datagrams to B:5353, B answers each."""
-    server = lab.popen("B", PY, "-c", _UDP_SERVER, str(rounds), str(reply))
+    server = udp_server(lab, rounds, reply)
     try:
-        _wait_listen(lab, "u", 5353)
         lab.run("A", PY, "-c", _UDP_CLIENT, str(rounds), str(size), lab.B4, str(sport))
         server.wait(timeout=15)
     finally:
@@ -119,7 +133,7 @@ def tcp_exchange(lab: MirrorLab, size: int = 3000, reply: int = 5000) -> Sent:
     """A connects to B:8080, sends size bytes, B answers reply bytes; both close."""
     server = lab.popen("B", PY, "-c", _TCP_SERVER, str(reply))
     try:
-        _wait_listen(lab, "t", 8080)
+        wait_listen(lab, "t", 8080)
         got = lab.run("A", PY, "-c", _TCP_CLIENT, str(size), lab.B4).strip()
         out, _ = server.communicate(timeout=15)
     finally:

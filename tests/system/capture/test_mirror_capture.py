@@ -21,6 +21,7 @@ from appliance.capture.counters import NetlinkSource
 from appliance.capture.decode import Decoder
 from appliance.capture.flows import EndReason, FlowRecord
 from appliance.capture.lab import MirrorLab
+from appliance.capture.labtraffic import tcp_exchange, udp_exchange, udp_server
 from appliance.capture.meter import FlowMeter
 from appliance.capture.ring import PacketRing, RingOptions, open_capture
 
@@ -28,53 +29,11 @@ PY = "/usr/bin/python3"
 VLAN = 10
 V4A, V4B = "198.51.100.1", "198.51.100.2"
 
-UDP_SERVER = """
-import socket
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 5353)); s.settimeout(10)
-for _ in range(3):
-    data, peer = s.recvfrom(2048); s.sendto(b"r" * 200, peer)
-"""
-UDP_CLIENT = """
-import socket, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 40001)); s.settimeout(5)
-for _ in range(3):
-    s.sendto(b"q" * 100, ("192.0.2.2", 5353)); s.recvfrom(2048)
-"""
-TCP_SERVER = """
-import socket
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 8080)); s.listen(1); s.settimeout(10)
-c, _ = s.accept(); got = 0
-while True:
-    d = c.recv(65536)
-    if not d: break
-    got += len(d)
-c.sendall(b"s" * 5000); c.close(); print(got)
-"""
-TCP_CLIENT = """
-import socket
-c = socket.create_connection(("192.0.2.2", 8080), timeout=10); c.sendall(b"c" * 3000)
-c.shutdown(socket.SHUT_WR); got = 0
-while True:
-    d = c.recv(65536)
-    if not d: break
-    got += len(d)
-c.close(); print(got)
-"""
-
 
 @pytest.fixture
 def lab() -> Iterator[MirrorLab]:
     with MirrorLab("cap") as lab:
         yield lab
-
-
-def _wait_server(lab: MirrorLab, proto: str, port: int) -> None:
-    for _ in range(100):
-        if lab.run("B", "ss", f"-Hln{proto}", f"sport = :{port}").strip():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"server on {proto} port {port} did not start")
 
 
 def _exchange(lab: MirrorLab) -> None:
@@ -88,15 +47,8 @@ def _exchange(lab: MirrorLab) -> None:
         / (b"v" * 50)
     )
     lab.send_frames("A", "a0", [tagged.build(), tagged.build()])
-    server = lab.popen("B", PY, "-c", UDP_SERVER)
-    _wait_server(lab, "u", 5353)
-    lab.run("A", PY, "-c", UDP_CLIENT)
-    assert server.wait(timeout=10) == 0
-    server = lab.popen("B", PY, "-c", TCP_SERVER)
-    _wait_server(lab, "t", 8080)
-    assert lab.run("A", PY, "-c", TCP_CLIENT).strip() == "5000"
-    out, _ = server.communicate(timeout=10)
-    assert out.strip() == "3000"
+    udp_exchange(lab, rounds=3, size=100, reply=200, sport=40001)
+    tcp_exchange(lab, size=3000, reply=5000)  # raises unless both sides got every byte
 
 
 def _drain(ring: PacketRing, decoder: Decoder, meter: FlowMeter, quiet_s: float) -> None:
@@ -237,8 +189,7 @@ def test_fanout_splits_flows_whole_across_two_rings(lab: MirrorLab) -> None:
     meters = [FlowMeter(), FlowMeter()]
     decoders = [Decoder(), Decoder()]
     with PacketRing(opts) as r1, PacketRing(opts) as r2:
-        server = lab.popen("B", PY, "-c", UDP_SERVER.replace("range(3)", f"range({FLOWS})"))
-        _wait_server(lab, "u", 5353)
+        server = udp_server(lab, FLOWS, 200)
         lab.run("A", PY, "-c", FANOUT_CLIENT)
         assert server.wait(timeout=10) == 0
         for ring, dec, met in zip((r1, r2), decoders, meters, strict=True):
