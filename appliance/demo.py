@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import CommandError
-from appliance.localprocs import CLI, cli_process, free_port
+from appliance.localprocs import CLI, cli_process, free_port, loopback_bus_sections
 
 
 def register(sub: Any) -> None:
@@ -54,10 +54,10 @@ def _run(args: argparse.Namespace) -> int:
         config.write_text(
             yaml.safe_dump(
                 {
-                    "eventbus": {
-                        "host": "127.0.0.1", "port": port, "metrics_port": free_port(),
-                        "health_port": free_port(), "tls": {"cert_dir": str(root / "pki")},
-                    },
+                    **loopback_bus_sections(
+                        root / "pki", root / "data", port,
+                        metrics_port=free_port(), health_port=free_port(),
+                    ),
                     "agent": {
                         "bus": [f"127.0.0.1:{port}"], "server_name": "localhost",
                         "tls": {"cert_dir": str(ident.client_cert.parent),
@@ -70,7 +70,6 @@ def _run(args: argparse.Namespace) -> int:
                         "counters_interval_s": 5.0,
                     },
                     "wal": {"path": str(root / "data/wal")},
-                    "storage": {"data_dir": str(root / "data")},
                 }
             )
         )  # fmt: skip

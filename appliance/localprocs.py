@@ -24,6 +24,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def loopback_bus_sections(
+    pki_dir: Path, data_dir: Path, port: int, **eventbus: object
+) -> dict[str, dict[str, object]]:
+    """The `eventbus` and `storage` sections of a bus on 127.0.0.1:port using the PKI that
+    `pki init pki_dir` wrote; metrics and health off unless eventbus says otherwise."""
+    section: dict[str, object] = {
+        "host": "127.0.0.1", "port": port, "metrics_port": -1, "health_port": -1,
+        "tls": {"cert_dir": str(pki_dir)},
+    }  # fmt: skip
+    section.update(eventbus)
+    return {"eventbus": section, "storage": {"data_dir": str(data_dir)}}
+
+
 def process_cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used so far (from /proc/PID/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

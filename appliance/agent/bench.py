@@ -22,7 +22,12 @@ from typing import Any
 import yaml
 
 from appliance.errors import CommandError
-from appliance.localprocs import cli_process, free_port, process_cpu_seconds
+from appliance.localprocs import (
+    cli_process,
+    free_port,
+    loopback_bus_sections,
+    process_cpu_seconds,
+)
 
 
 def register(sub: Any) -> None:
@@ -112,18 +117,10 @@ def _run(args: argparse.Namespace) -> int:
         seal_per_s = args.flows / (time.perf_counter() - t0)
         port = free_port()
         config = root / "bus.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "eventbus": {
-                        "host": "127.0.0.1", "port": port, "metrics_port": -1,
-                        "health_port": -1, "tls": {"cert_dir": str(root / "pki")},
-                        "max_batch": max(5000, args.batch_size),
-                    },
-                    "storage": {"data_dir": str(root / "data")},
-                }
-            )
-        )  # fmt: skip
+        sections = loopback_bus_sections(
+            root / "pki", root / "data", port, max_batch=max(5000, args.batch_size)
+        )
+        config.write_text(yaml.safe_dump(sections))
         with cli_process(["bus", "serve", "--config", str(config)], "bus") as bus:
             bus_cpu0 = process_cpu_seconds(bus.pid)
             recv, send = mp.get_context("fork").Pipe(duplex=False)

@@ -21,7 +21,12 @@ from typing import Any
 
 import yaml
 
-from appliance.localprocs import cli_process, free_port, process_cpu_seconds
+from appliance.localprocs import (
+    cli_process,
+    free_port,
+    loopback_bus_sections,
+    process_cpu_seconds,
+)
 
 T0_MS = 1_700_000_000_000
 
@@ -59,19 +64,11 @@ def _run(args: argparse.Namespace) -> int:
         ident = issue_agent(root / "pki", "bench-agent")
         port = free_port()
         config = root / "bus.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "eventbus": {
-                        "host": "127.0.0.1", "port": port, "metrics_port": -1,
-                        "health_port": -1, "tls": {"cert_dir": str(root / "pki")},
-                        "max_inflight": 64, "hard_max": 128,
-                        "verify_threads": args.verify_threads,
-                    },
-                    "storage": {"data_dir": str(root / "data")},
-                }
-            )
+        sections = loopback_bus_sections(
+            root / "pki", root / "data", port,
+            max_inflight=64, hard_max=128, verify_threads=args.verify_threads,
         )  # fmt: skip
+        config.write_text(yaml.safe_dump(sections))
         with cli_process(["bus", "serve", "--config", str(config)], "bus") as bus:
             sealer = Sealer("bench-agent", load_signing_key(ident.signing_key))
             total = args.unary + args.batched
