@@ -95,7 +95,9 @@ def _run(args: argparse.Namespace) -> int:
     from appliance.wal import Wal, WalConfig
     from appliance.wire import FlowEvent
 
-    with tempfile.TemporaryDirectory(prefix="bench-pipeline-", dir=os.getcwd()) as tmp:
+    # /var/tmp: on disk (the WAL's and the store's fsyncs are part of what is measured) even
+    # where /tmp is a tmpfs, and outside the checkout if a killed run leaves it behind
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-", dir="/var/tmp") as tmp:
         root = Path(tmp)
         init_pki(root / "pki", [])
         ident = issue_agent(root / "pki", "bench-agent")
