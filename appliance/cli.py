@@ -37,7 +37,7 @@ BENCH_MODULES: tuple[str, ...] = (
     "appliance.bus.bench",
     "appliance.wal.bench",
     "appliance.capture.bench",
-    "appliance.agent.bench",
+    "appliance.pipeline_bench",
     "appliance.image.bench",
     "appliance.qemu.bench",
 )

@@ -5,6 +5,9 @@ forwarder process on it and a real bus process, and times from the forwarder's s
 bus has stored every envelope: WAL reads, mTLS gRPC batches, the bus's verification and its
 durable SQLite commit. The forwarder process reports its own CPU time and peak RSS, from which
 the agent's cost per 1,000 flows per second is derived. Sealing (signing) is timed apart.
+
+Like demo.py it joins two components (the agent's forwarder, the bus's store), so it lives at
+the package's top level, not inside either.
 """
 
 from __future__ import annotations
