@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "appliance.wal.cli",
     "appliance.capture.cli",
     "appliance.agent.cli",
+    "appliance.provision.cli",
     "appliance.image.cli",
     "appliance.qemu.cli",
     "appliance.demo",

@@ -43,6 +43,11 @@ def register(sub: Any) -> None:
     boot.add_argument(
         "--snapshot", action="store_true", help="discard the guest's writes to the card"
     )
+    boot.add_argument(
+        "--shell",
+        action="store_true",
+        help="debug boot: a root shell on the console instead of the provisioning responder",
+    )
     boot.set_defaults(func=_boot)
 
 
@@ -67,6 +72,7 @@ def _boot(args: argparse.Namespace) -> int:
             uplink_port=args.uplink_port,
             mirror=mirror,
             snapshot=args.snapshot,
+            console_shell=args.shell,
         )
         cmd = machine.command(args.console_port, console_stdio=args.console_port is None)
         if args.console_port is not None:

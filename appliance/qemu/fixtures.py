@@ -3,10 +3,12 @@
 Load it from a conftest (`from appliance.qemu.fixtures import *` or pytest_plugins at the
 root). The suite provides the image; the plugin provides:
 
-    boot_board(image, board="raspi3b", uplink_port=None, mirror=None) -> Machine
+    boot_board(image, board="raspi3b", uplink_port=None, mirror=None, console_shell=True)
+        -> Machine (console_shell=False: the console runs the provisioning responder)
     boot_board_shared(...)    the same, one per test module (for read-only checks)
         copies image to a fresh card in tmp_path (the image itself is never written), boots
-        it and waits for the ready marker and a responsive shell. The Machine then runs
+        it and waits for the ready marker (and, on the default debug boot, a responsive
+        shell). The Machine then runs
         console commands (machine.run("cmd") -> status, output), cuts the power
         (machine.power_cut()) and boots again from the same card (machine.boot()).
         Every machine is powered off at teardown.
@@ -82,6 +84,7 @@ class Boots:
         *,
         uplink_port: int | None = None,
         mirror: Mirror | None = None,
+        console_shell: bool = True,
     ) -> Machine:
         n = len(self.machines) + 1
         card = self.workdir / f"card-{n}.img"
@@ -92,6 +95,7 @@ class Boots:
             self.workdir / f"{board}-{n}",
             uplink_port=uplink_port,
             mirror=mirror,
+            console_shell=console_shell,
         )
         self.machines.append(machine)
         _ACTIVE.append(machine)

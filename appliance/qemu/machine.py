@@ -35,6 +35,9 @@ GUESTFWD_ADDR = "10.0.2.100"
 GUESTFWD_PORT = 50051
 #: The line the image prints on the console when the system is up.
 READY_MARKER = "INFRASPECTRE-READY"
+#: Kernel argument of a debug boot: the console is a root shell instead of the provisioning
+#: responder (overlays/base/usr/lib/appliance/console). The harness boots so by default.
+CONSOLE_SHELL_ARG = "infraspectre.console=shell"
 #: The kernel's last line before a reset or power-off (printed at emergency level).
 RESET_LINE = re.compile(r"reboot: (Restarting system|Power down|System halted)")
 
@@ -129,12 +132,16 @@ class Machine:
         cmdline_extra: tuple[str, ...] = (),
         snapshot: bool = False,
         qemu: str = "qemu-system-aarch64",
+        console_shell: bool = True,
     ) -> None:
         self.board = board
         self.image = image
         self.workdir = workdir
         self.uplink_port = uplink_port
         self.mirror = mirror
+        self.console_shell = console_shell
+        if console_shell:  # a debug boot: the console is a root shell, not the responder
+            cmdline_extra = (*cmdline_extra, CONSOLE_SHELL_ARG)
         self.cmdline_extra = cmdline_extra
         self.snapshot = snapshot
         self.qemu = qemu
@@ -142,6 +149,7 @@ class Machine:
         self.boots = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._console: Console | None = None
+        self._console_port = 0
         self._boot: bootfiles.BootFiles | None = None
 
     @property
@@ -184,6 +192,7 @@ class Machine:
         stderr = (self.workdir / f"qemu-{self.boots}.stderr").open("wb")
         self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr)
         stderr.close()
+        self._console_port = port
         try:
             self._console = Console.connect(port, self.console_log)
         except CommandError:
@@ -192,11 +201,13 @@ class Machine:
         self._move(Event.POWER_ON)
 
     def wait_ready(self, timeout: float = 180.0) -> float:
-        """Wait for the ready marker and a responsive shell; seconds since power-on."""
+        """Wait for the ready marker (and a responsive shell on a debug boot); seconds since
+        power-on."""
         start = time.monotonic()
         self.console.wait_for(READY_MARKER, timeout)
-        self.console.sync(max(10.0, timeout - (time.monotonic() - start)))
-        self.console.run("stty -echo", timeout=10)
+        if self.console_shell:
+            self.console.sync(max(10.0, timeout - (time.monotonic() - start)))
+            self.console.run("stty -echo", timeout=10)
         self._move(Event.READY)
         return time.monotonic() - start
 
@@ -204,6 +215,20 @@ class Machine:
         """Power on and wait until ready; seconds from power-on to a responsive shell."""
         self.power_on()
         return self.wait_ready(timeout)
+
+    def release_console(self) -> int:
+        """Disconnect the harness from the console so that another program (the technician's
+        `provision --port socket://127.0.0.1:PORT`) can use it; returns PORT. QEMU keeps
+        listening; what the guest prints meanwhile is not logged."""
+        self.console.close()
+        self._console = None
+        return self._console_port
+
+    def attach_console(self) -> Console:
+        """Connect the harness to the console again after release_console()."""
+        if self._console is None:
+            self._console = Console.connect(self._console_port, self.console_log)
+        return self._console
 
     def run(self, command: str, timeout: float = 60.0) -> CommandResult:
         """Run a shell command on the guest's console."""

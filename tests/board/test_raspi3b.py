@@ -173,6 +173,22 @@ def test_supervisor_restarts_a_crashing_service_with_doubling_capped_backoff(
     assert delays[:4] == ["1", "2", "4", "4"], waited.output
 
 
+def test_supervisor_woken_by_usr1_restarts_the_service_without_waiting(pi: Machine) -> None:
+    conf = "command=\"sh -c 'exit 4'\"\ncheck=true\nbackoff='300 600'\n"
+    pi.put_file("/tmp/sleepy.conf", conf.encode())
+    pi.run("/usr/lib/appliance/supervise /tmp/sleepy.conf >/dev/null 2>&1 & echo $! >/tmp/s.pid")
+    wait_for = (
+        "i=0; while [ $(cat /run/log/sleepy.log 2>/dev/null | grep -c '{0}') -lt {1} ] "
+        "&& [ $i -lt 120 ]; do sleep 0.5; i=$((i+1)); done; cat /run/log/sleepy.log"
+    )
+    pi.run(wait_for.format("restarting in 300s", 1), timeout=90)
+    assert pi.run("kill -USR1 $(cat /run/appliance/sleepy.supervise)").status == 0
+    log = pi.run(wait_for.format("starting sleepy", 2), timeout=90).output
+    pi.run("kill $(cat /tmp/s.pid)")
+    assert "supervise: woken: starting sleepy now" in log, log
+    assert log.count("supervise: starting sleepy") >= 2, log
+
+
 def test_unprovisioned_box_runs_the_agent_which_asks_for_its_identity(pi: Machine) -> None:
     # The supervisor starts the real agent; without an identity in /data/keys it refuses with
     # one line and the supervisor retries with backoff (imports are slow on an emulated Pi).

@@ -1,0 +1,164 @@
+"""The product's main job on the real image, from a fresh card: the box boots with the
+provisioning responder on its console (no shell), a technician's `infraspectre provision` gives
+it its identity over that console, and then the flows of its mirror port reach the bus on the
+host through its uplink, signed, with exact counts.
+
+The machine boots as a production card does (no `infraspectre.console=shell`), so nothing in
+this module runs a command on the guest: every check is on the console's text or at the bus.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+
+from appliance.bus.config import BusSettings, EventBusConfig, TlsConfig
+from appliance.bus.server import BusServer
+from appliance.bus.store import Query, open_reader, query
+from appliance.config import StorageConfig
+from appliance.crypto import load_verify_key
+from appliance.image import settings
+from appliance.pki import init_pki
+from appliance.qemu.fixtures import MirrorPort
+from appliance.qemu.machine import GUESTFWD_ADDR, Machine
+
+pytestmark = pytest.mark.timeout(900)
+
+AGENT_ID = "branch-007"
+CLIENT, SERVER = ("192.0.2.10", 40000), ("198.51.100.20", 443)
+BANNER = "InfraSpectre provisioning console (unprovisioned)"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The org PKI on the technician's machine; the bus certificate also names the address
+    the guest dials."""
+    d = tmp_path_factory.mktemp("pki")
+    init_pki(d, [GUESTFWD_ADDR])
+    return d
+
+
+@pytest.fixture(scope="module")
+def host_bus(pki: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BusServer]:
+    cfg = EventBusConfig(host="127.0.0.1", port=0, metrics_port=-1, health_port=-1)
+    cfg.tls = TlsConfig(cert_dir=pki)
+    cfg.validate()
+    data = tmp_path_factory.mktemp("bus-data")
+    with BusServer(BusSettings(eventbus=cfg, storage=StorageConfig(data_dir=data))) as bus:
+        yield bus
+
+
+@pytest.fixture(scope="module")
+def box(  # type: ignore[no-untyped-def]
+    boot_board_shared, rpi_image: Path, host_bus: BusServer,
+    mirror_port_shared: MirrorPort, tmp_path_factory: pytest.TempPathFactory,
+) -> Machine:  # fmt: skip
+    """A fresh card configured for the bus, booted as in production."""
+    card = tmp_path_factory.mktemp("box") / "card.img"
+    shutil.copyfile(rpi_image, card)
+    settings.configure(card, {"agent_id": AGENT_ID, "bus": f"{GUESTFWD_ADDR}:50051"}, [])
+    return boot_board_shared(
+        card, "raspi3b", uplink_port=host_bus.port, mirror=mirror_port_shared.mirror,
+        console_shell=False,
+    )  # fmt: skip
+
+
+def test_console_is_the_responder_not_a_shell(box: Machine) -> None:
+    console = box.console
+    console.wait_for(BANNER, timeout=300)
+    time.sleep(5.5)  # the banner is repeated at most every 5 s
+    since = console.mark()
+    console.send("id")
+    console.wait_for(BANNER, timeout=30, since=since)
+    assert "uid=" not in console.text(since)
+
+
+def test_technician_provisions_the_box_over_its_console(
+    box: Machine, pki: Path, host_bus: BusServer
+) -> None:
+    box.console.wait_for(BANNER, timeout=300)
+    port = box.release_console()
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "appliance", "provision", "--port",
+             f"socket://127.0.0.1:{port}", "--pki", str(pki), "--agent-id", AGENT_ID,
+             "--wait", "120"],
+            capture_output=True, text=True, timeout=400,
+        )  # fmt: skip
+    finally:
+        box.attach_console()
+    assert run.returncode == 0, run.stdout + run.stderr
+    # the emulated Pi starts at the image's build time: HELLO set its clock for TLS
+    assert "box answered: unprovisioned" in run.stdout and "clock set" in run.stdout
+    assert f"provisioned {AGENT_ID}" in run.stdout
+    assert host_bus.reload_trust_map()  # what `kill -HUP` does to a running bus
+    assert host_bus.trust.current.get(AGENT_ID) == load_verify_key(
+        pki / "agents" / AGENT_ID / "ed25519.pub"
+    )
+
+
+def _tcp(src: tuple[str, int], dst: tuple[str, int], flags: str, payload: int = 0) -> bytes:
+    """A TCP frame between two hosts that are not the box, as a SPAN port delivers it."""
+    return bytes(
+        Ether(src="02:00:00:00:00:0a", dst="02:00:00:00:00:14")
+        / IP(src=src[0], dst=dst[0])
+        / TCP(sport=src[1], dport=dst[1], flags=flags)
+        / (b"d" * payload)
+    )
+
+
+#: a whole conversation, closed by FIN both ways so that it is exported within seconds
+#: (close_linger_s) with the image's default timeouts
+CONVERSATION = [
+    (CLIENT, SERVER, "S", 0),
+    (SERVER, CLIENT, "SA", 0),
+    (CLIENT, SERVER, "A", 0),
+    (CLIENT, SERVER, "PA", 200),
+    (SERVER, CLIENT, "PA", 500),
+    (CLIENT, SERVER, "FA", 0),
+    (SERVER, CLIENT, "FA", 0),
+    (CLIENT, SERVER, "A", 0),
+]
+
+
+def _stored(bus: BusServer, kind: str, timeout: float) -> list[dict[str, object]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        conn = open_reader(bus.store.path)
+        try:
+            rows = [dict(r) for r in query(conn, Query(agent=AGENT_ID, kind=kind))]
+        finally:
+            conn.close()
+        if rows or time.monotonic() > deadline:
+            return rows
+        time.sleep(1)
+
+
+def test_provisioned_box_delivers_its_mirror_ports_flow_with_exact_counts(
+    box: Machine, host_bus: BusServer, mirror_port_shared: MirrorPort
+) -> None:
+    # the agent, woken by provisioning, reports its interface counters once it runs
+    assert _stored(host_bus, "counters", timeout=300), "no counters: the agent never delivered"
+    for src, dst, flags, payload in CONVERSATION:
+        mirror_port_shared.send(_tcp(src, dst, flags, payload))
+        time.sleep(0.05)
+    rows = _stored(host_bus, "flow", timeout=120)
+    assert len(rows) == 1, rows
+    flow = rows[0]
+    assert (flow["src_ip"], flow["src_port"]) == CLIENT
+    assert (flow["dst_ip"], flow["dst_port"]) == SERVER
+    assert flow["proto"] == "TCP"
+    ip_tcp = 20 + 20  # bytes are IP total lengths
+    sent = [p for s, _, _, p in CONVERSATION if s == CLIENT]
+    answered = [p for s, _, _, p in CONVERSATION if s == SERVER]
+    assert (flow["packets_tx"], flow["packets_rx"]) == (len(sent), len(answered))
+    assert flow["bytes_tx"] == len(sent) * ip_tcp + sum(sent)
+    assert flow["bytes_rx"] == len(answered) * ip_tcp + sum(answered)
