@@ -46,6 +46,12 @@ def register(sub: Any) -> None:
         default=AGENT_SUPERVISOR_PIDFILE,
         help="PID file of the agent's supervisor, woken (SIGUSR1) once the identity is in place",
     )
+    dev.add_argument(
+        "--clock-file",
+        type=Path,
+        default=Path("/data/clock"),
+        help="where the boot reads the clock's floor (epoch seconds); written after setting it",
+    )
     dev.set_defaults(func=_respond)
 
 
@@ -82,6 +88,16 @@ def _respond(args: argparse.Namespace) -> int:
     def set_clock(ns: int) -> None:
         time.clock_settime_ns(time.CLOCK_REALTIME, ns)
 
+    def save_clock() -> None:
+        tmp = args.clock_file.with_name(args.clock_file.name + ".new")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, f"{int(time.time())}\n".encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, args.clock_file)
+
     edges = DeviceEdges(
         keys_dir=args.keys,
         version=__version__,
@@ -90,6 +106,7 @@ def _respond(args: argparse.Namespace) -> int:
         set_clock_ns=set_clock,
         wake_agent=wake,
         expected_agent_id=os.environ.get("IS_AGENT_ID", ""),
+        save_clock=save_clock,
     )
     fd_in, fd_out = sys.stdin.fileno(), sys.stdout.fileno()
     with raw_terminal(fd_in):

@@ -20,13 +20,16 @@ Invariants:
   by one, each written to a temporary name, fsynced and renamed; client.crt comes last because
   the agent treats its presence as "provisioned".
 - HELLO moves the clock forward to the host's when it is behind (a Pi has no real-time clock
-  and TLS needs a date inside the certificates' validity); never backward.
+  and TLS needs a date inside the certificates' validity); never backward. The clock is then
+  saved (and again at INSTALL) where the next boot takes its floor from, so a power cut
+  cannot take the box back before its certificate.
 - A retransmitted request (same kind and SEQ as the last one) gets the cached reply again and
   changes nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import enum
 import hashlib
@@ -85,6 +88,9 @@ class DeviceEdges:
     wake_agent: Callable[[], None]
     #: the agent id the box's settings (boot partition) give it; "" when they name none
     expected_agent_id: str = ""
+    #: record the clock where the next boot reads its floor (rcS step 4), so that a power cut
+    #: never takes the box back before its certificate's validity
+    save_clock: Callable[[], None] = lambda: None
 
 
 @dataclass
@@ -151,6 +157,7 @@ class Responder:
         if isinstance(host_ns, int) and host_ns - self.edges.clock_ns() > CLOCK_SLACK_NS:
             try:
                 self.edges.set_clock_ns(host_ns)
+                self.edges.save_clock()
                 clock_set = True
             except OSError:
                 clock_set = False
@@ -229,6 +236,9 @@ class Responder:
                 "(send HELLO first: it sets the clock)"
             )
         self._write_identity(staged, cert_pem.encode(), ca_pem.encode())
+        # the identity is in place whatever happens here: the saved clock is a second defence
+        with contextlib.suppress(OSError):
+            self.edges.save_clock()
         self._staged = None
         self.agent_id = staged.agent_id
         self.state = State.PROVISIONED

@@ -56,7 +56,8 @@ def responder(
     wake.write_text(f"{sleeper.pid}\n")
     with open(cable[0], "r+b", buffering=0) as tty:
         proc = subprocess.Popen(
-            [*CLI, "provision-responder", "--keys", str(keys), "--wake", str(wake)],
+            [*CLI, "provision-responder", "--keys", str(keys), "--wake", str(wake),
+             "--clock-file", str(tmp_path / "clock")],
             stdin=tty, stdout=tty, stderr=subprocess.PIPE,
         )  # fmt: skip
     try:
@@ -82,6 +83,8 @@ def test_technician_provisions_a_box_over_a_serial_cable(
     signing = load_signing_key(keys / "ed25519.key")
     assert load_trust_map(pki / "trust_map.yaml").get("branch-3") == signing.verify_key
     assert (keys / "client.crt").exists() and (keys / "ca.crt").exists()
+    # the clock the next boot starts from (rcS's floor) was saved with the identity
+    assert abs(int((keys.parent / "clock").read_text()) - time.time()) < 60
     # the agent's supervisor was woken (SIGUSR1 ends the `sleep` standing in for it)
     assert supervisor.wait(timeout=10) == -signal.SIGUSR1
     # a second run refuses to re-key without --replace, and says so in one line

@@ -57,6 +57,7 @@ class Box:
     clock_ns: int = NOW_NS
     clock_sets: list[int] = field(default_factory=list)
     wakes: int = 0
+    clock_saves: int = 0
     expected_agent_id: str = ""
 
     def edges(self) -> DeviceEdges:
@@ -67,9 +68,13 @@ class Box:
         def wake() -> None:
             self.wakes += 1
 
+        def save_clock() -> None:
+            self.clock_saves += 1
+
         return DeviceEdges(
             keys_dir=self.keys, version="9.9", hostname="rpi", clock_ns=lambda: self.clock_ns,
             set_clock_ns=set_clock, wake_agent=wake, expected_agent_id=self.expected_agent_id,
+            save_clock=save_clock,
         )  # fmt: skip
 
 
@@ -152,6 +157,7 @@ def test_the_boxs_clock_is_moved_forward_never_back(pki: Path, box: Box, cable) 
     host, _ = cable()
     done = Provisioner(host, pki, timing=FAST, clock_ns=lambda: NOW_NS).run("branch-9")
     assert done.clock_set and box.clock_sets == [NOW_NS]
+    assert box.clock_saves == 2  # when set, and with the identity: the next boot's floor
     responder = Responder(box.edges())
     later = NOW_NS + 10**12
     box.clock_ns = later
