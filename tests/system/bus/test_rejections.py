@@ -199,6 +199,25 @@ def test_batch_answers_each_envelope_in_order(
     assert stored(bus) == 3
 
 
+def test_large_batch_names_exactly_the_forged_envelopes_in_every_slice(
+    publisher: Any, stored: Any, pki: Path, bus: BusServer
+) -> None:
+    """A batch large enough to be verified in parallel slices by the batch equation: one
+    forged envelope fails its slice, which is then checked envelope by envelope."""
+    p = publisher(pki, bus.port)
+    envs = [p.sealer.seal(p.flow(i)) for i in range(600)]
+    forged = {5, 299, 300, 598}  # both slices, their edges included
+    for i in forged:
+        envs[i].flow.bytes_tx += 1
+    envs[450].sig = envs[450].sig[:10]  # not even 64 bytes
+    resp = p.stub.PublishBatch(PublishBatchRequest(envelopes=envs), timeout=30)
+    bad = {i for i, a in enumerate(resp.acks) if a.status == INVALID}
+    assert bad == forged | {450}
+    assert {resp.acks[i].reason for i in bad} == {"bad signature"}
+    assert all(a.status == OK for i, a in enumerate(resp.acks) if i not in bad)
+    assert stored(bus) == 600 - len(bad)
+
+
 def test_forced_overload_answers_retry_with_hint_and_loses_nothing(
     publisher: Any, stored: Any, pki: Path, bus_factory: object
 ) -> None:

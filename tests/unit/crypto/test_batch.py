@@ -193,3 +193,16 @@ def test_verify_many_names_exactly_the_bad_envelopes() -> None:
     assert valid == [verify_envelope(env, KEY.verify_key) for env in envs]
     assert verify_many(envs[4:17], KEY.verify_key) == [True] * 13
     assert verify_many([], KEY.verify_key) == []
+
+
+def test_mixed_batches_are_accepted_exactly_when_libsodium_accepts_every_signature() -> None:
+    rng = random.Random(77)
+    for _ in range(120):
+        items = signed(rng.randrange(1, 24), rng)
+        for _ in range(rng.choice([0, 0, 1, 2])):
+            i = rng.randrange(len(items))
+            msg, sig = items[i]
+            raw = bytearray(sig)
+            raw[rng.randrange(64)] ^= 1 << rng.randrange(8)
+            items[i] = (msg, bytes(raw))
+        assert batch(items) == all(sodium(m, s) for m, s in items)
