@@ -15,6 +15,8 @@ AGENT_ENV = {
     "IS_CERT_DIR": "tls.cert_dir",
     "AGENT_METRICS_PORT": "metrics_port",
     "AGENT_SEND_RATE": "send_rate",
+    "IS_CLOCK_FROM_BUS": "clock_from_bus",
+    "IS_CLOCK_FILE": "clock_file",
 }
 
 
@@ -22,7 +24,7 @@ AGENT_ENV = {
 class AgentTls(CertFiles):
     """The agent's credentials: TLS client identity, the org CA, the envelope-signing key.
 
-    On the device cert_dir is /data/identity (written by serial provisioning); on a host,
+    On the device cert_dir is /data/keys (written by serial provisioning); on a host,
     `pki issue-agent DIR ID` writes DIR/agents/ID, with the CA at DIR/ca.crt.
     """
 
@@ -59,6 +61,11 @@ class AgentConfig:
     shutdown_timeout_s: float = 10.0
     #: Bounded quarantine of envelopes the bus refused (kept for inspection).
     quarantine_max_bytes: int = 4 * 1024 * 1024
+    #: Step the system clock forward to the bus's when it lags (agent/clock.py): on in the
+    #: device image (no real-time clock, no network time), off elsewhere.
+    clock_from_bus: bool = False
+    #: After a step, save the time here (the device's boot floor, /data/clock); "" : nowhere.
+    clock_file: str = ""
 
     def validate(self) -> None:
         if not self.bus:

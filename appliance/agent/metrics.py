@@ -29,6 +29,8 @@ class AgentSnapshot:
     backoff_s: float = 0.0
     last_success_unix: float = 0.0
     ready: bool = False
+    clock_offset_s: float = 0.0
+    clock_steps: int = 0
 
 
 #: WAL stats exported, and whether each is a counter (cumulative) or a gauge.
@@ -92,6 +94,16 @@ class AgentCollector(Collector):
             value=s.last_success_unix,
         )
         yield GaugeMetricFamily("agent_ready", "1 when the agent is ready", value=float(s.ready))
+        yield GaugeMetricFamily(
+            "agent_clock_offset_seconds",
+            "The bus's clock minus ours at the last answer (> 0: ours is behind)",
+            value=s.clock_offset_s,
+        )
+        yield CounterMetricFamily(
+            "agent_clock_steps",
+            "Times the clock was stepped forward to the bus's",
+            value=s.clock_steps,
+        )
 
 
 def agent_registry(snapshot: Callable[[], AgentSnapshot]) -> CollectorRegistry:

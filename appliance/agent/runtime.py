@@ -31,6 +31,7 @@ from cryptography.x509.oid import NameOID
 from nacl.signing import SigningKey
 
 from appliance.agent.chain import ChainState
+from appliance.agent.clock import ClockFollower, floor_saver, set_system_clock
 from appliance.agent.config import AgentConfig
 from appliance.agent.forwarder import ForwarderConfig, ForwarderPool, OutRecord
 from appliance.agent.metrics import AgentSnapshot, agent_registry
@@ -154,8 +155,13 @@ class Agent:
         self.sealer = Sealer(
             identity.agent_id, identity.signing_key, seq=start.seq, prev_sig=start.prev_sig
         )
+        self.clock_follower = ClockFollower(
+            enabled=cfg.clock_from_bus,
+            step_to_ns=set_system_clock,
+            save_floor=floor_saver(Path(cfg.clock_file)) if cfg.clock_file else lambda: None,
+        )
         self._make: Callable[[str], Transport] = transport or (
-            lambda addr: GrpcTransport(addr, identity.tls)
+            lambda addr: GrpcTransport(addr, identity.tls, on_time=self.clock_follower.observe)
         )
         self.forwarder = ForwarderPool(
             wal,
@@ -306,4 +312,6 @@ class Agent:
             backoff_s=f.backoff_s,
             last_success_unix=f.last_success_unix,
             ready=self.ready,
+            clock_offset_s=self.clock_follower.offset_s,
+            clock_steps=self.clock_follower.steps,
         )

@@ -16,7 +16,8 @@ Failures are classified once, here, into `TransportError.kind`:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -88,11 +89,25 @@ def classify(err: grpc.RpcError) -> TransportError:
     return TransportError("failed", f"{code.name}: {detail}")
 
 
-class GrpcTransport:
-    """The batched RPC over mTLS to one address (host:port)."""
+#: trailing metadata of the bus's answers: its clock when it answered (see agent/clock.py)
+BUS_TIME_KEY = "bus-time-ns"
 
-    def __init__(self, address: str, identity: Identity) -> None:
+
+class GrpcTransport:
+    """The batched RPC over mTLS to one address (host:port).
+
+    on_time, when given, hears the bus's clock after each answered call:
+    on_time(bus_ns, sent_ns, received_ns) with our clock before and after the call.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        identity: Identity,
+        on_time: Callable[[int, int, int], None] | None = None,
+    ) -> None:
         self.address = address
+        self._on_time = on_time
         self._channel = mtls_channel(
             address,
             ca=identity.ca,
@@ -103,14 +118,27 @@ class GrpcTransport:
         self._call = self._channel.unary_unary(PUBLISH_BATCH_METHOD, None, None)
 
     def publish(self, payloads: Sequence[bytes], timeout: float) -> list[PublishAck]:
+        request = frame_batch(payloads)
+        sent = time.time_ns()
         try:
-            raw = self._call(frame_batch(payloads), timeout=timeout, wait_for_ready=False)
+            raw, call = self._call.with_call(request, timeout=timeout, wait_for_ready=False)
         except grpc.RpcError as err:
             raise classify(err) from None
+        if self._on_time is not None:
+            self._hear_time(call, sent, time.time_ns())
         acks = list(PublishBatchResponse.FromString(raw).acks)
         if len(acks) != len(payloads):
             raise TransportError("failed", f"bus answered {len(acks)} acks for {len(payloads)}")
         return acks
+
+    def _hear_time(self, call: Any, sent: int, received: int) -> None:
+        assert self._on_time is not None
+        for key, value in call.trailing_metadata() or ():
+            if key == BUS_TIME_KEY:
+                text = str(value)
+                if text.isdigit():  # anything else: a bus without a usable stamp
+                    self._on_time(int(text), sent, received)
+                return
 
     def close(self) -> None:
         self._channel.close()

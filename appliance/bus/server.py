@@ -92,6 +92,7 @@ class EventBusService:
                 self._count(INVALID, "undecodable")
                 return PublishAck(status=INVALID, reason="undecodable envelope").SerializeToString()
             acks = self._process(context, [env], [len(request)])
+            _stamp_time(context)
             return acks[0].SerializeToString()
         finally:
             self.metrics.publish_latency_ms.observe((time.perf_counter() - started) * 1000)
@@ -116,6 +117,7 @@ class EventBusService:
                     f"batch of {len(envs)} envelopes exceeds max_batch {self.cfg.max_batch}",
                 )
             acks = self._process(context, envs, [e.ByteSize() for e in envs])
+            _stamp_time(context)
             return pb.PublishBatchResponse(acks=acks).SerializeToString()
         finally:
             self.metrics.publish_latency_ms.observe((time.perf_counter() - started) * 1000)
@@ -236,6 +238,15 @@ class EventBusService:
                     acks[i] = ok
                 self._count(OK, n=len(accepted))
         return [a for a in acks if a is not None]
+
+
+#: trailing metadata of every answer: the bus's clock, which boxes without a real-time clock
+#: follow (agent/clock.py)
+BUS_TIME_KEY = "bus-time-ns"
+
+
+def _stamp_time(context: grpc.ServicerContext) -> None:
+    context.set_trailing_metadata(((BUS_TIME_KEY, str(time.time_ns())),))
 
 
 def _reason_class(reason: str) -> str:

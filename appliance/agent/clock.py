@@ -1,0 +1,85 @@
+"""Following the bus's clock: a box without a real-time clock or network time stays on time.
+
+A Pi starts at the floor of its last saved time (rcS step 4): after a power cut that can be
+hours or weeks behind, and every record it seals would carry that wrong time. The bus answers
+every publish with its time (trailing metadata `bus-time-ns`, over the same mTLS connection,
+so it is the org's authenticated bus speaking). The agent estimates its offset from each
+answer and, when enabled (`agent.clock_from_bus`, on in the device image, off elsewhere: a
+development machine keeps its own clock), steps the system clock:
+
+- forward only, when it lags by more than `threshold`: never backward, so flow times and the
+  WAL's never run back (a clock ahead is reported in the offset metric, not corrected);
+- at most once per `min_interval_s`;
+- the estimate is the bus's time plus half the call's round trip (the bus stamps its answer
+  when it sends it);
+- after a step the new time is saved where the next boot takes its floor from.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClockFollower:
+    """Observes the bus's time after each successful call; thread-safe."""
+
+    enabled: bool
+    step_to_ns: Callable[[int], None]
+    save_floor: Callable[[], None] = lambda: None
+    threshold_ns: int = 2_000_000_000
+    min_interval_s: float = 60.0
+    clock_ns: Callable[[], int] = time.time_ns
+    monotonic: Callable[[], float] = time.monotonic
+    offset_s: float = 0.0
+    steps: int = 0
+    _last_step: float | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def observe(self, bus_ns: int, sent_ns: int, received_ns: int) -> None:
+        """One answer: the bus's stamp, and our clock when the call went out and came back."""
+        rtt = max(0, received_ns - sent_ns)
+        offset = bus_ns + rtt // 2 - received_ns  # > 0: our clock is behind
+        with self._lock:
+            self.offset_s = offset / 1e9
+            if not self.enabled or offset <= self.threshold_ns:
+                return
+            now = self.monotonic()
+            if self._last_step is not None and now - self._last_step < self.min_interval_s:
+                return
+            self._last_step = now
+            try:
+                self.step_to_ns(self.clock_ns() + offset)
+            except OSError as exc:
+                log.warning("cannot step the clock %.1f s to the bus's: %s", offset / 1e9, exc)
+                return
+            self.steps += 1
+            self.offset_s = 0.0
+        log.info("clock stepped %.1f s forward to the bus's time", offset / 1e9)
+        try:
+            self.save_floor()
+        except OSError as exc:
+            log.warning("cannot save the clock floor: %s", exc)
+
+
+def set_system_clock(ns: int) -> None:
+    """Set CLOCK_REALTIME (needs CAP_SYS_TIME: root on the device)."""
+    time.clock_settime_ns(time.CLOCK_REALTIME, ns)
+
+
+def floor_saver(path: Path) -> Callable[[], None]:
+    """Write the current time (epoch seconds) to path atomically, as rcK and provisioning do."""
+
+    def save() -> None:
+        tmp = path.with_name(path.name + ".new")
+        tmp.write_text(f"{int(time.time())}\n")
+        tmp.replace(path)
+
+    return save
