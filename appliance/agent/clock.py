@@ -1,15 +1,18 @@
 """Following the bus's clock: a box without a real-time clock or network time stays on time.
 
 A Pi starts at the floor of its last saved time (rcS step 4): after a power cut that can be
-hours or weeks behind, and every record it seals would carry that wrong time. The bus answers
-every publish with its time (trailing metadata `bus-time-ns`, over the same mTLS connection,
-so it is the org's authenticated bus speaking). The agent estimates its offset from each
-answer and, when enabled (`agent.clock_from_bus`, on in the device image, off elsewhere: a
-development machine keeps its own clock), steps the system clock:
+hours or weeks behind, and every record it seals would carry that wrong time; a crystal running
+fast drifts ahead by seconds a day, until the bus refuses records from the future (its
+max_future_skew_s). The bus answers every publish with its time (trailing metadata
+`bus-time-ns`, over the same mTLS connection, so it is the org's authenticated bus speaking).
+The agent estimates its offset from each answer and, when enabled (`agent.clock_from_bus`, on
+in the device image, off elsewhere: a development machine keeps its own clock), corrects it:
 
-- forward only, when it lags by more than `threshold`: never backward, so flow times and the
-  WAL's never run back (a clock ahead is reported in the offset metric, not corrected);
-- at most once per `min_interval_s`;
+- behind by more than `threshold`: the clock is stepped forward;
+- ahead by more than `threshold`: the clock is slewed back (adjtime: it runs slower until
+  corrected, at most ~2000 s per correction), never stepped back, so flow times and the WAL's
+  never run backwards;
+- at most one correction per `min_interval_s`;
 - the estimate is the bus's time plus half the call's round trip (the bus stamps its answer
   when it sends it);
 - after a step the new time is saved where the next boot takes its floor from.
@@ -17,7 +20,9 @@ development machine keeps its own clock), steps the system clock:
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +38,7 @@ class ClockFollower:
 
     enabled: bool
     step_to_ns: Callable[[int], None]
+    slew_by_ns: Callable[[int], None] = lambda ns: None
     save_floor: Callable[[], None] = lambda: None
     threshold_ns: int = 2_000_000_000
     min_interval_s: float = 60.0
@@ -40,6 +46,7 @@ class ClockFollower:
     monotonic: Callable[[], float] = time.monotonic
     offset_s: float = 0.0
     steps: int = 0
+    slews: int = 0
     _last_step: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -49,12 +56,15 @@ class ClockFollower:
         offset = bus_ns + rtt // 2 - received_ns  # > 0: our clock is behind
         with self._lock:
             self.offset_s = offset / 1e9
-            if not self.enabled or offset <= self.threshold_ns:
+            if not self.enabled or abs(offset) <= self.threshold_ns:
                 return
             now = self.monotonic()
             if self._last_step is not None and now - self._last_step < self.min_interval_s:
                 return
             self._last_step = now
+            if offset < 0:
+                self._slew(offset)
+                return
             try:
                 self.step_to_ns(self.clock_ns() + offset)
             except OSError as exc:
@@ -67,6 +77,47 @@ class ClockFollower:
             self.save_floor()
         except OSError as exc:
             log.warning("cannot save the clock floor: %s", exc)
+
+    def _slew(self, offset: int) -> None:
+        delta = max(offset, -MAX_SLEW_NS)
+        try:
+            self.slew_by_ns(delta)
+        except OSError as exc:
+            log.warning("cannot slew the clock %.1f s back to the bus's: %s", delta / 1e9, exc)
+            return
+        self.slews += 1
+        log.info(
+            "clock %.1f s ahead of the bus's: slewing %.1f s back", -offset / 1e9, -delta / 1e9
+        )
+
+
+#: adjtime() refuses larger corrections (glibc: about INT_MAX microseconds)
+MAX_SLEW_NS = 2000 * 1_000_000_000
+
+
+class _Timeval(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long)]
+
+
+def slew_system_clock(ns: int) -> None:
+    """adjtime(2): make CLOCK_REALTIME run slower or faster until it has moved by ns (needs
+    CAP_SYS_TIME); it never jumps."""
+    sec, rest = divmod(ns, 1_000_000_000)  # tv_usec must be in [0, 1e6)
+    delta = _Timeval(sec, rest // 1000)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.adjtime(ctypes.byref(delta), None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def pending_slew_ns() -> int:
+    """The correction adjtime(2) still has to make (reads it, changes nothing)."""
+    old = _Timeval(0, 0)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.adjtime(None, ctypes.byref(old)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(old.tv_sec) * 1_000_000_000 + int(old.tv_usec) * 1000
 
 
 def set_system_clock(ns: int) -> None:

@@ -31,6 +31,7 @@ class AgentSnapshot:
     ready: bool = False
     clock_offset_s: float = 0.0
     clock_steps: int = 0
+    clock_slews: int = 0
 
 
 #: WAL stats exported, and whether each is a counter (cumulative) or a gauge.

@@ -31,7 +31,12 @@ from cryptography.x509.oid import NameOID
 from nacl.signing import SigningKey
 
 from appliance.agent.chain import ChainState
-from appliance.agent.clock import ClockFollower, floor_saver, set_system_clock
+from appliance.agent.clock import (
+    ClockFollower,
+    floor_saver,
+    set_system_clock,
+    slew_system_clock,
+)
 from appliance.agent.config import AgentConfig
 from appliance.agent.forwarder import ForwarderConfig, ForwarderPool, OutRecord
 from appliance.agent.metrics import AgentSnapshot, agent_registry
@@ -158,6 +163,7 @@ class Agent:
         self.clock_follower = ClockFollower(
             enabled=cfg.clock_from_bus,
             step_to_ns=set_system_clock,
+            slew_by_ns=slew_system_clock,
             save_floor=floor_saver(Path(cfg.clock_file)) if cfg.clock_file else lambda: None,
         )
         self._make: Callable[[str], Transport] = transport or (
@@ -314,4 +320,5 @@ class Agent:
             ready=self.ready,
             clock_offset_s=self.clock_follower.offset_s,
             clock_steps=self.clock_follower.steps,
+            clock_slews=self.clock_follower.slews,
         )

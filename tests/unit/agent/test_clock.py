@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.agent.clock import ClockFollower
+from appliance.agent.clock import MAX_SLEW_NS, ClockFollower, pending_slew_ns
 
 S = 1_000_000_000
 NOW = 1_800_000_000 * S
@@ -17,6 +17,7 @@ class Box:
         self.ns = NOW
         self.mono = 100.0
         self.steps: list[int] = []
+        self.slews: list[int] = []
         self.saves = 0
 
     def follower(self, enabled: bool = True, fail: bool = False) -> ClockFollower:
@@ -30,7 +31,7 @@ class Box:
             self.saves += 1
 
         return ClockFollower(
-            enabled=enabled, step_to_ns=step, save_floor=save,
+            enabled=enabled, step_to_ns=step, slew_by_ns=self.slews.append, save_floor=save,
             clock_ns=lambda: self.ns, monotonic=lambda: self.mono,
         )  # fmt: skip
 
@@ -44,11 +45,23 @@ def test_a_clock_behind_the_bus_is_stepped_forward_and_the_floor_saved() -> None
     assert f.steps == 1 and box.saves == 1 and f.offset_s == 0.0
 
 
-def test_a_clock_ahead_is_reported_never_stepped_back() -> None:
+def test_a_clock_ahead_is_slewed_back_never_stepped() -> None:
     box = Box()
     f = box.follower()
     f.observe(NOW - 600 * S, NOW, NOW)
-    assert box.steps == [] and f.offset_s == pytest.approx(-600)
+    assert box.steps == [] and box.slews == [-600 * S] and f.offset_s == pytest.approx(-600)
+    assert box.saves == 0  # the floor only ever moves forward
+
+
+def test_a_slew_is_clamped_to_what_adjtime_takes() -> None:
+    box = Box()
+    f = box.follower()
+    f.observe(NOW - 100_000 * S, NOW, NOW)
+    assert box.slews == [-MAX_SLEW_NS]
+
+
+def test_the_adjtime_binding_reads_the_pending_correction() -> None:
+    assert isinstance(pending_slew_ns(), int)  # reading changes nothing
 
 
 def test_small_offsets_are_left_alone() -> None:
@@ -76,7 +89,9 @@ def test_disabled_only_measures() -> None:
     box = Box()
     f = box.follower(enabled=False)
     f.observe(NOW + 3600 * S, NOW, NOW)
-    assert box.steps == [] and f.offset_s == pytest.approx(3600) and box.saves == 0
+    f.observe(NOW - 3600 * S, NOW, NOW)
+    assert box.steps == [] and box.slews == [] and box.saves == 0
+    assert f.offset_s == pytest.approx(-3600)
 
 
 def test_a_step_the_system_refuses_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
