@@ -27,7 +27,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -99,38 +98,28 @@ class _Timeval(ctypes.Structure):
     _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long)]
 
 
+def _adjtime(delta: _Timeval | None, old: _Timeval | None) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if (
+        libc.adjtime(
+            ctypes.byref(delta) if delta is not None else None,
+            ctypes.byref(old) if old is not None else None,
+        )
+        != 0
+    ):
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
 def slew_system_clock(ns: int) -> None:
     """adjtime(2): make CLOCK_REALTIME run slower or faster until it has moved by ns (needs
     CAP_SYS_TIME); it never jumps."""
     sec, rest = divmod(ns, 1_000_000_000)  # tv_usec must be in [0, 1e6)
-    delta = _Timeval(sec, rest // 1000)
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.adjtime(ctypes.byref(delta), None) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+    _adjtime(_Timeval(sec, rest // 1000), None)
 
 
 def pending_slew_ns() -> int:
     """The correction adjtime(2) still has to make (reads it, changes nothing)."""
     old = _Timeval(0, 0)
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.adjtime(None, ctypes.byref(old)) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+    _adjtime(None, old)
     return int(old.tv_sec) * 1_000_000_000 + int(old.tv_usec) * 1000
-
-
-def set_system_clock(ns: int) -> None:
-    """Set CLOCK_REALTIME (needs CAP_SYS_TIME: root on the device)."""
-    time.clock_settime_ns(time.CLOCK_REALTIME, ns)
-
-
-def floor_saver(path: Path) -> Callable[[], None]:
-    """Write the current time (epoch seconds) to path atomically, as rcK and provisioning do."""
-
-    def save() -> None:
-        tmp = path.with_name(path.name + ".new")
-        tmp.write_text(f"{int(time.time())}\n")
-        tmp.replace(path)
-
-    return save

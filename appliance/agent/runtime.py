@@ -31,12 +31,7 @@ from cryptography.x509.oid import NameOID
 from nacl.signing import SigningKey
 
 from appliance.agent.chain import ChainState
-from appliance.agent.clock import (
-    ClockFollower,
-    floor_saver,
-    set_system_clock,
-    slew_system_clock,
-)
+from appliance.agent.clock import ClockFollower, slew_system_clock
 from appliance.agent.config import AgentConfig
 from appliance.agent.forwarder import ForwarderConfig, ForwarderPool, OutRecord
 from appliance.agent.metrics import AgentSnapshot, agent_registry
@@ -44,6 +39,7 @@ from appliance.agent.transport import GrpcTransport, Identity, Transport
 from appliance.crypto import Sealer, load_signing_key
 from appliance.errors import CommandError
 from appliance.observability import HttpEndpoint, metrics_route, serve_http, text
+from appliance.sysclock import save_clock_floor, set_system_clock
 from appliance.wal import WalFull
 from appliance.wire import Envelope, FlowEvent, InterfaceCounters
 
@@ -164,7 +160,11 @@ class Agent:
             enabled=cfg.clock_from_bus,
             step_to_ns=set_system_clock,
             slew_by_ns=slew_system_clock,
-            save_floor=floor_saver(Path(cfg.clock_file)) if cfg.clock_file else lambda: None,
+            save_floor=(
+                functools.partial(save_clock_floor, Path(cfg.clock_file))
+                if cfg.clock_file
+                else lambda: None
+            ),
         )
         self._make: Callable[[str], Transport] = transport or (
             lambda addr: GrpcTransport(addr, identity.tls, on_time=self.clock_follower.observe)

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from appliance.wire import PUBLISH_BATCH_METHOD, PublishAck, PublishBatchResponse
+from appliance.wire import BUS_TIME_KEY, PUBLISH_BATCH_METHOD, PublishAck, PublishBatchResponse
 from appliance.wire.channel import mtls_channel
 from appliance.wire.framing import frame_batch
 
@@ -87,10 +87,6 @@ def classify(err: grpc.RpcError) -> TransportError:
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return TransportError("rejected", detail)
     return TransportError("failed", f"{code.name}: {detail}")
-
-
-#: trailing metadata of the bus's answers: its clock when it answered (see agent/clock.py)
-BUS_TIME_KEY = "bus-time-ns"
 
 
 class GrpcTransport:

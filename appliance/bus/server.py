@@ -31,7 +31,14 @@ from appliance.bus.verify import BAD_SIGNATURE, Limits, check_fields, envelope_r
 from appliance.crypto.batch import verify_many
 from appliance.errors import CommandError
 from appliance.observability import HttpEndpoint, metrics_route, serve_http, text
-from appliance.wire import SERVICE_NAME, Envelope, PublishAck, PublishBatchRequest, pb
+from appliance.wire import (
+    BUS_TIME_KEY,
+    SERVICE_NAME,
+    Envelope,
+    PublishAck,
+    PublishBatchRequest,
+    pb,
+)
 
 log = logging.getLogger(__name__)
 
@@ -238,11 +245,6 @@ class EventBusService:
                     acks[i] = ok
                 self._count(OK, n=len(accepted))
         return [a for a in acks if a is not None]
-
-
-#: trailing metadata of every answer: the bus's clock, which boxes without a real-time clock
-#: follow (agent/clock.py)
-BUS_TIME_KEY = "bus-time-ns"
 
 
 def _stamp_time(context: grpc.ServicerContext) -> None:

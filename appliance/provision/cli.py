@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -79,34 +80,22 @@ def _respond(args: argparse.Namespace) -> int:
     from appliance import __version__
     from appliance.provision.device import DeviceEdges, Responder, serve
     from appliance.provision.link import FdLink, LinkClosed, raw_terminal
+    from appliance.sysclock import save_clock_floor, set_system_clock
 
     def wake() -> None:
         # no supervisor (a development machine): the agent starts when it is next run
         with contextlib.suppress(OSError, ValueError):
             os.kill(int(args.wake.read_text().strip()), signal.SIGUSR1)
 
-    def set_clock(ns: int) -> None:
-        time.clock_settime_ns(time.CLOCK_REALTIME, ns)
-
-    def save_clock() -> None:
-        tmp = args.clock_file.with_name(args.clock_file.name + ".new")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, f"{int(time.time())}\n".encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, args.clock_file)
-
     edges = DeviceEdges(
         keys_dir=args.keys,
         version=__version__,
         hostname=socket.gethostname(),
         clock_ns=time.time_ns,
-        set_clock_ns=set_clock,
+        set_clock_ns=set_system_clock,
         wake_agent=wake,
         expected_agent_id=os.environ.get("IS_AGENT_ID", ""),
-        save_clock=save_clock,
+        save_clock=functools.partial(save_clock_floor, args.clock_file),
     )
     fd_in, fd_out = sys.stdin.fileno(), sys.stdout.fileno()
     with raw_terminal(fd_in):

@@ -23,8 +23,12 @@ SUPPORTED_VERSIONS = frozenset({ENVELOPE_VERSION})
 SERVICE_NAME = "infraspectre.EventBus"
 PUBLISH_METHOD = f"/{SERVICE_NAME}/Publish"
 PUBLISH_BATCH_METHOD = f"/{SERVICE_NAME}/PublishBatch"
+#: Trailing metadata of every answered publish: the bus's clock (UNIX ns) when it answered,
+#: which boxes without a real-time clock follow (agent/clock.py).
+BUS_TIME_KEY = "bus-time-ns"
 
 __all__ = [
+    "BUS_TIME_KEY",
     "ENVELOPE_VERSION",
     "PUBLISH_BATCH_METHOD",
     "PUBLISH_METHOD",
