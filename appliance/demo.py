@@ -115,7 +115,7 @@ def _matches(row: Any, s: Any) -> bool:
 
 def _wait_for(db: Path, sent: list[Any], timeout: float = 40) -> dict[Any, Any]:
     """Map each sent conversation to its stored flow row, waiting (bounded) for them all."""
-    from appliance.bus.store import Query, open_reader, query
+    from appliance.bus.query import Query, open_reader, query
 
     deadline = time.monotonic() + timeout
     found: dict[Any, Any] = {}
@@ -132,7 +132,7 @@ def _wait_for(db: Path, sent: list[Any], timeout: float = 40) -> dict[Any, Any]:
 
 def _report(root: Path, ident: Any, sent: list[Any], stored: dict[Any, Any],
             agent_rc: int, bus_rc: int) -> bool:  # fmt: skip
-    from appliance.bus.store import open_reader
+    from appliance.bus.query import open_reader
     from appliance.crypto import load_verify_key, verify_chain
     from appliance.wire import Envelope
 

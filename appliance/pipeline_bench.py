@@ -92,7 +92,7 @@ def _forward(
 
 
 def _run(args: argparse.Namespace) -> int:
-    from appliance.bus.store import count, open_reader
+    from appliance.bus.query import count, open_reader
     from appliance.crypto import Sealer, load_signing_key
     from appliance.pki import init_pki, issue_agent
     from appliance.wal import Wal, WalConfig

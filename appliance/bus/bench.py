@@ -138,7 +138,7 @@ def _run(args: argparse.Namespace) -> int:
                 elapsed = time.perf_counter() - t0
                 results["batched"] = _phase(done, elapsed, process_cpu_seconds(bus.pid) - cpu0)
             channel.close()
-        from appliance.bus.store import count, open_reader
+        from appliance.bus.query import count, open_reader
 
         stored = count(open_reader(root / "data" / "bus.sqlite"))
     report = {

@@ -99,7 +99,7 @@ def _db_path(args: argparse.Namespace) -> Path:
 
 
 def _query_of(args: argparse.Namespace) -> Any:
-    from appliance.bus.store import Query
+    from appliance.bus.query import Query
 
     return Query(
         agent=args.agent,
@@ -145,7 +145,7 @@ def _emit(row: Any, as_json: bool) -> None:
 
 
 def _query(args: argparse.Namespace) -> int:
-    from appliance.bus.store import open_reader, query
+    from appliance.bus.query import open_reader, query
 
     conn = open_reader(_db_path(args))
     rows = query(conn, _query_of(args))
@@ -161,7 +161,7 @@ def _query(args: argparse.Namespace) -> int:
 def _tail(args: argparse.Namespace) -> int:
     import threading
 
-    from appliance.bus.store import follow, open_reader
+    from appliance.bus.query import follow, open_reader
 
     path = _db_path(args)
     deadline = time.monotonic() + args.timeout if args.timeout else None

@@ -21,8 +21,8 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from appliance.bus.config import BusSettings, EventBusConfig, TlsConfig
+from appliance.bus.query import Query, open_reader, query
 from appliance.bus.server import BusServer
-from appliance.bus.store import Query, open_reader, query
 from appliance.config import StorageConfig
 from appliance.crypto import load_verify_key
 from appliance.image import settings

@@ -11,8 +11,8 @@ import grpc
 import pytest
 
 from appliance.bus.config import BusSettings, EventBusConfig, TlsConfig
+from appliance.bus.query import count, open_reader
 from appliance.bus.server import BusServer
-from appliance.bus.store import count, open_reader
 from appliance.config import StorageConfig
 from appliance.crypto import Sealer, load_signing_key
 from appliance.pki import init_pki, issue_agent

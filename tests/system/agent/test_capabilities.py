@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from appliance.bus.store import Query, open_reader, query
+from appliance.bus.query import Query, open_reader, query
 
 ONLY_NET_RAW = ["setpriv", "--inh-caps=-all,+net_raw", "--ambient-caps=-all,+net_raw",
                 "--bounding-set=-all,+net_raw"]  # fmt: skip

@@ -12,7 +12,7 @@ from testsupport.sources import FixedCounters, ScriptedFlows
 
 from appliance.agent.config import AgentConfig, AgentTls
 from appliance.agent.runtime import Agent, load_identity
-from appliance.bus.store import open_reader
+from appliance.bus.query import open_reader
 from appliance.crypto import load_verify_key, verify_chain
 from appliance.wire import Envelope, FlowEvent
 

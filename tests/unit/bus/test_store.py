@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from appliance.bus.cli import parse_time
-from appliance.bus.store import FlowStore, Query, StoreClosed, count, open_reader, query
+from appliance.bus.query import Query, count, open_reader, query
+from appliance.bus.store import FlowStore, StoreClosed
 
 
 def _row(agent: str, key: str, ts: int, src: str, dst: str, sport: int, dport: int, proto: str):
