@@ -107,14 +107,15 @@ def _run(args: argparse.Namespace) -> int:
         sealer = Sealer("bench-agent", load_signing_key(ident.signing_key))
         wal_cfg = WalConfig(path=root / "wal", max_wal_bytes=512 * 1024 * 1024)
         t0 = time.perf_counter()
+        t0_ms = time.time_ns() // 1_000_000 - 3_600_000  # an hour ago: inside the bus's window
         with Wal.open(wal_cfg) as wal:
             for i in range(args.flows):
                 env = sealer.seal(
                     FlowEvent(
                         src_ip="192.0.2.10", dst_ip="198.51.100.20", src_port=1024 + i % 60000,
                         dst_port=443, proto="TCP", ip_proto=6, bytes_tx=40 * i, bytes_rx=1500,
-                        packets_tx=12, packets_rx=9, start_time=1_700_000_000_000 + i,
-                        end_time=1_700_000_000_500 + i, duration_ms=500,
+                        packets_tx=12, packets_rx=9, start_time=t0_ms + i,
+                        end_time=t0_ms + 500 + i, duration_ms=500,
                     )
                 )  # fmt: skip
                 wal.append(env.idempotency_key, env.SerializeToString())

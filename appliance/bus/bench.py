@@ -28,7 +28,8 @@ from appliance.localprocs import (
     process_cpu_seconds,
 )
 
-T0_MS = 1_700_000_000_000
+#: Flows of the bench ended an hour ago: inside the bus's accepted time window.
+T0_MS = time.time_ns() // 1_000_000 - 3_600_000
 
 
 def register(sub: Any) -> None:

@@ -61,6 +61,10 @@ class EventBusConfig:
     max_env_bytes: int = 65536
     max_batch: int = 5000
     max_future_skew_s: float = 300.0
+    #: How old an envelope (and its flow) may be: a box's WAL can hold days of backlog.
+    max_past_age_s: float = 30 * 86400.0
+    #: A hole in an agent's sequence numbers still open after this is recorded as a gap event.
+    gap_settle_s: float = 60.0
     #: Requests whose rows wait in the store queue above this depth get RETRY (store pressure).
     max_store_queue_rows: int = 50000
     shutdown_grace_s: float = 5.0
@@ -89,6 +93,14 @@ class EventBusConfig:
             raise ValueError(f"verify_threads: {self.verify_threads} must be 0 (auto) or more")
         if self.max_batch < 1:
             raise ValueError(f"max_batch: {self.max_batch} must be at least 1")
+        if not 0 < self.max_future_skew_s <= 86400:
+            raise ValueError(f"max_future_skew_s: {self.max_future_skew_s} must be in (0, 86400]")
+        if not 3600 <= self.max_past_age_s <= 10 * 365 * 86400:
+            raise ValueError(
+                f"max_past_age_s: {self.max_past_age_s} must be from 3600 (1 hour) to 10 years"
+            )
+        if not 1 <= self.gap_settle_s <= 86400:
+            raise ValueError(f"gap_settle_s: {self.gap_settle_s} must be from 1 to 86400")
 
     def trust_map_path(self) -> Path:
         return (

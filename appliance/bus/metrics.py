@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from appliance.bus.chain import EventKind
+from appliance.bus.validate import Reject
+
 
 class BusMetrics:
     """Every metric the bus exports; `registry` is what the /metrics endpoint serves."""
@@ -52,5 +55,20 @@ class BusMetrics:
         self.trust_map_reloads_total = Counter(
             "bus_trust_map_reloads", "Trust map reloads (SIGHUP), by result", ["result"], registry=r
         )
+        self.chain_events_total = Counter(
+            "bus_chain_events",
+            "Agent chain events: start, rekey, restart (unclean stop), gap (settled hole)",
+            ["kind"],
+            registry=r,
+        )
+        self.store_up = Gauge(
+            "bus_store_up",
+            "1 while the store commits, 0 while it cannot (disk full, ...)",
+            registry=r,
+        )
         for status in ("OK", "RETRY", "INVALID"):
             self.publish_total.labels(status)
+        for reason in Reject:  # every class visible at 0, so an alert can use rate()
+            self.rejected_total.labels(reason.value)
+        for kind in EventKind:
+            self.chain_events_total.labels(kind.value)

@@ -7,6 +7,7 @@ ack, a batch with garbage the status INVALID_ARGUMENT.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import signal
@@ -24,10 +25,11 @@ from nacl.signing import VerifyKey
 
 from appliance.bus.admission import Admission, Verdict
 from appliance.bus.auth import TrustHolder, peer_cn
+from appliance.bus.chain import key_id
 from appliance.bus.config import BusSettings
 from appliance.bus.metrics import BusMetrics
-from appliance.bus.store import FlowStore, Row
-from appliance.bus.verify import BAD_SIGNATURE, Limits, check_fields, envelope_row
+from appliance.bus.store import FlowStore, Outcome, Record, Row
+from appliance.bus.validate import Limits, Reject, Rejection, check_fields
 from appliance.crypto.batch import verify_many
 from appliance.errors import CommandError
 from appliance.observability import HttpEndpoint, metrics_route, serve_http, text
@@ -66,7 +68,9 @@ class EventBusService:
         self.trust = trust
         self.metrics = metrics
         self.clock_ns = clock_ns
-        self.limits = Limits(cfg.max_env_bytes, int(cfg.max_future_skew_s * 1e9))
+        self.limits = Limits(
+            cfg.max_env_bytes, int(cfg.max_future_skew_s * 1e9), int(cfg.max_past_age_s * 1e9)
+        )
         self.admission = Admission(
             max_inflight=cfg.max_inflight,
             hard_max=cfg.hard_max,
@@ -96,7 +100,7 @@ class EventBusService:
                 env = Envelope.FromString(request)
             except DecodeError:
                 self._authorize(context)
-                self._count(INVALID, "undecodable")
+                self._count(INVALID, Reject.UNDECODABLE)
                 return PublishAck(status=INVALID, reason="undecodable envelope").SerializeToString()
             acks = self._process(context, [env], [len(request)])
             _stamp_time(context)
@@ -112,13 +116,13 @@ class EventBusService:
                 batch = PublishBatchRequest.FromString(request)
             except DecodeError:
                 self._authorize(context)
-                self.metrics.rejected_total.labels("undecodable").inc()
+                self.metrics.rejected_total.labels(Reject.UNDECODABLE.value).inc()
                 self.metrics.invalid_total.inc()
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "undecodable batch")
             envs = list(batch.envelopes)
             if len(envs) > self.cfg.max_batch:
                 self._authorize(context)
-                self.metrics.rejected_total.labels("batch_too_large").inc()
+                self.metrics.rejected_total.labels(Reject.BATCH_TOO_LARGE.value).inc()
                 context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"batch of {len(envs)} envelopes exceeds max_batch {self.cfg.max_batch}",
@@ -144,12 +148,12 @@ class EventBusService:
             )
         return cn, key
 
-    def _count(self, status: Any, reason: str | None = None, n: int = 1) -> None:
+    def _count(self, status: Any, reason: Reject | None = None, n: int = 1) -> None:
         self.metrics.publish_total.labels(STATUS_NAME[status]).inc(n)
         if status == INVALID:
             self.metrics.invalid_total.inc(n)
-            if reason:
-                self.metrics.rejected_total.labels(reason).inc(n)
+            if reason is not None:
+                self.metrics.rejected_total.labels(reason.value).inc(n)
         elif status == RETRY:
             self.metrics.retry_total.inc(n)
 
@@ -178,12 +182,12 @@ class EventBusService:
 
     def _check_all(
         self, cn: str, key: VerifyKey, envs: Sequence[Envelope], sizes: Sequence[int], now: int
-    ) -> list[str | None]:
-        """The reason each envelope is refused (None: accepted).
+    ) -> list[Rejection | None]:
+        """The rejection of each envelope (None: accepted so far).
 
-        Field checks run per envelope; the signatures of those that pass are verified as
-        batches (appliance.crypto.batch). The batch equation releases the GIL, so a large batch
-        is split across the verify pool and uses every core.
+        Field checks (appliance/bus/validate.py) run per envelope; the signatures of those that
+        pass are verified as batches (appliance.crypto.batch). The batch equation releases the
+        GIL, so a large batch is split across the verify pool and uses every core.
         """
         reasons = [
             check_fields(env, size, cn, now, self.limits)
@@ -214,22 +218,24 @@ class EventBusService:
     ) -> list[PublishAck]:
         now = self.clock_ns()
         acks: list[PublishAck | None] = [None] * len(envs)
-        rows: list[Row] = []
+        records: list[Record] = []
         accepted: list[int] = []
-        reasons = self._check_all(cn, key, envs, sizes, now)
-        for i, (env, reason) in enumerate(zip(envs, reasons, strict=True)):
-            if reason is not None:
-                self._count(INVALID, _reason_class(reason))
-                acks[i] = PublishAck(status=INVALID, reason=reason)
+        chain_key = key_id(key)
+        for i, (env, rejection) in enumerate(
+            zip(envs, self._check_all(cn, key, envs, sizes, now), strict=True)
+        ):
+            if rejection is not None:
+                self._count(INVALID, rejection.kind)
+                acks[i] = PublishAck(status=INVALID, reason=rejection.message)
                 continue
-            rows.append(envelope_row(env, env.SerializeToString(), now))
+            records.append(envelope_record(env, env.SerializeToString(), now, chain_key))
             accepted.append(i)
-        if rows:
+        if records:
             started = time.perf_counter()
             try:
-                result = self.store.submit(rows).result(timeout=COMMIT_TIMEOUT_S)
+                result = self.store.submit(records).result(timeout=COMMIT_TIMEOUT_S)
             except Exception as exc:  # the store failed or stalled: nothing was acked as stored
-                log.error("store commit failed for %d envelopes from %s: %s", len(rows), cn, exc)
+                log.error("store commit failed for %d envelopes from %s: %s", len(records), cn, exc)
                 hint = self.cfg.backoff_hint_ms * 4
                 retry = PublishAck(status=RETRY, reason="store unavailable", backoff_hint_ms=hint)
                 for i in accepted:
@@ -239,34 +245,65 @@ class EventBusService:
                 self.metrics.store_commit_seconds.observe(time.perf_counter() - started)
                 self.metrics.stored_total.inc(result.inserted)
                 self.metrics.duplicates_total.inc(result.duplicates)
-                self.metrics.agent_last_seen.labels(cn).set(time.time())
+                if result.inserted:
+                    self.metrics.agent_last_seen.labels(cn).set(time.time())
                 ok = PublishAck(status=OK)
-                for i in accepted:
-                    acks[i] = ok
-                self._count(OK, n=len(accepted))
+                for i, outcome in zip(accepted, result.outcomes, strict=True):
+                    if outcome in (Outcome.STORED, Outcome.DUPLICATE):
+                        acks[i] = ok
+                        self._count(OK)
+                    else:
+                        rejection = STORE_REJECTIONS[outcome]
+                        acks[i] = PublishAck(status=INVALID, reason=rejection.message)
+                        self._count(INVALID, rejection.kind)
         return [a for a in acks if a is not None]
+
+
+BAD_SIGNATURE = Rejection(Reject.BAD_SIGNATURE, "bad signature")
+#: The store's refusals, as the sender reads them.
+STORE_REJECTIONS = {
+    Outcome.CONFLICT: Rejection(
+        Reject.CONFLICT, "conflict: this idempotency key is stored with other content"
+    ),
+    Outcome.SEQ_REUSED: Rejection(
+        Reject.SEQ_REUSED, "seq already used by another envelope of this agent key"
+    ),
+    Outcome.CHAIN_BROKEN: Rejection(
+        Reject.CHAIN_BROKEN, "chain broken: prev_sig contradicts a stored neighbour"
+    ),
+    Outcome.UNSTORABLE: Rejection(Reject.UNSTORABLE, "a value the store cannot hold"),
+}
+
+
+def envelope_record(env: Envelope, raw: bytes, received_ns: int, key_id: str) -> Record:
+    """The store record of an accepted envelope (row in the column order of store.COLUMNS).
+
+    Addresses are stored in their normal text form, so that `bus query --address` finds an
+    address however the sender wrote it.
+    """
+    row: Row
+    if env.HasField("flow"):
+        f = env.flow
+        row = (
+            env.agent_id, env.idempotency_key, env.seq, env.ts_ns, received_ns, "flow",
+            _normal_ip(f.src_ip), _normal_ip(f.dst_ip), f.src_port, f.dst_port, f.proto.upper(),
+            f.bytes_tx, f.bytes_rx, f.packets_tx, f.packets_rx, f.start_time, f.end_time, f.vlan,
+            raw, key_id,
+        )  # fmt: skip
+    else:
+        row = (
+            env.agent_id, env.idempotency_key, env.seq, env.ts_ns, received_ns, "counters",
+            None, None, None, None, None, None, None, None, None, None, None, None, raw, key_id,
+        )  # fmt: skip
+    return Record(row, env.prev_sig, env.sig)
+
+
+def _normal_ip(text: str) -> str:
+    return str(ipaddress.ip_address(text))
 
 
 def _stamp_time(context: grpc.ServicerContext) -> None:
     context.set_trailing_metadata(((BUS_TIME_KEY, str(time.time_ns())),))
-
-
-def _reason_class(reason: str) -> str:
-    """A bounded label value for a rejection reason (reasons themselves carry numbers)."""
-    for prefix, label in (
-        ("unknown envelope version", "version"),
-        ("missing idempotency", "no_key"),
-        ("idempotency key longer", "key_too_long"),
-        ("envelope of", "oversized"),
-        ("missing timestamp", "no_timestamp"),
-        ("timestamp", "future_timestamp"),
-        ("agent_id", "agent_mismatch"),
-        ("envelope carries no payload", "no_payload"),
-        ("bad signature", "bad_signature"),
-    ):
-        if reason.startswith(prefix):
-            return label
-    return "other"
 
 
 class BusServer:
@@ -287,7 +324,13 @@ class BusServer:
         creds = _server_credentials(settings)
         self.trust = TrustHolder(cfg.trust_map_path())
         self.metrics.trust_map_agents.set(len(self.trust.current))
-        self.store = FlowStore(settings.storage.data_dir / cfg.db_name, sync=cfg.db_sync)
+        self.store = FlowStore(
+            settings.storage.data_dir / cfg.db_name,
+            sync=cfg.db_sync,
+            gap_settle_s=cfg.gap_settle_s,
+            on_event=lambda kind: self.metrics.chain_events_total.labels(kind.value).inc(),
+        )
+        self.metrics.store_up.set_function(lambda: float(self.store.healthy()))
         self.metrics.store_bytes.set_function(self.store.size_bytes)
         self.service = EventBusService(settings, self.store, self.trust, self.metrics)
         self.health = health.HealthServicer()
@@ -357,9 +400,11 @@ class BusServer:
         return self.endpoints[-1].port if self.settings.eventbus.health_port != -1 else None
 
     def _ready_route(self) -> tuple[int, str, bytes]:
-        if self.ready:
-            return text(200, "ready\n")
-        return text(503, "not ready\n")
+        if not self.ready:
+            return text(503, "not ready\n")
+        if not self.store.healthy():
+            return text(503, f"not ready: {self.store.failure}\n")
+        return text(200, "ready\n")
 
     def reload_trust_map(self) -> bool:
         """SIGHUP: load the trust map again without touching connections."""

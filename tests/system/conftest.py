@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from testsupport.flows import recent_flow
 
 from appliance.bus.config import BusSettings, EventBusConfig, TlsConfig
 from appliance.bus.query import count, open_reader
@@ -80,11 +81,8 @@ class Publisher:
     sealer: Sealer
 
     def flow(self, i: int = 0) -> FlowEvent:
-        return FlowEvent(
-            src_ip="192.0.2.10", dst_ip="198.51.100.20", src_port=40000 + i, dst_port=443,
-            proto="TCP", bytes_tx=1000 + i, bytes_rx=2000, packets_tx=3, packets_rx=4,
-            start_time=1_700_000_000_000, end_time=1_700_000_001_000,
-        )  # fmt: skip
+        """A flow the bus accepts (ended a minute ago: inside its time window)."""
+        return recent_flow(i)
 
 
 def make_publisher(

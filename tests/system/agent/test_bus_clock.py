@@ -5,10 +5,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from testsupport.flows import recent_flow
+
 from appliance.agent.transport import GrpcTransport, Identity
 from appliance.bus.server import BusServer
 from appliance.crypto import Sealer, load_signing_key
-from appliance.wire import FlowEvent, PublishAck
+from appliance.wire import PublishAck
 
 
 def test_each_answer_carries_the_bus_clock_to_the_transport(pki: Path, bus: BusServer) -> None:
@@ -23,7 +25,7 @@ def test_each_answer_carries_the_bus_clock_to_the_transport(pki: Path, bus: BusS
     sealer = Sealer("branch-1", load_signing_key(agent / "ed25519.key"))
     try:
         for i in range(3):
-            env = sealer.seal(FlowEvent(src_ip="192.0.2.1", dst_ip="198.51.100.1", bytes_tx=i))
+            env = sealer.seal(recent_flow(i))
             acks = transport.publish([env.SerializeToString()], timeout=10)
             assert [a.status for a in acks] == [PublishAck.OK]
     finally:

@@ -7,6 +7,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from testsupport.flows import recent_flow
 from testsupport.outbox import MemWal
 from testsupport.sources import FixedCounters, ScriptedFlows
 
@@ -18,10 +19,7 @@ from appliance.wire import Envelope, FlowEvent
 
 
 def _flow(i: int) -> FlowEvent:
-    return FlowEvent(
-        src_ip="192.0.2.1", dst_ip="198.51.100.2", src_port=1000 + i, dst_port=53,
-        proto="UDP", bytes_tx=60 + i, packets_tx=1, start_time=1, end_time=2,
-    )  # fmt: skip
+    return recent_flow(i, proto="UDP", dst_port=53)
 
 
 def _config(pki: Path, port: int) -> AgentConfig:

@@ -6,12 +6,15 @@ import pytest
 
 from appliance.bus.cli import parse_time
 from appliance.bus.query import Query, count, open_reader, query
-from appliance.bus.store import FlowStore, StoreClosed
+from appliance.bus.store import FlowStore, Record, StoreClosed
+
+_SEQ = iter(range(1, 10**6))
 
 
 def _row(agent: str, key: str, ts: int, src: str, dst: str, sport: int, dport: int, proto: str):
-    return (agent, key, 1, ts, ts, "flow", src, dst, sport, dport, proto,
-            10, 20, 1, 2, ts // 10**6, ts // 10**6, 0, b"env")  # fmt: skip
+    row = (agent, key, next(_SEQ), ts, ts, "flow", src, dst, sport, dport, proto,
+           10, 20, 1, 2, ts // 10**6, ts // 10**6, 0, b"env", "k1")  # fmt: skip
+    return Record(row, b"", bytes(64))
 
 
 def test_duplicates_are_stored_once_and_counted(tmp_path: Path) -> None:
