@@ -34,7 +34,7 @@ APT_PACKAGES := \
 	zstd \
 	debian-archive-keyring
 
-.PHONY: all deps apt venv proto demo image test test-unit test-system test-board lint fmt clean
+.PHONY: all deps apt venv proto demo image test test-unit test-system test-board soak lint fmt clean
 
 all: venv
 
@@ -91,6 +91,11 @@ test-board: venv
 test: venv
 	$(MAKE) --no-print-directory lint
 	$(BIN)/pytest -q tests
+
+# Long campaigns, outside CI's budget (CI runs a bounded sample of each): the bus's
+# decode -> validate -> store property tests with 200,000 examples each.
+soak: venv
+	HYPOTHESIS_PROFILE=soak $(BIN)/pytest -q -p no:cacheprovider tests/unit/bus/test_validate.py --hypothesis-show-statistics
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -7,7 +7,6 @@ ack, a batch with garbage the status INVALID_ARGUMENT.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import signal
@@ -29,7 +28,7 @@ from appliance.bus.chain import key_id
 from appliance.bus.config import BusSettings
 from appliance.bus.metrics import BusMetrics
 from appliance.bus.store import FlowStore, Outcome, Record, Row
-from appliance.bus.validate import Limits, Reject, Rejection, check_fields
+from appliance.bus.validate import Limits, Reject, Rejection, check_fields, normal_ip
 from appliance.crypto.batch import verify_many
 from appliance.errors import CommandError
 from appliance.observability import HttpEndpoint, metrics_route, serve_http, text
@@ -286,7 +285,7 @@ def envelope_record(env: Envelope, raw: bytes, received_ns: int, key_id: str) ->
         f = env.flow
         row = (
             env.agent_id, env.idempotency_key, env.seq, env.ts_ns, received_ns, "flow",
-            _normal_ip(f.src_ip), _normal_ip(f.dst_ip), f.src_port, f.dst_port, f.proto.upper(),
+            normal_ip(f.src_ip), normal_ip(f.dst_ip), f.src_port, f.dst_port, f.proto.upper(),
             f.bytes_tx, f.bytes_rx, f.packets_tx, f.packets_rx, f.start_time, f.end_time, f.vlan,
             raw, key_id,
         )  # fmt: skip
@@ -296,10 +295,6 @@ def envelope_record(env: Envelope, raw: bytes, received_ns: int, key_id: str) ->
             None, None, None, None, None, None, None, None, None, None, None, None, raw, key_id,
         )  # fmt: skip
     return Record(row, env.prev_sig, env.sig)
-
-
-def _normal_ip(text: str) -> str:
-    return str(ipaddress.ip_address(text))
 
 
 def _stamp_time(context: grpc.ServicerContext) -> None:

@@ -170,6 +170,14 @@ def _time_window(ts_ns: int, now_ns: int, limits: Limits, what: str) -> Rejectio
     return None
 
 
+def normal_ip(text: str) -> str:
+    """The normal text form of an address check_flow accepted: IPv4 as given (inet_pton takes
+    only the dotted-quad form without leading zeros), IPv6 as inet_ntop writes it (RFC 5952)."""
+    if ":" not in text:
+        return text
+    return socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, text))
+
+
 def _address_family(text: str) -> int:
     """4 or 6 for a valid textual address, 0 otherwise (inet_pton is strict: no zone ids,
     no shortened or octal IPv4 forms)."""
@@ -200,9 +208,13 @@ def check_flow(f: FlowEvent, ts_ns: int, limits: Limits) -> Rejection | None:
         return Rejection(Reject.BAD_VLAN, f"vlan {f.vlan} is outside 0-4095")
     if max(f.flags, f.flags_tx, f.flags_rx) > 0xFFF or f.end_reason not in _END_REASONS:
         return Rejection(Reject.BAD_FIELD, "TCP flags beyond 12 bits or an unknown end_reason")
-    for name in _FLOW_U64:
-        if getattr(f, name) >= INT64_LIMIT:
-            return Rejection(Reject.BAD_COUNTER, f"{name} does not fit a signed 64-bit integer")
+    if (
+        max(f.bytes_tx, f.bytes_rx, f.packets_tx, f.packets_rx, f.start_time, f.end_time)
+        >= INT64_LIMIT
+        or max(f.start_ns, f.end_ns) >= INT64_LIMIT
+    ):
+        name = next(n for n in _FLOW_U64 if getattr(f, n) >= INT64_LIMIT)
+        return Rejection(Reject.BAD_COUNTER, f"{name} does not fit a signed 64-bit integer")
     if f.start_time > f.end_time or f.start_ns > f.end_ns:
         return Rejection(Reject.BAD_TIME, "the flow ends before it starts")
     if f.end_time * NS_PER_MS > ts_ns + limits.max_future_skew_ns:
@@ -220,6 +232,8 @@ def _proto_number(proto: str) -> int | None:
 
 
 def _check_name(name: str) -> Rejection | None:
+    if not name:
+        return None
     if len(name.encode()) > MAX_INTERFACE_BYTES or not _PRINTABLE_NAME.match(name):
         limit = MAX_INTERFACE_BYTES
         return Rejection(Reject.BAD_FIELD, f"interface name not printable or over {limit} bytes")
