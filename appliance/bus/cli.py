@@ -36,6 +36,12 @@ def register(sub: Any) -> None:
     serve.add_argument("--config", type=Path, help="YAML configuration (default: built-in)")
     serve.set_defaults(func=_serve)
 
+    reload = bus_sub.add_parser(
+        "reload", help="make the running bus reload its trust map (SIGHUP via its pidfile)"
+    )
+    reload.add_argument("--config", type=Path, help="YAML configuration (for storage.data_dir)")
+    reload.set_defaults(func=_reload)
+
     for name, help_text in (
         ("tail", "follow flows as they are stored"),
         ("query", "print stored flows matching filters"),
@@ -74,12 +80,34 @@ def register(sub: Any) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from appliance.bus.config import load_bus_settings
+    from appliance.bus.pidfile import PIDFILE, PidFile
     from appliance.bus.server import BusServer
 
-    server = BusServer(load_bus_settings(args.config))
-    server.install_signal_handlers()
-    print(f"bus ready on port {server.port}", flush=True)
-    server.wait()
+    settings = load_bus_settings(args.config)
+    pidfile = PidFile.acquire(settings.storage.data_dir / PIDFILE)  # before the store opens
+    try:
+        server = BusServer(settings)
+        server.install_signal_handlers()
+        print(f"bus ready on port {server.port}", flush=True)
+        server.wait()
+    finally:
+        pidfile.release()
+    return 0
+
+
+def _reload(args: argparse.Namespace) -> int:
+    import os
+    import signal
+
+    from appliance.bus.config import load_bus_settings
+    from appliance.bus.pidfile import PIDFILE, running_bus
+
+    pid = running_bus(load_bus_settings(args.config).storage.data_dir / PIDFILE)
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        raise CommandError(f"the bus (pid {pid}) has just stopped") from None
+    print(f"bus (pid {pid}): trust map reload requested; see its log for the result")
     return 0
 
 
