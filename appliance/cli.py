@@ -6,7 +6,10 @@ their heavy dependencies (grpc, numpy, scapy) inside the handler so that `--help
 commands start fast on a Raspberry Pi.
 
 Exit status: 0 on success; 1 with one line on stderr for a CommandError (bad config, missing
-file, refused input); 130 on Ctrl-C.
+file, refused input) and for any unexpected exception (its traceback is logged at DEBUG, so a
+user never sees one unless asked); 130 on Ctrl-C; 141 (128 + SIGPIPE, what a shell reports for
+a C tool) when whoever reads stdout went away, as in `infraspectre flows --pcap X | head`:
+quietly, the way well-behaved Unix tools end.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -79,10 +83,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         status = args.func(args)
+        sys.stdout.flush()  # a reader that went away shows here, not at interpreter exit
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except CommandError as exc:
-        print(f"infraspectre: {exc}", file=sys.stderr)
+        _fail(str(exc))
         return 1
     except KeyboardInterrupt:
-        print("infraspectre: interrupted", file=sys.stderr)
+        _fail("interrupted")
         return 130
+    except Exception as exc:
+        logging.getLogger("appliance").debug("unexpected failure", exc_info=True)
+        _fail(
+            f"unexpected {type(exc).__name__}: {exc} "
+            "(run with --log-level DEBUG for the traceback, and report it)"
+        )
+        return 1
     return int(status or 0)
+
+
+#: 128 + SIGPIPE: the status a shell shows for a tool that a closed pipe ended.
+EXIT_BROKEN_PIPE = 141
+
+
+def _fail(message: str) -> None:
+    """One line on stderr, whatever message holds (a newline in it must not make two)."""
+    print("infraspectre: " + " ".join(message.splitlines()), file=sys.stderr, flush=True)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's own flush at exit cannot fail again
+    (and print "Exception ignored ... BrokenPipeError")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout without a file descriptor (a test's capture)
+        pass

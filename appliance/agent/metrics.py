@@ -13,6 +13,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from appliance.wal.metrics import COUNTERS as WAL_COUNTERS
+from appliance.wal.metrics import GAUGES as WAL_GAUGES
+
 
 @dataclass
 class AgentSnapshot:
@@ -34,13 +37,8 @@ class AgentSnapshot:
     clock_slews: int = 0
 
 
-#: WAL stats exported, and whether each is a counter (cumulative) or a gauge.
-WAL_FIELDS = {
-    "payload_bytes": "counter", "bytes_written": "counter", "fsyncs": "counter",
-    "dropped_records": "counter", "corrupt_records": "counter", "compaction_bytes": "counter",
-    "write_amplification": "gauge", "backlog_records": "gauge", "backlog_bytes": "gauge",
-    "oldest_age_s": "gauge", "disk_bytes": "gauge",
-}  # fmt: skip
+#: Kinds of failed publish calls, exported as 0 until they happen (absent is not zero).
+FAILURE_KINDS = ("unavailable", "tls", "denied", "exhausted", "rejected", "failed")
 STATES = ("connecting", "connected", "throttled", "backing_off", "stopped")
 
 
@@ -62,10 +60,11 @@ class AgentCollector(Collector):
         for name, value in sorted(s.capture.items()):
             kind = GaugeMetricFamily if name.endswith("_active") else CounterMetricFamily
             yield kind(f"agent_capture_{name}", f"Capture: {name.replace('_', ' ')}", value=value)
-        for name, kind_name in WAL_FIELDS.items():
-            if name in s.wal:
-                kind = CounterMetricFamily if kind_name == "counter" else GaugeMetricFamily
-                yield kind(f"agent_wal_{name}", f"WAL: {name.replace('_', ' ')}", value=s.wal[name])
+        # the WAL's own metric names and help (appliance.wal.metrics), prefixed agent_
+        for table, family in ((WAL_COUNTERS, CounterMetricFamily), (WAL_GAUGES, GaugeMetricFamily)):
+            for name, field_name, doc in table:
+                if field_name in s.wal:
+                    yield family(f"agent_{name}", f"WAL: {doc}", value=s.wal[field_name])
         publish = CounterMetricFamily(
             "agent_publish", "Envelopes answered by the bus, by status", labels=["status"]
         )
@@ -77,7 +76,7 @@ class AgentCollector(Collector):
             "Publish calls that failed as a whole, by kind",
             labels=["kind"],
         )
-        for kind_name, n in sorted(s.failures.items()):
+        for kind_name, n in sorted({**dict.fromkeys(FAILURE_KINDS, 0), **s.failures}.items()):
             failures.add_metric([kind_name], n)
         yield failures
         state = GaugeMetricFamily(
@@ -104,6 +103,11 @@ class AgentCollector(Collector):
             "agent_clock_steps",
             "Times the clock was stepped forward to the bus's",
             value=s.clock_steps,
+        )
+        yield CounterMetricFamily(
+            "agent_clock_slews",
+            "Times the clock, found ahead of the bus's, was slewed back",
+            value=s.clock_slews,
         )
 
 

@@ -1,4 +1,9 @@
-"""`infraspectre bus serve | tail | query`."""
+"""`infraspectre bus serve | reload | tail | query`.
+
+Text output is for terminals: every field an agent supplied (its id, addresses, protocol) is
+printed through `terminal_safe`, so a hostile or broken box cannot send escape sequences to an
+operator's terminal. `--json` output is exact: json.dumps escapes every control character.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +36,12 @@ def register(sub: Any) -> None:
     serve.add_argument("--config", type=Path, help="YAML configuration (default: built-in)")
     serve.set_defaults(func=_serve)
 
+    reload = bus_sub.add_parser(
+        "reload", help="make the running bus reload its trust map (SIGHUP via its pidfile)"
+    )
+    reload.add_argument("--config", type=Path, help="YAML configuration (for storage.data_dir)")
+    reload.set_defaults(func=_reload)
+
     for name, help_text in (
         ("tail", "follow flows as they are stored"),
         ("query", "print stored flows matching filters"),
@@ -39,15 +50,25 @@ def register(sub: Any) -> None:
         p.add_argument("--config", type=Path, help="YAML configuration (for storage.data_dir)")
         p.add_argument("--db", type=Path, help="the store file (overrides the configuration)")
         p.add_argument("--agent", help="only this agent id")
-        p.add_argument("--address", help="only flows with this source or destination address")
+        p.add_argument(
+            "--address",
+            help="only flows with a source or destination in this address or CIDR network "
+            "(192.0.2.7, 10.0.0.0/8, 2001:db8::/32)",
+        )
         p.add_argument("--port", type=int, help="only flows with this source or destination port")
-        p.add_argument("--proto", help="only this protocol (TCP, UDP, ICMP, ...)")
+        p.add_argument("--proto", help="only this protocol (TCP, UDP, ICMP, ICMPV6, or a number)")
         p.add_argument("--json", action="store_true", help="one JSON object per line")
         if name == "query":
             p.add_argument("--since", help="ISO time, UNIX seconds, or a duration ago (10m, 2h)")
             p.add_argument("--until", help="ISO time, UNIX seconds, or a duration ago")
             p.add_argument(
                 "--limit", type=int, default=1000, help="at most this many (default 1000)"
+            )
+            p.add_argument(
+                "--order",
+                choices=("newest", "oldest"),
+                default="newest",
+                help="newest (default) or oldest stored first; --limit keeps that end",
             )
             p.set_defaults(func=_query)
         else:
@@ -59,12 +80,34 @@ def register(sub: Any) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from appliance.bus.config import load_bus_settings
+    from appliance.bus.pidfile import PIDFILE, PidFile
     from appliance.bus.server import BusServer
 
-    server = BusServer(load_bus_settings(args.config))
-    server.install_signal_handlers()
-    print(f"bus ready on port {server.port}", flush=True)
-    server.wait()
+    settings = load_bus_settings(args.config)
+    pidfile = PidFile.acquire(settings.storage.data_dir / PIDFILE)  # before the store opens
+    try:
+        server = BusServer(settings)
+        server.install_signal_handlers()
+        print(f"bus ready on port {server.port}", flush=True)
+        server.wait()
+    finally:
+        pidfile.release()
+    return 0
+
+
+def _reload(args: argparse.Namespace) -> int:
+    import os
+    import signal
+
+    from appliance.bus.config import load_bus_settings
+    from appliance.bus.pidfile import PIDFILE, running_bus
+
+    pid = running_bus(load_bus_settings(args.config).storage.data_dir / PIDFILE)
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        raise CommandError(f"the bus (pid {pid}) has just stopped") from None
+    print(f"bus (pid {pid}): trust map reload requested; see its log for the result")
     return 0
 
 
@@ -109,6 +152,7 @@ def _query_of(args: argparse.Namespace) -> Any:
         since_ns=parse_time(args.since) if getattr(args, "since", None) else None,
         until_ns=parse_time(args.until) if getattr(args, "until", None) else None,
         limit=getattr(args, "limit", 1000),
+        newest_first=getattr(args, "order", "oldest") == "newest",
     )
 
 
@@ -125,15 +169,37 @@ HEADER = (
 )
 
 
-def _endpoint(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+def terminal_safe(value: object) -> str:
+    """str(value) with every character a terminal could act on (C0/C1 controls such as ESC,
+    format characters such as bidi overrides, line separators) and the backslash written as a
+    visible escape: \\x1b, \\u202e, \\\\."""
+    text = str(value)
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(ch if ch.isprintable() and ch != "\\" else _escape(ch) for ch in text)
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    if ch == "\\":
+        return "\\\\"
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _endpoint(ip: object, port: object) -> str:
+    host = terminal_safe(ip)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def format_row(row: Any) -> str:
-    """One stored flow as a table line."""
+    """One stored flow as a table line, terminal-safe."""
     when = dt.datetime.fromtimestamp((row["start_ms"] or 0) / 1000, dt.UTC)
+    agent = terminal_safe(row["agent_id"])[:14]
+    proto = terminal_safe(row["proto"] or "")
     return (
-        f"{when:%Y-%m-%d %H:%M:%S} {row['agent_id'][:14]:<14} {row['proto'] or '':<6} "
+        f"{when:%Y-%m-%d %H:%M:%S} {agent:<14} {proto:<6} "
         f"{_endpoint(row['src_ip'], row['src_port']):<30} "
         f"{_endpoint(row['dst_ip'], row['dst_port']):<30} "
         f"{row['bytes_tx']:>10} {row['bytes_rx']:>10} {row['packets_tx']:>8} {row['packets_rx']:>8}"
@@ -145,16 +211,24 @@ def _emit(row: Any, as_json: bool) -> None:
 
 
 def _query(args: argparse.Namespace) -> int:
-    from appliance.bus.query import open_reader, query
+    from appliance.bus.query import count_matching, open_reader, query
 
     conn = open_reader(_db_path(args))
-    rows = query(conn, _query_of(args))
+    q = _query_of(args)
+    rows = query(conn, q)
     if not args.json:
         print(HEADER)
     for row in rows:
         _emit(row, args.json)
-    if not args.json:
-        print(f"{len(rows)} flows", file=sys.stderr)
+    order = f"{args.order} stored first"
+    matched = count_matching(conn, q) if q.limit is not None and len(rows) >= q.limit else 0
+    if matched > len(rows):
+        print(
+            f"{len(rows):,} of {matched:,} flows shown ({order}); use --limit to see more",
+            file=sys.stderr,
+        )
+    else:
+        print(f"{len(rows):,} flows ({order})", file=sys.stderr)
     return 0
 
 
@@ -165,9 +239,17 @@ def _tail(args: argparse.Namespace) -> int:
 
     path = _db_path(args)
     deadline = time.monotonic() + args.timeout if args.timeout else None
-    while not path.exists():  # a tail may start before the bus has created its store
+    if not path.parent.is_dir():
+        raise CommandError(f"no folder {path.parent} for the bus store: is storage.data_dir right?")
+    if not path.exists():  # a tail may start before the bus has created its store
+        print(
+            f"infraspectre: waiting for the bus to create {path} (Ctrl-C to stop)",
+            file=sys.stderr,
+            flush=True,
+        )
+    while not path.exists():
         if deadline is not None and time.monotonic() > deadline:
-            raise CommandError(f"no bus store appeared at {path}")
+            raise CommandError(f"no bus store appeared at {path} within {args.timeout:g} s")
         time.sleep(0.2)
     conn = open_reader(path)
     q = _query_of(args)

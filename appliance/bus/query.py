@@ -2,10 +2,18 @@
 
 Readers open their own read-only connections; the store's WAL mode lets them run beside the
 bus's writer (appliance.bus.store), which owns the schema.
+
+Filters are checked before anything is read: a protocol or an address that can match nothing
+is a CommandError, never "0 flows". `address` is an IP address (matched through the store's
+source and destination indexes, in its canonical text form, which is what agents send) or a
+network in CIDR form, IPv4 or IPv6 (matched by `ip_in_network`, a SQL function this module
+registers on each reader connection, because the store keeps addresses as text).
 """
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import sqlite3
 import threading
 import time
@@ -13,6 +21,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from appliance.errors import CommandError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: Protocol names as the agents store them (appliance.capture.flows.PROTO_NAMES) by number.
+PROTO_NAMES = {6: "TCP", 17: "UDP", 1: "ICMP", 58: "ICMPV6", 132: "SCTP", 47: "GRE"}
 
 
 @dataclass
@@ -28,6 +42,50 @@ class Query:
     kind: str | None = "flow"
     after_id: int = 0
     limit: int | None = 1000
+    newest_first: bool = False
+
+
+def parse_address(text: str) -> IPNetwork:
+    """An address (a network of one) or a CIDR network; CommandError when it is neither."""
+    try:
+        return ipaddress.ip_network(text.strip(), strict=True)
+    except ValueError as exc:
+        if "has host bits set" in str(exc):
+            raise CommandError(
+                f"--address {text!r} has host bits set: did you mean "
+                f"{ipaddress.ip_network(text.strip(), strict=False)}?"
+            ) from None
+        raise CommandError(
+            f"--address {text!r} is not an IP address or network "
+            "(e.g. 192.0.2.7, 10.0.0.0/8, 2001:db8::/32)"
+        ) from None
+
+
+def parse_proto(text: str) -> str:
+    """The stored name of a protocol given by name (any case) or by number 0-255."""
+    name = text.strip().upper()
+    if name in PROTO_NAMES.values():
+        return name
+    if name.isdigit() and int(name) <= 255:
+        return PROTO_NAMES.get(int(name), str(int(name)))
+    known = ", ".join(sorted(PROTO_NAMES.values()))
+    raise CommandError(f"unknown protocol {text!r}: use {known} or a number 0-255")
+
+
+@functools.lru_cache(maxsize=64)
+def _network(text: str) -> IPNetwork:
+    return ipaddress.ip_network(text)
+
+
+def ip_in_network(address: object, network: str) -> int:
+    """SQL function: 1 if the stored text address is inside network, else 0 (never raises:
+    a value that is not an address, or NULL, is simply outside)."""
+    if not isinstance(address, str):
+        return 0
+    try:
+        return int(ipaddress.ip_address(address) in _network(network))
+    except ValueError:
+        return 0
 
 
 def _where(q: Query) -> tuple[str, list[Any]]:
@@ -46,37 +104,56 @@ def _where(q: Query) -> tuple[str, list[Any]]:
         clauses.append("ts_ns < ?")
         args.append(q.until_ns)
     if q.address is not None:
-        clauses.append("(src_ip = ? OR dst_ip = ?)")
-        args += [q.address, q.address]
+        net = parse_address(q.address)
+        if net.num_addresses == 1:  # one address: the indexes on src_ip and dst_ip serve it
+            clauses.append("(src_ip = ? OR dst_ip = ?)")
+            args += [str(net.network_address)] * 2
+        else:
+            clauses.append("(ip_in_network(src_ip, ?) OR ip_in_network(dst_ip, ?))")
+            args += [str(net)] * 2
     if q.port is not None:
         clauses.append("(src_port = ? OR dst_port = ?)")
         args += [q.port, q.port]
     if q.proto is not None:
         clauses.append("proto = ?")
-        args.append(q.proto.upper())
+        args.append(parse_proto(q.proto))
     return " AND ".join(clauses), args
 
 
 def open_reader(path: Path) -> sqlite3.Connection:
-    """A read-only connection to an existing store (clear error if there is none)."""
+    """A read-only connection to an existing store; CommandError naming the file if there is
+    none or it is not a bus store (another SQLite file, a capture, anything else)."""
     if not path.exists():
-        from appliance.errors import CommandError
-
         raise CommandError(f"no bus store at {path}: is storage.data_dir right?")
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA busy_timeout=5000")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise CommandError(f"cannot open {path}: {exc}") from None
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.create_function("ip_in_network", 2, ip_in_network, deterministic=True)
+        conn.execute("SELECT id, kind, src_ip, dst_ip, proto FROM records LIMIT 0").fetchall()
+    except sqlite3.Error as exc:
+        conn.close()
+        raise CommandError(f"{path} is not a bus store ({exc})") from None
     return conn
 
 
 def query(conn: sqlite3.Connection, q: Query) -> list[sqlite3.Row]:
-    """Rows matching q, oldest first."""
+    """Rows matching q in the order they were stored, oldest first (or newest first)."""
     where, args = _where(q)
-    sql = f"SELECT * FROM records WHERE {where} ORDER BY id"
+    sql = f"SELECT * FROM records WHERE {where} ORDER BY id{' DESC' if q.newest_first else ''}"
     if q.limit is not None:
         sql += " LIMIT ?"
         args.append(q.limit)
     return list(conn.execute(sql, args))
+
+
+def count_matching(conn: sqlite3.Connection, q: Query) -> int:
+    """How many rows match q, whatever its limit."""
+    where, args = _where(q)
+    return int(conn.execute(f"SELECT count(*) FROM records WHERE {where}", args).fetchone()[0])
 
 
 def follow(

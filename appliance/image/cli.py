@@ -90,6 +90,8 @@ def _configure(args: argparse.Namespace) -> int:
 def _flash(args: argparse.Namespace) -> int:
     from appliance.image import flash, settings
 
+    for key, value in _settings(args).items():  # every check before the first byte is written
+        settings.validate(key, value)
     digest = flash.flash(args.image, args.target, force=args.force)
     print(f"{args.target}: written and verified, sha256 {digest}")
     updates = _settings(args)

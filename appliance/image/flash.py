@@ -5,7 +5,9 @@ What is refused, checked before a single byte is written (each with the reason a
 - a partition rather than the whole card;
 - a device that is in use: any of its partitions mounted or used as swap;
 - a device smaller than the image;
-- a regular file or a path that does not exist, unless --force (image files for tests and VMs).
+- a regular file or a path that does not exist, unless --force (image files for tests and VMs);
+- an image that is not one of ours (appliance.image.sdcard.boot_partition_offset: MBR disk id,
+  FAT boot partition and its label), such as a capture file given by mistake.
 
 The write goes in 4 MiB blocks with progress, ends with fsync, then the target is read back
 (after dropping its cached pages) and its first len(image) bytes must hash to the image's
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import TextIO
 
 from appliance.errors import CommandError
+from appliance.image.sdcard import boot_partition_offset
 
 BLOCK = 4 << 20
 
@@ -115,6 +118,7 @@ def flash(
         size = image.stat().st_size
     except OSError as exc:
         raise CommandError(f"cannot read image {image}: {exc.strerror}") from exc
+    boot_partition_offset(image)
     kind = check_target(size, target, force, system)
     flags = os.O_WRONLY | (os.O_CREAT | os.O_TRUNC if kind == "file" else os.O_EXCL)
     digest = hashlib.sha256()

@@ -31,6 +31,44 @@ DISK_ID = 0x5EC7E0A1
 DATA_UUID = "5ec7e0a1-da7a-4f2f-8a3e-000000000003"
 BOOT_SIZE = 64 * MIB
 MIN_DATA_SIZE = 64 * MIB
+#: FAT volume label of the boot partition.
+BOOT_LABEL = "BOOT"
+SECTOR = 512
+_FAT_TYPES = (0x0B, 0x0C)  # FAT32 (CHS), FAT32 (LBA)
+
+
+def boot_partition_offset(card: Path) -> int:
+    """Byte offset of the FAT boot partition of card, an image or card of ours.
+
+    Ours means: an MBR with our disk identifier (DISK_ID), partition 1 of a FAT32 type, and a
+    FAT32 boot sector there labelled BOOT_LABEL. Anything else (a pcap, another system's card,
+    a disk) is refused with a CommandError that says what differs, before anything is written.
+    """
+    try:
+        with card.open("rb") as fh:
+            mbr = fh.read(SECTOR)
+            if len(mbr) < SECTOR or mbr[510:512] != b"\x55\xaa":
+                raise _foreign(card, "no MBR")
+            disk_id = int.from_bytes(mbr[440:444], "little")
+            if disk_id != DISK_ID:
+                raise _foreign(card, f"MBR disk id 0x{disk_id:08x}, ours is 0x{DISK_ID:08x}")
+            start = int.from_bytes(mbr[446 + 8 : 446 + 12], "little")
+            if start == 0 or mbr[446 + 4] not in _FAT_TYPES:
+                raise _foreign(card, "partition 1 is not a FAT boot partition")
+            fh.seek(start * SECTOR)
+            boot = fh.read(SECTOR)
+    except OSError as exc:
+        raise CommandError(f"cannot read {card}: {exc.strerror}") from exc
+    if len(boot) < SECTOR or boot[510:512] != b"\x55\xaa" or boot[0x52:0x5A] != b"FAT32   ":
+        raise _foreign(card, "partition 1 holds no FAT32 file system")
+    label = boot[0x47:0x52].decode("ascii", "replace").rstrip()
+    if boot[0x42] != 0x29 or label != BOOT_LABEL:
+        raise _foreign(card, f"its boot partition is labelled {label!r}, ours {BOOT_LABEL!r}")
+    return start * SECTOR
+
+
+def _foreign(card: Path, why: str) -> CommandError:
+    return CommandError(f"{card} is not an InfraSpectre card image: {why}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +118,7 @@ def make_boot(files: Mapping[str, Path], size: int, out: Path, staging: Path, ep
             "-F",
             "32",
             "-n",
-            "BOOT",
+            BOOT_LABEL,
             "-i",
             f"{DISK_ID:08X}",
             "--invariant",
@@ -115,6 +153,9 @@ def make_root(tree: Path, out: Path, epoch: int, options: Sequence[str]) -> None
             "-reproducible",
         ],
         "mksquashfs",
+        # mksquashfs (4.5+) refuses SOURCE_DATE_EPOCH together with -mkfs-time/-all-time;
+        # the build already took its time from the variable (build.source_date_epoch).
+        env={k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"},
     )
 
 

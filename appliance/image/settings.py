@@ -13,7 +13,8 @@ Values are validated here so that the device can read the file with its shell sa
 device additionally ignores any line that is not `key=value` with a plain value.
 
 The boot partition is FAT: it is read and written with mtools at its offset in the image or
-on the card, never mounted.
+on the card, never mounted. Only a card of ours is touched (appliance.image.sdcard's
+`boot_partition_offset` checks the MBR disk id and the FAT label first).
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from appliance.errors import CommandError
+from appliance.image.sdcard import boot_partition_offset
 
 FILENAME = "infraspectre.txt"
-SECTOR = 512
 
 _IFNAME = r"[A-Za-z0-9_.-]{1,15}"
 _HOST = r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])"
@@ -73,21 +74,6 @@ def parse(text: str) -> dict[str, str]:
 def render(values: Mapping[str, str]) -> str:
     """The file's text for values, keys in a fixed order."""
     return HEADER + "".join(f"{k}={values[k]}\n" for k in PATTERNS if k in values)
-
-
-def boot_partition_offset(card: Path) -> int:
-    """Byte offset of partition 1 (the FAT boot partition) from the card's MBR."""
-    try:
-        with card.open("rb") as fh:
-            mbr = fh.read(SECTOR)
-    except OSError as exc:
-        raise CommandError(f"cannot read {card}: {exc.strerror}") from exc
-    if len(mbr) < SECTOR or mbr[510:512] != b"\x55\xaa":
-        raise CommandError(f"{card} has no MBR: not an InfraSpectre card image")
-    start = int.from_bytes(mbr[446 + 8 : 446 + 12], "little")
-    if start == 0 or mbr[446 + 4] not in (0x0B, 0x0C):
-        raise CommandError(f"{card}: partition 1 is not a FAT boot partition")
-    return start * SECTOR
 
 
 def _mtools(card: Path, args: list[str]) -> subprocess.CompletedProcess[str]:

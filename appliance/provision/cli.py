@@ -71,7 +71,7 @@ def _provision(args: argparse.Namespace) -> int:
         link.close()
     print(
         f"provisioned {result.agent_id}: certificate {result.certificate}, trust map "
-        f"{result.trust_map} (send the bus SIGHUP to load it)"
+        f"{result.trust_map} (`infraspectre bus reload` loads it)"
     )
     return 0
 

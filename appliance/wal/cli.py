@@ -31,8 +31,8 @@ def _inspect(args: argparse.Namespace) -> int:
 
     if not (args.path / "cursor").is_file():
         raise CommandError(f"no WAL at {args.path} (no cursor file)")
-    # An unbounded config: inspecting must never remove segments over some other bound.
-    wal = Wal.open(WalConfig(path=args.path, max_wal_bytes=1 << 62), background=False)
+    # read-only: no segment removed over a bound, no .tmp deleted, nothing written
+    wal = Wal.open_read_only(WalConfig(path=args.path))
     try:
         assert wal.recovery is not None
         report = {
@@ -40,7 +40,7 @@ def _inspect(args: argparse.Namespace) -> int:
             "stats": dataclasses.asdict(wal.stats()),
         }
     finally:
-        wal.abandon()  # flush nothing: inspecting must not change the log
+        wal.close()
     if args.json:
         print(json.dumps(report))
         return 0

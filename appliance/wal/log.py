@@ -20,6 +20,7 @@ never returns a record that fails its checksum.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import enum
 import errno
 import logging
@@ -60,7 +61,7 @@ from appliance.wal.format import (
     peek_seq,
 )
 from appliance.wal.ranges import RangeSet
-from appliance.wal.storage import FileStorage, Storage, StorageFile
+from appliance.wal.storage import FileStorage, ReadOnlyFileStorage, Storage, StorageFile
 
 log = logging.getLogger(__name__)
 
@@ -270,6 +271,7 @@ class Wal:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._kick = threading.Event()  # a new deadline: the flusher recomputes its wait
+        self._read_only = False
         self._max_payload = min(MAX_PAYLOAD, config.segment_bytes - 2 * PAGE)
         self._flush_bytes = config.flush_bytes
         self._appended = 0  # hot counters, kept out of the dict below
@@ -316,6 +318,23 @@ class Wal:
             wal._thread.start()
         return wal
 
+    @classmethod
+    def open_read_only(cls, config: WalConfig) -> Wal:
+        """Recover the WAL at config.path without changing a byte of its directory.
+
+        For `wal inspect` and other readers: no bound is enforced (nothing is dropped or
+        removed), no segment is preallocated, no `.tmp` leftover is deleted, there is no
+        flusher; append() and flush() fail with EROFS and close() writes nothing. Raises
+        WalLocked while a writer holds the directory.
+        """
+        if not (config.path / CURSOR_NAME).is_file():
+            raise WalUnavailable(f"no WAL at {config.path} (no {CURSOR_NAME} file)")
+        unbounded = dataclasses.replace(config, max_wal_bytes=1 << 62, preallocate=False)
+        wal = cls(unbounded, ReadOnlyFileStorage(config.path))
+        wal._read_only = True
+        wal._recover()
+        return wal
+
     def __enter__(self) -> Wal:
         return self
 
@@ -339,6 +358,7 @@ class Wal:
         self._shut(graceful=False)
 
     def _shut(self, *, graceful: bool) -> None:
+        graceful = graceful and not self._read_only
         self._stop.set()
         self._kick.set()
         if self._thread is not None:
@@ -606,6 +626,8 @@ class Wal:
             raise ValueError(f"WAL key of {len(k)} bytes exceeds {MAX_KEY}")
         if len(payload) > self._max_payload:
             raise ValueError(f"WAL record of {len(payload)} bytes exceeds the segment size")
+        if self._read_only:
+            raise WalUnavailable(f"WAL {self.config.path} is open read-only")
         with self._lock:
             if self.state is not RecoveryState.READY:
                 self._check_ready()

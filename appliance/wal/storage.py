@@ -150,3 +150,45 @@ class FileStorage:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _read_only() -> OSError:
+    return OSError(errno.EROFS, "the WAL is open read-only")
+
+
+class ReadOnlyFile(OsFile):
+    """A StorageFile opened O_RDONLY whose writes and syncs raise EROFS."""
+
+    def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
+        raise _read_only()
+
+    def sync(self) -> None:
+        raise _read_only()
+
+
+class ReadOnlyFileStorage(FileStorage):
+    """Storage over an existing WAL directory that changes nothing in it, for inspection.
+
+    Unlike FileStorage.lock() it creates no directory and deletes no `.tmp` file (crash
+    leftovers are the writer's to clean up); the directory is locked shared, so it cannot be
+    inspected while an agent holds it (exclusive) and an agent cannot open it meanwhile.
+    create() and remove() raise EROFS, files are opened O_RDONLY.
+    """
+
+    def lock(self) -> None:
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise
+        self._lock_fd = fd
+
+    def open(self, name: str) -> StorageFile:
+        return ReadOnlyFile(os.open(self.path / name, os.O_RDONLY | os.O_CLOEXEC))
+
+    def create(self, name: str, size: int) -> StorageFile:
+        raise _read_only()
+
+    def remove(self, name: str) -> None:
+        raise _read_only()

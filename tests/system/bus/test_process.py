@@ -53,6 +53,16 @@ def bus_proc(pki: Path, tmp_path: Path) -> Any:
         proc.wait()
 
 
+def _publish_once_reloaded(p: Any) -> int:
+    """The status of a publish by an agent just added to the trust map, once it is loaded."""
+    for _ in range(50):  # bounded: the reload happens in a thread right after the signal
+        try:
+            return int(p.stub.Publish(p.sealer.seal(p.flow()), timeout=10).status)
+        except Exception:
+            time.sleep(0.1)
+    raise AssertionError("trust map was not reloaded")
+
+
 def test_sighup_reloads_trust_map_without_dropping_connections(
     pki: Path, bus_proc: Any, publisher: Any
 ) -> None:
@@ -64,15 +74,7 @@ def test_sighup_reloads_trust_map_without_dropping_connections(
         p2.stub.Publish(p2.sealer.seal(p2.flow()), timeout=10)
     add_trust_entry(trust, "branch-2", str(pki / "agents/branch-2/ed25519.pub"))
     os.kill(proc.pid, signal.SIGHUP)
-    for _ in range(50):  # bounded: the reload happens in a thread right after the signal
-        try:
-            ack = p2.stub.Publish(p2.sealer.seal(p2.flow()), timeout=10)
-            break
-        except Exception:
-            time.sleep(0.1)
-    else:
-        raise AssertionError("trust map was not reloaded")
-    assert ack.status == PublishAck.OK
+    assert _publish_once_reloaded(p2) == PublishAck.OK
     # the connection opened before the reload still works
     assert p1.stub.Publish(p1.sealer.seal(p1.flow()), timeout=10).status == PublishAck.OK
 
@@ -128,3 +130,27 @@ def test_bad_config_is_one_line_nonzero(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert "cannot read CA certificate certs/ca.crt" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_bus_reload_finds_the_bus_by_its_pidfile_which_goes_when_it_stops(
+    pki: Path, bus_proc: Any, publisher: Any, tmp_path: Path
+) -> None:
+    proc, port, trust, config = bus_proc
+    pidfile = tmp_path / "data" / "bus.pid"
+    assert pidfile.read_text() == f"{proc.pid}\n"
+    add_trust_entry(trust, "branch-2", str(pki / "agents/branch-2/ed25519.pub"))
+    done = subprocess.run(
+        [*CLI, "bus", "reload", "--config", str(config)], capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0 and f"pid {proc.pid}" in done.stdout, done.stderr
+    p2 = publisher(pki, port, "branch-2")
+    assert _publish_once_reloaded(p2) == PublishAck.OK
+    second = subprocess.run(
+        [*CLI, "bus", "serve", "--config", str(config)], capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert second.returncode == 1 and f"another bus (pid {proc.pid})" in second.stderr
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert not pidfile.exists()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.image import settings
+from appliance.image import sdcard, settings
 
 MIB = 1 << 20
 
@@ -21,8 +21,22 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def card(tmp_path: Path) -> Path:
-    """A 64 MiB card with an MBR and a FAT32 partition 1 at 1 MiB, like the image's."""
+    """A 64 MiB card with our MBR disk id and a FAT32 partition 1 labelled BOOT at 1 MiB."""
     path = tmp_path / "card.img"
+    with path.open("wb") as fh:
+        fh.truncate(64 * MIB)
+    table = f"label: dos\nlabel-id: 0x{sdcard.DISK_ID:08x}\nstart=2048, type=c\n"
+    subprocess.run(["sfdisk", "-q", str(path)], input=table, text=True, check=True)
+    subprocess.run(
+        ["mkfs.fat", "-F", "32", "-n", "BOOT", "--offset", "2048", str(path), str(63 * 1024)],
+        capture_output=True, check=True,
+    )  # fmt: skip
+    return path
+
+
+def test_configure_refuses_a_card_of_another_system(tmp_path: Path) -> None:
+    """A real FAT32 card made by the usual tools, with another disk id and label."""
+    path = tmp_path / "other.img"
     with path.open("wb") as fh:
         fh.truncate(64 * MIB)
     subprocess.run(["sfdisk", "-q", str(path)], input="start=2048, type=c\n", text=True, check=True)
@@ -30,7 +44,11 @@ def card(tmp_path: Path) -> Path:
         ["mkfs.fat", "-F", "32", "--offset", "2048", str(path), str(63 * 1024)],
         capture_output=True, check=True,
     )  # fmt: skip
-    return path
+    before = path.read_bytes()
+    done = cli("image", "configure", str(path), "--agent-id", "branch-042")
+    assert done.returncode == 1
+    assert len(done.stderr.splitlines()) == 1 and "not an InfraSpectre card" in done.stderr
+    assert path.read_bytes() == before
 
 
 @pytest.fixture

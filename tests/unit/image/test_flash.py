@@ -5,7 +5,9 @@ import os
 from pathlib import Path
 
 import pytest
+from testsupport.card_helpers import write_card
 
+from appliance.cli import main
 from appliance.errors import CommandError
 from appliance.image import flash
 
@@ -80,8 +82,9 @@ def test_a_character_device_is_refused_even_with_force() -> None:
 
 
 def test_flash_to_a_file_with_force_writes_and_verifies(tmp_path: Path) -> None:
-    image = tmp_path / "in.img"
-    image.write_bytes(os.urandom(3 * MIB) + bytes(2 * MIB) + b"tail")
+    image = write_card(tmp_path / "in.img", MIB)
+    with image.open("ab") as fh:
+        fh.write(os.urandom(3 * MIB) + bytes(2 * MIB) + b"tail")
     target = tmp_path / "out.img"
     target.write_bytes(b"x" * (8 * MIB))  # longer than the image: truncated
     digest = flash.flash(image, target, force=True, progress=None)
@@ -90,7 +93,65 @@ def test_flash_to_a_file_with_force_writes_and_verifies(tmp_path: Path) -> None:
 
 
 def test_flash_to_a_new_path_with_force_creates_it(tmp_path: Path) -> None:
-    image = tmp_path / "in.img"
-    image.write_bytes(b"card" * 1000)
+    image = write_card(tmp_path / "in.img", 4096 * 4)
     flash.flash(image, tmp_path / "new.img", force=True, progress=None)
     assert (tmp_path / "new.img").read_bytes() == image.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        (b"\xd4\xc3\xb2\xa1\x02\x00\x04\x00" + bytes(4096), "no MBR"),  # a pcap
+        (None, "MBR disk id 0x12345678"),
+        ("type", "partition 1 is not a FAT boot partition"),
+        ("label", "boot partition is labelled 'NO NAME'"),
+    ],
+)
+def test_flash_refuses_a_file_that_is_not_our_card_image_before_writing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], header: object, reason: str
+) -> None:
+    image = tmp_path / "in.img"
+    if isinstance(header, bytes):
+        image.write_bytes(header)
+    elif header == "type":
+        write_card(image, part_type=0x83)
+    elif header == "label":
+        write_card(image, label=b"NO NAME")
+    else:
+        write_card(image, disk_id=0x12345678)
+    target = tmp_path / "out.img"
+    target.write_bytes(b"old")
+    assert main(["image", "flash", str(image), str(target), "--force"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and reason in err and "not an InfraSpectre card image" in err
+    assert target.read_bytes() == b"old"
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [["--bus", "nohost"], ["--agent-id", "a;reboot"], ["--mirror", "eth1,,eth2"]],
+)
+def test_flash_checks_every_setting_before_writing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], setting: list[str]
+) -> None:
+    image = write_card(tmp_path / "in.img")
+    target = tmp_path / "out.img"
+    assert main(["image", "flash", str(image), str(target), "--force", *setting]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not valid" in err
+    assert not target.exists()
+
+
+def test_configure_refuses_a_foreign_disk_image_and_leaves_it_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, kw in (
+        ("other-id.img", {"disk_id": 0xDEADBEEF}),
+        ("other-label.img", {"label": b"EFI"}),
+    ):
+        card = write_card(tmp_path / name, **kw)  # type: ignore[arg-type]
+        before = card.read_bytes()
+        assert main(["image", "configure", str(card), "--agent-id", "branch-1"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "not an InfraSpectre card image" in err
+        assert card.read_bytes() == before

@@ -1,5 +1,7 @@
 """Card layout: a power of two, aligned partitions, room for the root and the data."""
 
+import subprocess
+
 import pytest
 
 from appliance.image import sdcard
@@ -16,3 +18,40 @@ def test_layout_is_a_power_of_two_with_aligned_partitions(root_bytes: int) -> No
     assert layout.root_start + layout.root_size == layout.data_start
     assert layout.data_start + layout.data_size == layout.total
     assert layout.data_size >= sdcard.MIN_DATA_SIZE
+
+
+def test_root_squashfs_builds_with_source_date_epoch_in_the_environment(
+    tmp_path,
+    monkeypatch,  # type: ignore[no-untyped-def]
+) -> None:
+    """mksquashfs refuses SOURCE_DATE_EPOCH together with -mkfs-time/-all-time; the build
+    takes its time from the variable (build.source_date_epoch) and passes it explicitly."""
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc/hostname").write_text("box\n")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    out = tmp_path / "root.sqfs"
+    sdcard.make_root(tree, out, 1_600_000_000, ["-comp", "gzip"])
+    listing = subprocess.run(
+        ["unsquashfs", "-lls", "-UTC", str(out)], capture_output=True, text=True, check=True
+    ).stdout
+    assert "2020-09-13 12:26" in listing  # 1_600_000_000: the epoch given, not the variable's
+
+
+def test_root_squashfs_command_carries_the_time_and_not_the_variable(
+    tmp_path,
+    monkeypatch,  # type: ignore[no-untyped-def]
+) -> None:
+    seen: dict[str, object] = {}
+
+    def fake_run(cmd, what, env=None):  # type: ignore[no-untyped-def]
+        seen.update(cmd=cmd, env=env)
+        return ""
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    monkeypatch.setattr(sdcard, "run", fake_run)
+    sdcard.make_root(tmp_path, tmp_path / "out", 42, [])
+    cmd = seen["cmd"]
+    assert isinstance(cmd, list) and cmd[cmd.index("-all-time") + 1] == "42"
+    env = seen["env"]
+    assert isinstance(env, dict) and "SOURCE_DATE_EPOCH" not in env and "PATH" in env

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from testsupport.wal_helpers import small_config
 
 from appliance.config import ConfigError
-from appliance.wal import EnvelopeQueue, Wal, load_wal_config
+from appliance.wal import EnvelopeQueue, Wal, WalUnavailable, load_wal_config
 from appliance.wal.format import PAGE
 from appliance.wal.metrics import register_metrics
 from appliance.wal.simdisk import SimDisk
@@ -150,3 +150,48 @@ def test_wal_inspect_reports_backlog_without_writing(
     assert report["recovery"]["corrupt_records"] == 0
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     assert main(["wal", "inspect", str(tmp_path / "nothing")]) == 1
+
+
+def _tree(path: Path) -> dict[str, tuple[int, bytes]]:
+    return {p.name: (p.stat().st_mode, p.read_bytes()) for p in sorted(path.iterdir())}
+
+
+def test_wal_inspect_leaves_the_folder_byte_identical_even_with_temporary_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A `.tmp` left by a crash mid-create is the agent's to clean up at its next open; a
+    read-only command must not delete it (nor create, preallocate or rewrite anything)."""
+    from appliance.cli import main
+
+    wal = Wal.open(small_config(tmp_path), background=False)
+    wal.append("a", b"x" * 10)
+    wal.flush()
+    wal.abandon()
+    (tmp_path / "seg-0000000009.wal.tmp").write_bytes(b"half a segment")
+    before = _tree(tmp_path)
+    assert main(["wal", "inspect", str(tmp_path)]) == 0
+    assert "pending records   1" in capsys.readouterr().out
+    assert _tree(tmp_path) == before
+
+
+def test_wal_open_read_only_refuses_every_write(tmp_path: Path) -> None:
+    wal = Wal.open(small_config(tmp_path), background=False)
+    wal.append("a", b"x" * 10)
+    wal.close()
+    before = _tree(tmp_path)
+    ro = Wal.open_read_only(small_config(tmp_path))
+    assert [r.key for r in ro.read(10)] == [b"a"]
+    with pytest.raises(WalUnavailable, match="read-only"):
+        ro.append("b", b"y")
+    ro.ack([1])
+    ro.close()
+    assert _tree(tmp_path) == before
+
+
+def test_wal_open_read_only_refuses_a_folder_the_agent_holds(tmp_path: Path) -> None:
+    from appliance.wal.log import WalLocked
+
+    wal = Wal.open(small_config(tmp_path), background=False)
+    with pytest.raises(WalLocked):
+        Wal.open_read_only(small_config(tmp_path))
+    wal.close()
