@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance.bus.validate import PROTO_NUMBERS, normal_ip
 from appliance.errors import CommandError
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-#: Protocol names as the agents store them (appliance.capture.flows.PROTO_NAMES) by number.
-PROTO_NAMES = {6: "TCP", 17: "UDP", 1: "ICMP", 58: "ICMPV6", 132: "SCTP", 47: "GRE"}
 
 
 @dataclass
@@ -61,14 +60,17 @@ def parse_address(text: str) -> IPNetwork:
         ) from None
 
 
-def parse_proto(text: str) -> str:
-    """The stored name of a protocol given by name (any case) or by number 0-255."""
+def parse_proto(text: str) -> list[str]:
+    """The stored values that mean a protocol given by name (any case) or number 0-255: its
+    name and its decimal number, since a sender may write either (the bus accepts both)."""
     name = text.strip().upper()
-    if name in PROTO_NAMES.values():
-        return name
     if name.isdigit() and int(name) <= 255:
-        return PROTO_NAMES.get(int(name), str(int(name)))
-    known = ", ".join(sorted(PROTO_NAMES.values()))
+        number = int(name)
+        names = [n for n, v in PROTO_NUMBERS.items() if v == number]
+        return [*names, str(number)]
+    if name in PROTO_NUMBERS:
+        return [name, str(PROTO_NUMBERS[name])]
+    known = ", ".join(sorted(PROTO_NUMBERS))
     raise CommandError(f"unknown protocol {text!r}: use {known} or a number 0-255")
 
 
@@ -107,7 +109,7 @@ def _where(q: Query) -> tuple[str, list[Any]]:
         net = parse_address(q.address)
         if net.num_addresses == 1:  # one address: the indexes on src_ip and dst_ip serve it
             clauses.append("(src_ip = ? OR dst_ip = ?)")
-            args += [str(net.network_address)] * 2
+            args += [normal_ip(str(net.network_address))] * 2  # the form the bus stores
         else:
             clauses.append("(ip_in_network(src_ip, ?) OR ip_in_network(dst_ip, ?))")
             args += [str(net)] * 2
@@ -115,8 +117,9 @@ def _where(q: Query) -> tuple[str, list[Any]]:
         clauses.append("(src_port = ? OR dst_port = ?)")
         args += [q.port, q.port]
     if q.proto is not None:
-        clauses.append("proto = ?")
-        args.append(parse_proto(q.proto))
+        values = parse_proto(q.proto)
+        clauses.append(f"proto IN ({', '.join('?' for _ in values)})")
+        args += values
     return " AND ".join(clauses), args
 
 

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from appliance.bus.store import FlowStore
+from appliance.bus.store import FlowStore, Record
 from appliance.cli import main
 
 
-def _row(key: str, ts: int, src: str, dst: str, *, agent: str = "a", proto: str = "TCP"):  # type: ignore[no-untyped-def]
-    return (agent, key, 1, ts, ts, "flow", src, dst, 5000, 443, proto,
-            10, 20, 1, 2, ts // 10**6, ts // 10**6, 0, b"env")  # fmt: skip
+def _row(key: str, ts: int, src: str, dst: str, *, agent: str = "a", proto: str = "TCP") -> Record:
+    row = (agent, key, int(key), ts, ts, "flow", src, dst, 5000, 443, proto,
+           10, 20, 1, 2, ts // 10**6, ts // 10**6, 0, b"env", "k1")  # fmt: skip
+    return Record(row, b"", bytes(64))
 
 
 @pytest.fixture
