@@ -48,7 +48,7 @@ def _run(args: argparse.Namespace) -> int:
         ident = issue_agent(root / "pki", "demo-branch-1")
         print("== PKI: org CA, bus certificate, agent demo-branch-1 (client cert + Ed25519 key)")
         print(f"== hosts A {lab.A4} / {lab.A6} and B {lab.B4} / {lab.B6}; A's port mirrored "
-              "(tc u32 -> mirred) to the tap port m1")  # fmt: skip
+              "(tc u32 -> mirred) to the tap port m1, up receive-only")  # fmt: skip
         port, agent_metrics = free_port(), free_port()
         config = root / "infraspectre.yaml"
         config.write_text(
@@ -84,6 +84,7 @@ def _run(args: argparse.Namespace) -> int:
                 try:
                     sent = _traffic(lab, args.burst)
                     stored = _wait_for(root / "data/bus.sqlite", sent)
+                    tap_tx = lab.tx_packets("T", "m1")
                     time.sleep(0.6)  # let the tail print the last rows
                 finally:
                     tail.terminate()
@@ -92,7 +93,7 @@ def _run(args: argparse.Namespace) -> int:
                 agent_rc = agent.wait(timeout=30)
             bus.send_signal(signal.SIGTERM)
             bus_rc = bus.wait(timeout=30)
-        ok = _report(root, ident, sent, stored, agent_rc, bus_rc)
+        ok = _report(root, ident, sent, stored, agent_rc, bus_rc, tap_tx)
     print("== processes stopped, namespaces and workspace removed")
     return 0 if ok else 1
 
@@ -131,7 +132,7 @@ def _wait_for(db: Path, sent: list[Any], timeout: float = 40) -> dict[Any, Any]:
 
 
 def _report(root: Path, ident: Any, sent: list[Any], stored: dict[Any, Any],
-            agent_rc: int, bus_rc: int) -> bool:  # fmt: skip
+            agent_rc: int, bus_rc: int, tap_tx: int) -> bool:  # fmt: skip
     from appliance.bus.query import open_reader
     from appliance.crypto import load_verify_key, verify_chain
     from appliance.wire import Envelope
@@ -159,5 +160,6 @@ def _report(root: Path, ident: Any, sent: list[Any], stored: dict[Any, Any],
         f"== signature chain of {chain.checked} records from demo-branch-1: "
         f"{'intact' if chain.ok else f'BROKEN at {chain.broken_links or chain.bad_signature}'}"
     )
+    print(f"== the tap port m1 transmitted {tap_tx} frames (a tap is silent on its mirror port)")
     print(f"== agent exited {agent_rc}, bus exited {bus_rc} (0: clean, everything committed)")
-    return bool(exact == len(sent) and chain.ok and agent_rc == 0 and bus_rc == 0)
+    return bool(exact == len(sent) and chain.ok and agent_rc == 0 and bus_rc == 0 and tap_tx == 0)

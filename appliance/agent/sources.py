@@ -7,6 +7,7 @@ PACKET_STATISTICS resets it); /metrics gets the last values read.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 
@@ -16,6 +17,8 @@ from appliance.capture.flows import FlowBatch, to_flow_event
 from appliance.capture.ring import PacketRing, open_capture
 from appliance.capture.source import LiveMeter
 from appliance.wire import FlowEvent, InterfaceCounters
+
+log = logging.getLogger(__name__)
 
 
 class LiveFlowSource:
@@ -33,6 +36,7 @@ class LiveFlowSource:
         self._clock_ns = clock_ns
         self._packets = 0
         self._drops = 0
+        self._own_reported = 0
 
     def _events(self, batch: FlowBatch) -> list[FlowEvent]:
         return [to_flow_event(rec, self.interface) for rec in batch.records()]
@@ -41,7 +45,21 @@ class LiveFlowSource:
         out: list[FlowEvent] = []
         for batch in self.live.step(self._clock_ns(), timeout_s):
             out.extend(self._events(batch))
+        self._report_own_frames()
         return out
+
+    def _report_own_frames(self) -> None:
+        """One warning when the box starts transmitting on its mirror port (and again, with the
+        total, at each tenfold): a tap must be silent there, and this says it is not."""
+        own = self.ring.own_frames
+        if own and own >= 10 * self._own_reported:
+            log.warning(
+                "the box transmitted %d frames on its mirror port %s (counted, not metered): "
+                "bring it up receive-only (docs/IMAGE.md, Mirror ports)",
+                own,
+                self.interface,
+            )
+            self._own_reported = max(own, 1)
 
     def kernel_counts(self) -> tuple[int, int]:
         """(packets, drops) from the kernel, accumulated; pipeline thread only."""
@@ -59,6 +77,7 @@ class LiveFlowSource:
         return {
             "kernel_packets": float(self._packets),
             "kernel_drops": float(self._drops),
+            "own_frames": float(self.ring.own_frames),
             "packets_metered": float(m.packets),
             "bytes_metered": float(m.bytes),
             "flows_started": float(m.flows_started),

@@ -21,7 +21,11 @@ strips 802.1Q and reports it out of band, hence "vlan" uses the ancillary field)
 
 `capture_program` builds the program the capture uses: the default filter (IPv4 and IPv6 only,
 unless accept_non_ip, and never frames to or from the box's own uplink addresses) AND the user
-filter. `run_program` interprets a program in Python so unit tests can check what it accepts.
+filter. Ahead of both, frames the box itself transmits on the port (packet type PACKET_OUTGOING,
+an ancillary load) are accepted, cut to OWN_FRAME_SNAPLEN bytes, whatever the filters say: the
+ring counts them as the box's own and never meters them (appliance.capture.ring), so a tap that
+talks on its mirror port shows in a counter instead of in the flows or nowhere.
+`run_program` interprets a program in Python so unit tests can check what it accepts.
 """
 
 from __future__ import annotations
@@ -40,10 +44,17 @@ JEQ, JSET = 0x10, 0x40
 AND_ = 0x50
 K = 0x00
 SKF_AD_OFF = -0x1000
+SKF_AD_PKTTYPE = 4
 SKF_AD_VLAN_TAG = 44
 SKF_AD_VLAN_TAG_PRESENT = 48
 
 Insn = tuple[int, int, int, int]  # code, jt, jf, k
+
+#: sll_pkttype / skb->pkt_type of a frame this host transmits (linux/if_packet.h).
+PACKET_HOST = 0
+PACKET_OUTGOING = 4
+#: What the capture keeps of a frame the box sent itself: only counted, never decoded.
+OWN_FRAME_SNAPLEN = 64
 
 
 class FilterSyntaxError(ValueError):
@@ -374,10 +385,21 @@ def _offset(target: int, here: int, limit: int) -> int:
     return off
 
 
-def compile_filter(node: Node | None, snaplen: int = 262144) -> list[Insn]:
-    """A program that returns snaplen for frames matching node (all frames if None), else 0."""
+def compile_filter(
+    node: Node | None, snaplen: int = 262144, own_frames_snaplen: int | None = None
+) -> list[Insn]:
+    """A program that returns snaplen for frames matching node (all frames if None), else 0.
+
+    With own_frames_snaplen, frames the host transmits (PACKET_OUTGOING) are accepted first, at
+    that length, before node is looked at.
+    """
     comp = _Compiler()
     yes, no = _Label(), _Label()
+    if own_frames_snaplen is not None:
+        # Two fixed instructions up front (jf=1 skips the RET): no jump reach to budget.
+        comp.emit(LD | W | ABS, SKF_AD_OFF + SKF_AD_PKTTYPE)
+        comp.emit(JMP | JEQ | K, PACKET_OUTGOING, 0, 1)
+        comp.emit(RET | K, own_frames_snaplen)
     if node is not None:
         comp.node(node, yes, no)
     comp.mark(yes)
@@ -406,12 +428,12 @@ def capture_program(
     accept_non_ip: bool = False,
     snaplen: int = 262144,
 ) -> list[Insn]:
-    """The program the capture attaches: default filter AND the user's."""
+    """The program the capture attaches: the box's own frames (counted, module docstring),
+    then default filter AND the user's."""
     base = default_filter(own_addresses, accept_non_ip)
     user = parse_filter(user_filter)
-    if base is not None and user is not None:
-        return compile_filter(And(base, user), snaplen)
-    return compile_filter(user if base is None else base, snaplen)
+    node = user if base is None else base if user is None else And(base, user)
+    return compile_filter(node, snaplen, own_frames_snaplen=min(OWN_FRAME_SNAPLEN, snaplen))
 
 
 def pack_program(prog: Sequence[Insn]) -> bytes:
@@ -419,11 +441,14 @@ def pack_program(prog: Sequence[Insn]) -> bytes:
     return b"".join(struct.pack("HBBI", *insn) for insn in prog)
 
 
-def run_program(prog: Sequence[Insn], frame: bytes, vlan: int | None = None) -> int:
+def run_program(
+    prog: Sequence[Insn], frame: bytes, vlan: int | None = None, pkttype: int = PACKET_HOST
+) -> int:
     """Interpret prog on frame like the kernel does; returns the accepted length (0 = drop).
 
-    vlan is the tag the kernel would report out of band (None: no tag). An out-of-bounds load
-    ends the program with 0, as in the kernel.
+    vlan is the tag the kernel would report out of band (None: no tag); pkttype the frame's
+    packet type (PACKET_OUTGOING: the host sent it). An out-of-bounds load ends the program
+    with 0, as in the kernel.
     """
     a = x = 0
     pc = 0
@@ -445,7 +470,9 @@ def run_program(prog: Sequence[Insn], frame: bytes, vlan: int | None = None) -> 
                 off = k if mode == ABS else x + k
                 if off >= 0x80000000:  # ancillary (SKF_AD_OFF + n)
                     n = off - (SKF_AD_OFF & 0xFFFFFFFF)
-                    if n == SKF_AD_VLAN_TAG_PRESENT:
+                    if n == SKF_AD_PKTTYPE:
+                        a = pkttype
+                    elif n == SKF_AD_VLAN_TAG_PRESENT:
                         a = int(vlan is not None)
                     elif n == SKF_AD_VLAN_TAG:
                         a = vlan or 0

@@ -6,8 +6,11 @@
 Hosts A (192.0.2.1, 2001:db8::1 on a0) and B (192.0.2.2, 2001:db8::2 on b0) share a veth pair
 (this kernel has no 802.1Q devices: `send_frames` injects tagged frames raw). Everything a0
 sends and receives is mirrored with tc (u32 match-all: this kernel has no matchall) to m0,
-whose peer m1 sits in the tap namespace T, where the capture runs. IPv6 is off on m0/m1 so
-the tap adds no traffic of its own. Every namespace is deleted on exit, whatever happened.
+whose peer m1 sits in the tap namespace T, where the capture runs. m0 and m1 come up
+receive-only, as the image brings up a mirror port (docs/IMAGE.md, "Mirror ports"): IPv6
+disabled before the link is up (no link-local address, DAD, router solicitation or MLD
+report), ARP and multicast off, no address; so the tap adds no traffic of its own. Every
+namespace is deleted on exit, whatever happened.
 """
 
 from __future__ import annotations
@@ -54,8 +57,7 @@ class MirrorLab:
         for ns, dev in ((a, "a0"), (b, "b0"), (a, "m0"), (t, "m1")):
             _ip("-n", ns, "link", "set", dev, "mtu", "9000")
         for ns, dev in ((a, "m0"), (t, "m1")):
-            self.sysctl(ns, f"net.ipv6.conf.{dev}.disable_ipv6", "1")
-            _ip("-n", ns, "link", "set", dev, "up")
+            self.receive_only(ns, dev)
         _ip("-n", a, "addr", "add", f"{self.A4}/24", "dev", "a0")
         _ip("-n", a, "addr", "add", f"{self.A6}/64", "dev", "a0", "nodad")
         _ip("-n", b, "addr", "add", f"{self.B4}/24", "dev", "b0")
@@ -71,6 +73,20 @@ class MirrorLab:
     def destroy(self) -> None:
         for name in self.ns.values():
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+    def receive_only(self, ns: str, dev: str) -> None:
+        """Bring dev up as a mirror port: it never transmits a frame of its own.
+
+        IPv6 goes off before the link is up (once up, the kernel would already have sent
+        DAD, router solicitation and MLD frames); ARP and multicast off; no address.
+        """
+        self.sysctl(ns, f"net.ipv6.conf.{dev}.disable_ipv6", "1")
+        _ip("-n", ns, "link", "set", "dev", dev, "arp", "off", "multicast", "off")
+        _ip("-n", ns, "link", "set", "dev", dev, "up")
+
+    def tx_packets(self, host: str, dev: str) -> int:
+        """Frames dev inside host has transmitted (the kernel's counter)."""
+        return int(self.run(host, "cat", f"/sys/class/net/{dev}/statistics/tx_packets"))
 
     def sysctl(self, ns: str, key: str, value: str) -> None:
         """Set a sysctl inside ns (written to /proc/sys: no dependency on procps)."""

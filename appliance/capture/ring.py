@@ -19,6 +19,15 @@ socket joins PACKET_MR_PROMISC; the kernel strips 802.1Q tags on this path and r
 tp_vlan_tci (TP_STATUS_VLAN_VALID), which becomes FrameBatch.vlan; PACKET_STATISTICS resets
 on every read, so `stats()` accumulates. The classic BPF program (appliance.capture.bpf) is
 attached before the ring exists, so no unfiltered frame is ever queued.
+
+The box's own frames: a packet socket also gets every frame the host transmits on the port
+(sll_pkttype PACKET_OUTGOING, in the sockaddr_ll after each frame header). A tap must never
+meter those as the monitored network's traffic, and must not hide them either: a tap that
+talks on its mirror port is misconfigured (docs/IMAGE.md, "Mirror ports"). So they are counted
+(RingStats.own_frames, the agent's agent_capture_own_frames_total) and left out of every
+FrameBatch. Why not PACKET_IGNORE_OUTGOING (Linux 4.20+) or a BPF drop: both make the frames
+invisible, so nothing could count them; the capture program instead accepts them first, cut
+to 64 bytes (bpf.OWN_FRAME_SNAPLEN), so that a user filter cannot hide them either.
 """
 
 from __future__ import annotations
@@ -55,6 +64,7 @@ ETH_P_ALL = 0x0003
 TP_STATUS_KERNEL = 0
 TP_STATUS_USER = 1
 TP_STATUS_VLAN_VALID = 1 << 4
+PACKET_OUTGOING = 4  # sll_pkttype of a frame this host transmitted
 CLONE_NEWNET = 0x40000000
 FRAME_SIZE = 2048  # tpacket_req3.frame_size: only a sanity unit for TPACKET_V3
 
@@ -62,16 +72,21 @@ FRAME_SIZE = 2048  # tpacket_req3.frame_size: only a sanity unit for TPACKET_V3
 _BLOCK_STATUS = 8
 _BLOCK_NUM_PKTS = 12
 _BLOCK_FIRST = 16
+# tpacket3_hdr is 48 bytes (TPACKET_ALIGN'd); the sockaddr_ll follows it, sll_pkttype at +10.
+_SLL_PKTTYPE = 48 + 10
+_HDR_WINDOW = 64
 
 
 @dataclass
 class RingStats:
-    """Accumulated PACKET_STATISTICS: frames the kernel queued and frames it dropped."""
+    """Accumulated PACKET_STATISTICS: frames the kernel queued (own frames included) and frames
+    it dropped; and frames the host itself sent on the port, counted and never metered."""
 
     packets: int = 0
     drops: int = 0
     freeze_count: int = 0
     blocks: int = 0
+    own_frames: int = 0
 
 
 @dataclass
@@ -223,7 +238,14 @@ class PacketRing:
             offs.append(pos)
             pos += unpack(mm, pos)[0]
         hdr_at = np.array(offs, dtype=np.int64)
-        hdr = byte_windows(self.data, hdr_at, 40)
+        # a frame's header, sockaddr_ll and MAC header follow each other: 64 bytes are inside
+        hdr = byte_windows(self.data, hdr_at, _HDR_WINDOW)
+        own = hdr[:, _SLL_PKTTYPE] == PACKET_OUTGOING
+        if own.any():
+            self._stats.own_frames += int(own.sum())
+            hdr, hdr_at = hdr[~own], hdr_at[~own]
+            if len(hdr_at) == 0:
+                return None
         w32 = hdr.view("<u4")  # native: x86-64 and arm64 are little-endian
         sec = w32[:, 1].astype(np.int64)
         nsec = w32[:, 2].astype(np.int64)
@@ -249,6 +271,11 @@ class PacketRing:
         self._stats.drops += drops
         self._stats.freeze_count += freeze
         return RingStats(**self._stats.__dict__)
+
+    @property
+    def own_frames(self) -> int:
+        """Frames the host sent on the port, seen so far (no kernel call: any thread)."""
+        return self._stats.own_frames
 
     def counts(self) -> tuple[int, int]:
         """(packets, drops) accumulated: what CountersPoller's capture_stats wants."""

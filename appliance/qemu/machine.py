@@ -147,6 +147,8 @@ class Machine:
         self.qemu = qemu
         self.state = State.OFF
         self.boots = 0
+        #: time.monotonic() when the current boot became READY (0.0: not yet)
+        self.ready_at = 0.0
         self._proc: subprocess.Popen[bytes] | None = None
         self._console: Console | None = None
         self._console_port = 0
@@ -209,6 +211,7 @@ class Machine:
             self.console.sync(max(10.0, timeout - (time.monotonic() - start)))
             self.console.run("stty -echo", timeout=10)
         self._move(Event.READY)
+        self.ready_at = time.monotonic()
         return time.monotonic() - start
 
     def boot(self, timeout: float = 180.0) -> float:

@@ -1,7 +1,8 @@
 """The product's main job on the real image, from a fresh card: the box boots with the
 provisioning responder on its console (no shell), a technician's `infraspectre provision` gives
 it its identity over that console, and then the flows of its mirror port reach the bus on the
-host through its uplink, signed, with exact counts.
+host through its uplink, signed, with exact counts, and none but them. All along, the box
+says nothing on its mirror port: not one frame reaches the host side of the mirror NIC.
 
 The machine boots as a production card does (no `infraspectre.console=shell`), so nothing in
 this module runs a command on the guest: every check is on the console's text or at the bus.
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 from appliance.bus.config import BusSettings, EventBusConfig, TlsConfig
@@ -34,6 +36,9 @@ pytestmark = pytest.mark.timeout(900)
 
 AGENT_ID = "branch-007"
 CLIENT, SERVER = ("192.0.2.10", 40000), ("198.51.100.20", 443)
+CLIENT6, SERVER6 = ("2001:db8:7::10", 40600), ("2001:db8:7::20", 443)
+#: How long the idle box is watched past READY for frames on its mirror port
+QUIET_S = 60.0
 BANNER = "InfraSpectre provisioning console (unprovisioned)"
 
 
@@ -107,9 +112,10 @@ def test_technician_provisions_the_box_over_its_console(
 
 def _tcp(src: tuple[str, int], dst: tuple[str, int], flags: str, payload: int = 0) -> bytes:
     """A TCP frame between two hosts that are not the box, as a SPAN port delivers it."""
+    ip = IPv6(src=src[0], dst=dst[0]) if ":" in src[0] else IP(src=src[0], dst=dst[0])
     return bytes(
         Ether(src="02:00:00:00:00:0a", dst="02:00:00:00:00:14")
-        / IP(src=src[0], dst=dst[0])
+        / ip
         / TCP(sport=src[1], dport=dst[1], flags=flags)
         / (b"d" * payload)
     )
@@ -145,32 +151,49 @@ def _stored(
         time.sleep(1)
 
 
-def _converse(mirror: MirrorPort, client: tuple[str, int]) -> None:
+def _converse(
+    mirror: MirrorPort, client: tuple[str, int], server: tuple[str, int] = SERVER
+) -> None:
     for src, dst, flags, payload in CONVERSATION:
-        frame_src = client if src == CLIENT else SERVER
-        frame_dst = client if dst == CLIENT else SERVER
+        frame_src = client if src == CLIENT else server
+        frame_dst = client if dst == CLIENT else server
         mirror.send(_tcp(frame_src, frame_dst, flags, payload))
         time.sleep(0.05)
 
 
-def test_provisioned_box_delivers_its_mirror_ports_flow_with_exact_counts(
+def test_idle_box_sends_nothing_on_its_mirror_port(
+    box: Machine, host_bus: BusServer, mirror_port_shared: MirrorPort
+) -> None:
+    """From power-on to a minute past READY, provisioning and the agent's start included,
+    no frame leaves the mirror port: no IPv6 router solicitation, DAD or MLD report, no ARP."""
+    assert _stored(host_bus, "counters", timeout=300), "no counters: the agent never delivered"
+    quiet_until = box.ready_at + QUIET_S
+    while time.monotonic() < quiet_until:  # most of the minute went by during provisioning
+        time.sleep(1)
+    assert mirror_port_shared.received == 0
+
+
+def test_provisioned_box_delivers_exactly_its_mirror_ports_flows(
     box: Machine, host_bus: BusServer, mirror_port_shared: MirrorPort
 ) -> None:
     # the agent, woken by provisioning, reports its interface counters once it runs
     assert _stored(host_bus, "counters", timeout=300), "no counters: the agent never delivered"
     _converse(mirror_port_shared, CLIENT)
-    rows = _stored(host_bus, "flow", timeout=120)
-    assert len(rows) == 1, rows
-    flow = rows[0]
-    assert (flow["src_ip"], flow["src_port"]) == CLIENT
-    assert (flow["dst_ip"], flow["dst_port"]) == SERVER
-    assert flow["proto"] == "TCP"
-    ip_tcp = 20 + 20  # bytes are IP total lengths
-    sent = [p for s, _, _, p in CONVERSATION if s == CLIENT]
-    answered = [p for s, _, _, p in CONVERSATION if s == SERVER]
-    assert (flow["packets_tx"], flow["packets_rx"]) == (len(sent), len(answered))
-    assert flow["bytes_tx"] == len(sent) * ip_tcp + sum(sent)
-    assert flow["bytes_rx"] == len(answered) * ip_tcp + sum(answered)
+    _converse(mirror_port_shared, CLIENT6, SERVER6)
+    rows = _stored(host_bus, "flow", timeout=120, more_than=1)
+    assert len(rows) == 2, rows  # the capture's two flows, none of the box's own
+    for client, server, ip_tcp in ((CLIENT, SERVER, 20 + 20), (CLIENT6, SERVER6, 40 + 20)):
+        (flow,) = [r for r in rows if r["src_ip"] == client[0]]
+        assert flow["src_port"] == client[1]
+        assert (flow["dst_ip"], flow["dst_port"]) == server
+        assert flow["proto"] == "TCP"
+        # bytes are IP total lengths
+        sent = [p for s, _, _, p in CONVERSATION if s == CLIENT]
+        answered = [p for s, _, _, p in CONVERSATION if s == SERVER]
+        assert (flow["packets_tx"], flow["packets_rx"]) == (len(sent), len(answered))
+        assert flow["bytes_tx"] == len(sent) * ip_tcp + sum(sent)
+        assert flow["bytes_rx"] == len(answered) * ip_tcp + sum(answered)
+    assert mirror_port_shared.received == 0
 
 
 def test_after_a_power_cut_the_box_comes_back_and_delivers_again(
@@ -202,3 +225,5 @@ def test_after_a_power_cut_the_box_comes_back_and_delivers_again(
     records = _stored(host_bus, "flow", timeout=0) + _stored(host_bus, "counters", timeout=0)
     seqs = [int(str(r["seq"])) for r in records]
     assert len(set(seqs)) == len(seqs), "a sequence number was used twice across the restart"
+    assert mirror_port_shared.received == 0  # the second boot was as silent as the first
+    assert len(_stored(host_bus, "flow", timeout=0)) == flows + 1  # still none but the capture's

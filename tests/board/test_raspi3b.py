@@ -145,6 +145,54 @@ def test_mirror_port_frames_reach_the_promiscuous_mirror_interface(
     assert int(counted.output) - before == 100
 
 
+#: net_device flags (linux/if.h)
+IFF_UP, IFF_NOARP, IFF_PROMISC, IFF_MULTICAST = 0x1, 0x80, 0x100, 0x1000
+RECEIVE_ONLY = (
+    "cat /sys/class/net/usb1/flags /proc/sys/net/ipv6/conf/usb1/disable_ipv6 "
+    "/proc/sys/net/ipv4/conf/usb1/rp_filter; ip addr show dev usb1 | grep -c inet"
+)
+
+
+def _assert_receive_only(output: str) -> None:
+    flags, ipv6_off, rp_filter, addresses = output.split()
+    flags_set = int(flags, 16)
+    assert flags_set & (IFF_UP | IFF_NOARP | IFF_PROMISC) == IFF_UP | IFF_NOARP | IFF_PROMISC
+    assert not flags_set & IFF_MULTICAST
+    assert (ipv6_off, rp_filter, addresses) == ("1", "1", "0")
+
+
+def test_mirror_port_is_up_receive_only_and_silent(
+    pi: Machine, mirror_port_shared: MirrorPort
+) -> None:
+    _assert_receive_only(pi.run(RECEIVE_ONLY).output)
+    assert pi.run("cat /sys/class/net/usb1/statistics/tx_packets").output == "0"
+    assert mirror_port_shared.received == 0  # nothing reached the host side either
+
+
+def test_mirror_adapter_appearing_late_comes_up_receive_only(
+    pi: Machine, mirror_port_shared: MirrorPort
+) -> None:
+    # unbinding and binding the USB adapter's driver makes a new usb1 appear, as a late
+    # adapter does: down, with the kernel's defaults (IPv6 on); the mirror-ports service
+    # must bring it up receive-only
+    log = "/run/log/mirror-ports.log"
+    seen = pi.run(f"grep -c 'usb1 appeared' {log}").output
+    replug = pi.run(
+        "dev=$(basename $(readlink /sys/class/net/usb1/device)); "
+        "drv=$(readlink -f /sys/class/net/usb1/device/driver); "
+        "echo -n $dev > $drv/unbind; i=0; "
+        "while [ -e /sys/class/net/usb1 ] && [ $i -lt 40 ]; do sleep 0.25; i=$((i+1)); done; "
+        "[ -e /sys/class/net/usb1 ] && echo still-there; echo -n $dev > $drv/bind; i=0; "
+        "while [ $(( $(cat /sys/class/net/usb1/flags 2>/dev/null || echo 0) & 1 )) = 0 ] "
+        f"&& [ $i -lt 80 ]; do sleep 0.25; i=$((i+1)); done; grep -c 'usb1 appeared' {log}",
+        timeout=60,
+    )
+    assert replug.output.splitlines()[-1] == str(int(seen) + 1), replug.output
+    assert "mirror-ports: usb1 appeared: up, receive-only" in pi.run(f"cat {log}").output
+    _assert_receive_only(pi.run(RECEIVE_ONLY).output)
+    assert mirror_port_shared.received == 0
+
+
 def test_first_boot_settings_on_the_boot_partition_are_applied(pi: Machine) -> None:
     assert pi.run("hostname").output == AGENT_ID
     applied = pi.run("cat /run/appliance/settings").output.splitlines()

@@ -20,6 +20,7 @@ def test_demo_captures_real_traffic_end_to_end_and_tears_down() -> None:
     assert "sent 14 conversations; the bus stored 14 of them, 14 with exactly" in out.stdout
     assert "signature chain of" in out.stdout and ": intact" in out.stdout
     assert "agent exited 0, bus exited 0" in out.stdout
+    assert "the tap port m1 transmitted 0 frames" in out.stdout
     rows = [
         line for line in out.stdout.splitlines() if line[:2] == "20" and "demo-branch-1" in line
     ]

@@ -9,6 +9,8 @@ from scapy.layers.l2 import ARP
 from testsupport.capture_helpers import eth, frame_bytes
 
 from appliance.capture.bpf import (
+    OWN_FRAME_SNAPLEN,
+    PACKET_OUTGOING,
     FilterSyntaxError,
     capture_program,
     compile_filter,
@@ -86,6 +88,17 @@ def test_default_program_drops_non_ip_and_the_boxs_own_traffic() -> None:
     assert {n for n, f in ALL.items() if run_program(prog, f)} == set(ALL) - {"arp"}
     prog = capture_program("udp", ["203.0.113.99"], accept_non_ip=True)
     assert {n for n, f in ALL.items() if run_program(prog, f)} == {"udp", "frag2"}
+
+
+def test_frames_the_box_sends_are_kept_short_whatever_the_filters_say() -> None:
+    # the ring counts them as the box's own (never metered): no filter may hide one
+    prog = capture_program("udp", ["203.0.113.99"])
+    for name, frame in ALL.items():
+        assert run_program(prog, frame, pkttype=PACKET_OUTGOING) == OWN_FRAME_SNAPLEN, name
+    assert {n for n, f in ALL.items() if run_program(prog, f)} == {"udp", "frag2"}
+    assert run_program(capture_program("", [], snaplen=48), F_ARP, pkttype=PACKET_OUTGOING) == 48
+    # a plain compiled filter has no such rule
+    assert run_program(compile_filter(parse_filter("udp")), F_TCP, pkttype=PACKET_OUTGOING) == 0
 
 
 def test_accept_returns_the_snap_length() -> None:
