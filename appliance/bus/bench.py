@@ -6,6 +6,9 @@ gRPC, decoding, every check including Ed25519 verification, and the durable SQLi
 at the bus. Signing happens before the clock starts and is reported apart (`client_sign_per_s`),
 because on the device it is spread over the sealing of each flow. The bus runs as its own process
 (`bus serve`), as in production; both sides share this machine's cores.
+
+With `--hostile` the command measures something else: legitimate batched throughput while a
+hostile mix runs, against the same without it (appliance.bus.hostile_bench).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from appliance.bus import hostile_bench
 from appliance.localprocs import (
     cli_process,
     free_port,
@@ -36,17 +40,30 @@ def register(sub: Any) -> None:
     """Add `bench bus`."""
     p = sub.add_parser("bus", help="bus ingest: unary vs batched publish over mTLS")
     p.add_argument("--unary", type=int, default=5000, help="envelopes sent one per call")
-    p.add_argument("--batched", type=int, default=60000, help="envelopes sent in batches")
+    p.add_argument(
+        "--batched",
+        type=int,
+        default=60000,
+        help="envelopes sent in batches (per phase with --hostile)",
+    )
     p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--clients", type=int, default=4, help="concurrent calls in flight")
+    p.add_argument(
+        "--clients",
+        type=int,
+        default=4,
+        help="concurrent calls in flight (with --hostile: trusted agents, one call each)",
+    )
     p.add_argument(
         "--verify-threads", type=int, default=0, help="bus verify threads (0: one per CPU)"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    hostile_bench.add_arguments(p)
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.hostile:
+        return hostile_bench.run(args)
     from appliance.crypto import Sealer, load_signing_key
     from appliance.pki import init_pki, issue_agent
     from appliance.wire import (
