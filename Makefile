@@ -95,7 +95,7 @@ test: venv
 # Long campaigns, outside CI's budget (CI runs a bounded sample of each): the bus's
 # decode -> validate -> store property tests with 200,000 examples each.
 soak: venv
-	HYPOTHESIS_PROFILE=soak $(BIN)/pytest -q -p no:cacheprovider tests/unit/bus/test_validate.py --hypothesis-show-statistics
+	HYPOTHESIS_PROFILE=soak $(BIN)/pytest -q -p no:cacheprovider --timeout=0 tests/unit/bus/test_validate.py --hypothesis-show-statistics
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
