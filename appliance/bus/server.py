@@ -290,8 +290,9 @@ def envelope_record(env: Envelope, raw: bytes, received_ns: int, key_id: str) ->
             raw, key_id,
         )  # fmt: skip
     else:
+        kind = "counters" if env.HasField("counters") else "health"
         row = (
-            env.agent_id, env.idempotency_key, env.seq, env.ts_ns, received_ns, "counters",
+            env.agent_id, env.idempotency_key, env.seq, env.ts_ns, received_ns, kind,
             None, None, None, None, None, None, None, None, None, None, None, None, raw, key_id,
         )  # fmt: skip
     return Record(row, env.prev_sig, env.sig)

@@ -17,7 +17,10 @@ record with it). The first failure wins, in this order:
    `max_future_skew` after it was sealed and starting no earlier than the past bound;
    `interface` a printable name of at most 64 bytes;
 3. counters: the sample time inside the same window; every counter below 2^63; interface names
-   as above; at most `MAX_INTERFACES` interfaces.
+   as above; at most `MAX_INTERFACES` interfaces;
+4. health: the sample time inside the same window; counters below 2^63; version and slot
+   printable (at most 64 and 8 bytes); a known forwarder state; a clock offset within
+   +-10 years; at most `MAX_INTERFACES` capture interfaces with printable names.
 
 Then (server.py) the Ed25519 signature, and (store.py, chain.py) idempotency conflicts, reused
 sequence numbers and chain links. Nothing the store cannot hold gets past step 2.
@@ -32,6 +35,7 @@ from dataclasses import dataclass
 
 from appliance.wire import (
     SUPPORTED_VERSIONS,
+    AgentHealth,
     Envelope,
     FlowEvent,
     InterfaceCounters,
@@ -59,6 +63,10 @@ _FLOW_U64 = (
     "end_ns",
 )  # fmt: skip
 _STATS_U64 = tuple(f.name for f in InterfaceStats.DESCRIPTOR.fields if f.type == f.TYPE_UINT64)
+_HEALTH_U64 = tuple(f.name for f in AgentHealth.DESCRIPTOR.fields if f.type == f.TYPE_UINT64)
+#: The forwarder's states (appliance/agent/forwarder.py State) a health record may report.
+FORWARDER_STATES = frozenset({"connecting", "connected", "throttled", "backing_off", "stopped"})
+MAX_CLOCK_OFFSET_MS = 10 * 365 * 86400 * 1000
 
 
 class Reject(enum.Enum):
@@ -143,15 +151,17 @@ def check_fields(
     if len(env.sig) != SIG_BYTES or len(env.prev_sig) not in (0, SIG_BYTES):
         return Rejection(Reject.BAD_SIG_FIELD, "sig must be 64 bytes and prev_sig empty or 64")
     has_flow, has_counters = env.HasField("flow"), env.HasField("counters")
-    if not has_flow and not has_counters:
+    has_health = env.HasField("health")
+    if not has_flow and not has_counters and not has_health:
         return Rejection(Reject.NO_PAYLOAD, "envelope carries no payload")
+    bad = None
     if has_flow:
         bad = check_flow(env.flow, env.ts_ns, limits)
-        if bad is not None:
-            return bad
-    if has_counters:
-        return check_counters(env.counters, now_ns, limits)
-    return None
+    if bad is None and has_counters:
+        bad = check_counters(env.counters, now_ns, limits)
+    if bad is None and has_health:
+        bad = check_health(env.health, now_ns, limits)
+    return bad
 
 
 def _time_window(ts_ns: int, now_ns: int, limits: Limits, what: str) -> Rejection | None:
@@ -256,4 +266,34 @@ def check_counters(c: InterfaceCounters, now_ns: int, limits: Limits) -> Rejecti
         for name in _STATS_U64:
             if getattr(stats, name) >= INT64_LIMIT:
                 return Rejection(Reject.BAD_COUNTER, f"{name} does not fit a signed 64-bit integer")
+    return None
+
+
+def check_health(h: AgentHealth, now_ns: int, limits: Limits) -> Rejection | None:
+    """A health sample against its meaning (see the module docstring)."""
+    window = _time_window(h.sample_ns, now_ns, limits, "health sample time")
+    if window is not None:
+        return window
+    for name in _HEALTH_U64:
+        if getattr(h, name) >= INT64_LIMIT:
+            return Rejection(Reject.BAD_COUNTER, f"{name} does not fit a signed 64-bit integer")
+    if abs(h.clock_offset_ms) > MAX_CLOCK_OFFSET_MS:
+        return Rejection(Reject.BAD_TIME, "clock_offset_ms beyond 10 years")
+    if h.forwarder_state and h.forwarder_state not in FORWARDER_STATES:
+        return Rejection(Reject.BAD_FIELD, f"unknown forwarder_state {h.forwarder_state[:16]!r}")
+    if (
+        len(h.version.encode()) > 64
+        or len(h.slot.encode()) > 8
+        or not _PRINTABLE_NAME.match(h.version)
+        or not _PRINTABLE_NAME.match(h.slot)
+    ):
+        return Rejection(Reject.BAD_FIELD, "version or slot not printable, or too long")
+    if len(h.capture) > MAX_INTERFACES:
+        return Rejection(Reject.BAD_FIELD, f"more than {MAX_INTERFACES} capture interfaces")
+    for cap in h.capture:
+        bad = _check_name(cap.ifname)
+        if bad is not None:
+            return bad
+        if max(cap.packets, cap.drops, cap.own_frames) >= INT64_LIMIT:
+            return Rejection(Reject.BAD_COUNTER, "a capture counter does not fit 64-bit signed")
     return None

@@ -7,6 +7,8 @@ change without touching callers.
 from appliance.wire._generated import eventbus_pb2 as pb
 from appliance.wire._generated import eventbus_pb2_grpc as pb_grpc
 
+AgentHealth = pb.AgentHealth
+CaptureHealth = pb.CaptureHealth
 Envelope = pb.Envelope
 FlowEvent = pb.FlowEvent
 InterfaceCounters = pb.InterfaceCounters
@@ -34,6 +36,8 @@ __all__ = [
     "PUBLISH_METHOD",
     "SERVICE_NAME",
     "SUPPORTED_VERSIONS",
+    "AgentHealth",
+    "CaptureHealth",
     "Envelope",
     "FlowEvent",
     "InterfaceCounters",

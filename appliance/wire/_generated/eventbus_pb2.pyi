@@ -137,8 +137,48 @@ class InterfaceCounters(_message.Message):
     capture_drops: int
     def __init__(self, sample_ns: _Optional[int] = ..., interval_ms: _Optional[int] = ..., interfaces: _Optional[_Iterable[_Union[InterfaceStats, _Mapping]]] = ..., capture_packets: _Optional[int] = ..., capture_drops: _Optional[int] = ...) -> None: ...
 
+class CaptureHealth(_message.Message):
+    __slots__ = ("ifname", "packets", "drops", "own_frames")
+    IFNAME_FIELD_NUMBER: _ClassVar[int]
+    PACKETS_FIELD_NUMBER: _ClassVar[int]
+    DROPS_FIELD_NUMBER: _ClassVar[int]
+    OWN_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    ifname: str
+    packets: int
+    drops: int
+    own_frames: int
+    def __init__(self, ifname: _Optional[str] = ..., packets: _Optional[int] = ..., drops: _Optional[int] = ..., own_frames: _Optional[int] = ...) -> None: ...
+
+class AgentHealth(_message.Message):
+    __slots__ = ("sample_ns", "version", "slot", "uptime_s", "capture", "wal_backlog_records", "wal_backlog_bytes", "wal_oldest_age_ms", "forwarder_state", "clock_offset_ms", "cert_not_after_s", "quarantined")
+    SAMPLE_NS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_S_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_FIELD_NUMBER: _ClassVar[int]
+    WAL_BACKLOG_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    WAL_BACKLOG_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WAL_OLDEST_AGE_MS_FIELD_NUMBER: _ClassVar[int]
+    FORWARDER_STATE_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_OFFSET_MS_FIELD_NUMBER: _ClassVar[int]
+    CERT_NOT_AFTER_S_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINED_FIELD_NUMBER: _ClassVar[int]
+    sample_ns: int
+    version: str
+    slot: str
+    uptime_s: int
+    capture: _containers.RepeatedCompositeFieldContainer[CaptureHealth]
+    wal_backlog_records: int
+    wal_backlog_bytes: int
+    wal_oldest_age_ms: int
+    forwarder_state: str
+    clock_offset_ms: int
+    cert_not_after_s: int
+    quarantined: int
+    def __init__(self, sample_ns: _Optional[int] = ..., version: _Optional[str] = ..., slot: _Optional[str] = ..., uptime_s: _Optional[int] = ..., capture: _Optional[_Iterable[_Union[CaptureHealth, _Mapping]]] = ..., wal_backlog_records: _Optional[int] = ..., wal_backlog_bytes: _Optional[int] = ..., wal_oldest_age_ms: _Optional[int] = ..., forwarder_state: _Optional[str] = ..., clock_offset_ms: _Optional[int] = ..., cert_not_after_s: _Optional[int] = ..., quarantined: _Optional[int] = ...) -> None: ...
+
 class Envelope(_message.Message):
-    __slots__ = ("version", "ts_ns", "idempotency_key", "flow", "sig", "prev_sig", "agent_id", "seq", "counters")
+    __slots__ = ("version", "ts_ns", "idempotency_key", "flow", "sig", "prev_sig", "agent_id", "seq", "counters", "health")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TS_NS_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -148,6 +188,7 @@ class Envelope(_message.Message):
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
     version: str
     ts_ns: int
     idempotency_key: str
@@ -157,7 +198,8 @@ class Envelope(_message.Message):
     agent_id: str
     seq: int
     counters: InterfaceCounters
-    def __init__(self, version: _Optional[str] = ..., ts_ns: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., flow: _Optional[_Union[FlowEvent, _Mapping]] = ..., sig: _Optional[bytes] = ..., prev_sig: _Optional[bytes] = ..., agent_id: _Optional[str] = ..., seq: _Optional[int] = ..., counters: _Optional[_Union[InterfaceCounters, _Mapping]] = ...) -> None: ...
+    health: AgentHealth
+    def __init__(self, version: _Optional[str] = ..., ts_ns: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., flow: _Optional[_Union[FlowEvent, _Mapping]] = ..., sig: _Optional[bytes] = ..., prev_sig: _Optional[bytes] = ..., agent_id: _Optional[str] = ..., seq: _Optional[int] = ..., counters: _Optional[_Union[InterfaceCounters, _Mapping]] = ..., health: _Optional[_Union[AgentHealth, _Mapping]] = ...) -> None: ...
 
 class PublishAck(_message.Message):
     __slots__ = ("status", "reason", "backoff_hint_ms")

@@ -21,8 +21,15 @@ from nacl.signing import SigningKey
 from appliance.bus.server import envelope_record
 from appliance.bus.store import FlowStore, Outcome
 from appliance.bus.validate import Limits, Reject, check_fields
-from appliance.crypto import Sealer
-from appliance.wire import Envelope, FlowEvent, InterfaceCounters, InterfaceStats
+from appliance.crypto import Sealer, sign_envelope
+from appliance.wire import (
+    AgentHealth,
+    CaptureHealth,
+    Envelope,
+    FlowEvent,
+    InterfaceCounters,
+    InterfaceStats,
+)
 
 settings.register_profile("ci", max_examples=300, deadline=None)
 settings.register_profile(
@@ -258,3 +265,35 @@ def test_arbitrary_bytes_decode_or_fail_cleanly_and_never_pass_validation_unsign
     # random bytes almost never make a valid-looking envelope; if they do, the signature
     # check (not tested here) is what refuses them: validation must still not raise
     assert rejection is None or rejection.kind in Reject
+
+
+def _health(**overrides: object) -> AgentHealth:
+    fields: dict[str, object] = dict(
+        sample_ns=NOW, version="0.1.0", slot="a", uptime_s=60, forwarder_state="connected",
+        clock_offset_ms=-12, cert_not_after_s=NOW // 10**9 + 86400 * 300,
+        capture=[CaptureHealth(ifname="eth1", packets=10, drops=0)],
+    )  # fmt: skip
+    fields.update(overrides)
+    return AgentHealth(**fields)  # type: ignore[arg-type]
+
+
+def test_a_health_record_passes_and_its_fields_are_checked() -> None:
+    assert _check(_seal_health(_health())) is None
+    for overrides, kind in [
+        ({"sample_ns": 0}, Reject.NO_TIMESTAMP),
+        ({"wal_backlog_records": 1 << 63}, Reject.BAD_COUNTER),
+        ({"clock_offset_ms": -(1 << 62)}, Reject.BAD_TIME),
+        ({"forwarder_state": "dancing"}, Reject.BAD_FIELD),
+        ({"version": "1\x1b[2J"}, Reject.BAD_FIELD),
+        ({"capture": [CaptureHealth(ifname="eth1", drops=1 << 63)]}, Reject.BAD_COUNTER),
+        ({"capture": [CaptureHealth(ifname="e\nth1")]}, Reject.BAD_FIELD),
+    ]:
+        assert _check(_seal_health(_health(**overrides))) is kind, overrides
+
+
+def _seal_health(health: AgentHealth) -> Envelope:
+    env = _seal(_flow())
+    env.ClearField("flow")
+    env.health.CopyFrom(health)
+    sign_envelope(env, KEY)
+    return env
