@@ -1,4 +1,4 @@
-"""`infraspectre bus serve | reload | tail | query`.
+"""`infraspectre bus serve | reload | tail | query | agents`.
 
 Text output is for terminals: every field an agent supplied (its id, addresses, protocol) is
 printed through `terminal_safe`, so a hostile or broken box cannot send escape sequences to an
@@ -41,6 +41,20 @@ def register(sub: Any) -> None:
     )
     reload.add_argument("--config", type=Path, help="YAML configuration (for storage.data_dir)")
     reload.set_defaults(func=_reload)
+
+    agents = bus_sub.add_parser(
+        "agents", help="the fleet: each box's last record and health, silent boxes first"
+    )
+    agents.add_argument("--config", type=Path, help="YAML configuration (store, trust map)")
+    agents.add_argument("--db", type=Path, help="the store file (overrides the configuration)")
+    agents.add_argument(
+        "--silent-after",
+        type=float,
+        metavar="SECONDS",
+        help="a box with no record for this long is silent (default: eventbus.silent_after_s)",
+    )
+    agents.add_argument("--json", action="store_true", help="one JSON object per agent")
+    agents.set_defaults(func=_agents)
 
     for name, help_text in (
         ("tail", "follow flows as they are stored"),
@@ -272,4 +286,64 @@ def _tail(args: argparse.Namespace) -> int:
                 break
     finally:
         stop.set()
+    return 0
+
+
+AGENTS_HEADER = (
+    f"{'agent':<20} {'state':<6} {'silent':>8} {'version':<10} {'slot':<4} {'records':>10} "
+    f"{'seq':>10} {'gaps':>5} {'rst':>4} {'backlog':>8} {'oldest':>8} {'drops':>8} "
+    f"{'clock':>8} {'cert':>6} {'forwarder':<11}"
+)
+
+
+def _duration(seconds: float | None) -> str:
+    """nfdump-like compact durations: 42s, 17m, 5.2h, 3.1d."""
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def format_agent(v: Any) -> str:
+    """One agent as a table line (agent-supplied text made terminal-safe)."""
+    cert = "-" if v.cert_days_left is None else f"{v.cert_days_left:.0f}d"
+    clock = f"{v.clock_offset_ms / 1000:+.1f}s" if v.state != "never" else "-"
+    return (
+        f"{terminal_safe(v.agent_id)[:20]:<20} {v.state:<6} {_duration(v.silent_s):>8} "
+        f"{terminal_safe(v.version)[:10]:<10} {terminal_safe(v.slot)[:4]:<4} {v.records:>10} "
+        f"{v.last_seq:>10} {v.gaps:>5} {v.restarts:>4} {v.wal_backlog_records:>8} "
+        f"{_duration(v.wal_oldest_age_s):>8} {v.capture_drops:>8} {clock:>8} {cert:>6} "
+        f"{terminal_safe(v.forwarder_state) or '-':<11}"
+    )
+
+
+def _agents(args: argparse.Namespace) -> int:
+    from appliance.bus.config import load_bus_settings
+    from appliance.bus.fleet import fleet_view, load_summaries
+    from appliance.bus.query import open_reader
+    from appliance.pki.trustmap import load_trust_map
+
+    settings = load_bus_settings(args.config)
+    path = Path(args.db) if args.db else settings.storage.data_dir / settings.eventbus.db_name
+    conn = open_reader(path)
+    trusted: list[str] = []
+    trust_path = settings.eventbus.trust_map_path()
+    if trust_path.exists():  # never-seen boxes are listed only when the trust map is at hand
+        trusted = list(load_trust_map(trust_path).keys)
+    silent_after = args.silent_after or settings.eventbus.silent_after_s
+    views = fleet_view(load_summaries(conn), trusted, time.time_ns(), silent_after)
+    if args.json:
+        for v in views:
+            print(json.dumps(v.as_json()), flush=True)
+        return 0
+    print(AGENTS_HEADER)
+    for v in views:
+        print(format_agent(v))
+    silent = sum(v.state != "ok" for v in views)
+    print(f"{len(views)} agents, {silent} silent or never seen", file=sys.stderr)
     return 0

@@ -65,6 +65,16 @@ class EventBusConfig:
     max_past_age_s: float = 30 * 86400.0
     #: A hole in an agent's sequence numbers still open after this is recorded as a gap event.
     gap_settle_s: float = 60.0
+    #: Retention: records older than this are deleted (at least max_past_age_s, so that a
+    #: retransmission of a pruned record is refused as too old instead of stored again).
+    retention_max_age_s: float = 90 * 86400.0
+    #: Retention: the oldest records are deleted while the store's used pages exceed this
+    #: (0: no size bound). The default fits a small disk.
+    retention_max_bytes: int = 2 << 30
+    #: Per-agent series at /metrics (one set per trust-map agent); off for very large fleets.
+    per_agent_metrics: bool = True
+    #: An agent with no stored record for this long is "silent" in `bus agents`.
+    silent_after_s: float = 300.0
     #: Requests whose rows wait in the store queue above this depth get RETRY (store pressure).
     max_store_queue_rows: int = 50000
     shutdown_grace_s: float = 5.0
@@ -101,6 +111,18 @@ class EventBusConfig:
             )
         if not 1 <= self.gap_settle_s <= 86400:
             raise ValueError(f"gap_settle_s: {self.gap_settle_s} must be from 1 to 86400")
+        if self.retention_max_age_s < self.max_past_age_s:
+            raise ValueError(
+                f"retention_max_age_s: {self.retention_max_age_s} is below max_past_age_s "
+                f"{self.max_past_age_s} (a pruned record could be stored again)"
+            )
+        if self.retention_max_bytes != 0 and self.retention_max_bytes < 16 << 20:
+            raise ValueError(
+                f"retention_max_bytes: {self.retention_max_bytes} must be 0 (off) or at least "
+                "16777216 (16 MiB)"
+            )
+        if self.silent_after_s <= 0:
+            raise ValueError(f"silent_after_s: {self.silent_after_s} must be positive")
 
     def trust_map_path(self) -> Path:
         return (

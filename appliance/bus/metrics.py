@@ -38,12 +38,6 @@ class BusMetrics:
             "bus_duplicates", "Envelopes already stored (answered OK, stored once)", registry=r
         )
         self.stored_total = Counter("bus_stored", "Envelopes newly stored", registry=r)
-        self.agent_last_seen = Gauge(
-            "bus_agent_last_seen_timestamp_seconds",
-            "When an agent last published an accepted envelope (UNIX time)",
-            ["agent"],
-            registry=r,
-        )
         self.store_bytes = Gauge("bus_store_bytes", "Store size on disk, WAL included", registry=r)
         self.store_commit_seconds = Histogram(
             "bus_store_commit_seconds",

@@ -26,8 +26,9 @@ from appliance.bus.admission import Admission, Verdict
 from appliance.bus.auth import TrustHolder, peer_cn
 from appliance.bus.chain import key_id
 from appliance.bus.config import BusSettings
+from appliance.bus.fleet import AgentCollector
 from appliance.bus.metrics import BusMetrics
-from appliance.bus.store import FlowStore, Outcome, Record, Row
+from appliance.bus.store import FlowStore, Outcome, Record, Retention, Row
 from appliance.bus.validate import Limits, Reject, Rejection, check_fields, normal_ip
 from appliance.crypto.batch import verify_many
 from appliance.errors import CommandError
@@ -244,8 +245,6 @@ class EventBusService:
                 self.metrics.store_commit_seconds.observe(time.perf_counter() - started)
                 self.metrics.stored_total.inc(result.inserted)
                 self.metrics.duplicates_total.inc(result.duplicates)
-                if result.inserted:
-                    self.metrics.agent_last_seen.labels(cn).set(time.time())
                 ok = PublishAck(status=OK)
                 for i, outcome in zip(accepted, result.outcomes, strict=True):
                     if outcome in (Outcome.STORED, Outcome.DUPLICATE):
@@ -295,6 +294,10 @@ def envelope_record(env: Envelope, raw: bytes, received_ns: int, key_id: str) ->
             env.agent_id, env.idempotency_key, env.seq, env.ts_ns, received_ns, kind,
             None, None, None, None, None, None, None, None, None, None, None, None, raw, key_id,
         )  # fmt: skip
+    if env.HasField("health"):
+        return Record(
+            row, env.prev_sig, env.sig, env.health.SerializeToString(), env.health.sample_ns
+        )
     return Record(row, env.prev_sig, env.sig)
 
 
@@ -325,7 +328,12 @@ class BusServer:
             sync=cfg.db_sync,
             gap_settle_s=cfg.gap_settle_s,
             on_event=lambda kind: self.metrics.chain_events_total.labels(kind.value).inc(),
+            retention=Retention(cfg.retention_max_age_s, cfg.retention_max_bytes or 1 << 62),
         )
+        if cfg.per_agent_metrics:
+            self.metrics.registry.register(
+                AgentCollector(self.store.agents, lambda: self.trust.current.keys)
+            )
         self.metrics.store_up.set_function(lambda: float(self.store.healthy()))
         self.metrics.store_bytes.set_function(self.store.size_bytes)
         self.service = EventBusService(settings, self.store, self.trust, self.metrics)

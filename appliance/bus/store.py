@@ -32,6 +32,7 @@ no key id, so their sequence numbers are not checked).
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import queue
@@ -80,6 +81,30 @@ CREATE TABLE IF NOT EXISTS chain_events (
 );
 CREATE INDEX IF NOT EXISTS chain_events_agent ON chain_events (agent_id, id);
 CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY CHECK (id = 1), at_ns INTEGER);
+CREATE TABLE IF NOT EXISTS agents (
+    agent_id TEXT PRIMARY KEY,
+    key_id TEXT NOT NULL,
+    first_seen_ns INTEGER NOT NULL,
+    last_seen_ns INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    records INTEGER NOT NULL,
+    health BLOB,
+    health_ns INTEGER,
+    gaps INTEGER NOT NULL DEFAULT 0,
+    restarts INTEGER NOT NULL DEFAULT 0,
+    rekeys INTEGER NOT NULL DEFAULT 0
+);
+"""
+UPSERT_AGENT = """
+INSERT INTO agents (agent_id, key_id, first_seen_ns, last_seen_ns, last_seq, records, health,
+                    health_ns, gaps, restarts, rekeys)
+VALUES (:agent_id, :key_id, :first_seen_ns, :last_seen_ns, :last_seq, :records, :health,
+        :health_ns, :gaps, :restarts, :rekeys)
+ON CONFLICT (agent_id) DO UPDATE SET
+    key_id = excluded.key_id, last_seen_ns = excluded.last_seen_ns,
+    last_seq = excluded.last_seq, records = excluded.records, health = excluded.health,
+    health_ns = excluded.health_ns, gaps = excluded.gaps, restarts = excluded.restarts,
+    rekeys = excluded.rekeys
 """
 # Created after the key_id column exists (a version-1 table gains it first).
 SEQ_INDEX = """
@@ -114,6 +139,9 @@ class Record:
     row: Row
     prev_sig: bytes
     sig: bytes
+    #: The serialized AgentHealth of a health record, and its sample time.
+    health: bytes | None = None
+    health_ns: int = 0
 
     @property
     def chain(self) -> tuple[str, str]:
@@ -150,6 +178,52 @@ class CommitResult:
         return self.outcomes.count(Outcome.DUPLICATE)
 
 
+@dataclass
+class AgentSummary:
+    """What the bus knows of one agent (table agents): kept by the writer, read by metrics and
+    `bus agents`. Times are UNIX ns; `last_seq` is the highest seq stored under `key_id`."""
+
+    agent_id: str
+    key_id: str
+    first_seen_ns: int
+    last_seen_ns: int
+    last_seq: int
+    records: int
+    health: bytes | None = None
+    health_ns: int = 0
+    gaps: int = 0
+    restarts: int = 0
+    rekeys: int = 0
+
+    def absorb(self, r: Record, received_ns: int) -> None:
+        """Count one newly stored record."""
+        if r.row[-1] != self.key_id:
+            self.key_id, self.last_seq = r.row[-1], 0
+        self.records += 1
+        self.last_seen_ns = max(self.last_seen_ns, received_ns)
+        self.last_seq = max(self.last_seq, r.seq)
+        if r.health is not None and r.health_ns >= self.health_ns:
+            self.health, self.health_ns = r.health, r.health_ns
+
+    def note(self, kind: EventKind) -> None:
+        if kind is EventKind.GAP:
+            self.gaps += 1
+        elif kind is EventKind.RESTART:
+            self.restarts += 1
+        elif kind is EventKind.REKEY:
+            self.rekeys += 1
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How much the store keeps: records older than max_age_s, and the oldest records past
+    max_bytes of used pages, are deleted in batches of batch_rows between commits."""
+
+    max_age_s: float = 90 * 86400.0
+    max_bytes: int = 2 << 30
+    batch_rows: int = 5000
+
+
 class StoreClosed(RuntimeError):
     """submit() after close()."""
 
@@ -174,6 +248,7 @@ class FlowStore:
         gap_settle_s: float = 60.0,
         on_event: Callable[[EventKind], None] | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
+        retention: Retention | None = None,
     ) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -189,11 +264,16 @@ class FlowStore:
         self._failing: str | None = None
         self._chains: dict[ChainKey, Chain] = {}
         self._last_sweep = time.monotonic()
+        self._retention = retention
+        self._prune_due = retention is not None
+        self._inserted_since_prune = 0
+        self.pruned_total = 0
         self.commit_seconds_total = 0.0
         self.commits = 0
         conn = self._connect()  # create or upgrade the schema before accepting work
         try:
             _migrate(conn)
+            self._agents = _load_agents(conn)
         finally:
             conn.close()
         self._thread = threading.Thread(target=self._run, name="bus-store-writer", daemon=True)
@@ -204,7 +284,13 @@ class FlowStore:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self._sync}")
         conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("PRAGMA journal_size_limit=67108864")  # the -wal file shrinks back to 64 MiB
         return conn
+
+    def agents(self) -> list[AgentSummary]:
+        """A snapshot of every agent's summary (thread-safe: copies)."""
+        with self._lock:
+            return [dataclasses.replace(a) for a in self._agents.values()]
 
     @property
     def pending_rows(self) -> int:
@@ -261,6 +347,8 @@ class FlowStore:
                 self._commit(conn, group)
                 if stop:
                     return
+                if self._prune_due:
+                    self._prune(conn)
                 if time.monotonic() - self._last_sweep > 5.0:
                     self._idle(conn)
         finally:
@@ -279,6 +367,9 @@ class FlowStore:
                 log.info("store commits again after: %s", self._failing)
                 self._failing = None
             self._sweep(conn)
+            self._prune_due = self._retention is not None
+            if self._prune_due:
+                self._prune(conn)
         except sqlite3.Error as exc:
             self._fail(exc)
         except Exception:
@@ -301,6 +392,11 @@ class FlowStore:
             for key, gap in due:
                 self._chains[key].reported.remove(gap)
             raise
+        with self._lock:
+            for (agent, _), _gap in due:
+                if agent in self._agents:
+                    self._agents[agent].note(EventKind.GAP)
+            self._save_agents(conn, {agent for (agent, _), _gap in due})
         for _ in due:
             self._on_event(EventKind.GAP)
 
@@ -312,13 +408,15 @@ class FlowStore:
     def _commit(self, conn: sqlite3.Connection, group: list[Submission]) -> None:
         started = time.perf_counter()
         work: dict[ChainKey, Chain] = {}
-        events: list[Event] = []
+        events: list[tuple[ChainKey, Event]] = []
         try:
             with _transaction(conn):
                 results = [
                     CommitResult(self._apply(conn, records, work, events)) for records, _ in group
                 ]
                 _save_chains(conn, work)
+                agents = self._summarise(group, results, events)
+                conn.executemany(UPSERT_AGENT, [dataclasses.asdict(a) for a in agents.values()])
         except Exception as exc:
             if isinstance(exc, sqlite3.Error):
                 self._fail(exc)
@@ -331,9 +429,17 @@ class FlowStore:
             return
         self._failing = None
         self._chains.update(work)
+        with self._lock:
+            self._agents.update(agents)
+        inserted = sum(r.inserted for r in results)
+        self._inserted_since_prune += inserted
+        if self._retention is not None and (
+            self._inserted_since_prune * 2 >= self._retention.batch_rows
+        ):  # a pass deletes up to batch_rows: pruning keeps up with twice the ingest
+            self._prune_due = True
         self.commit_seconds_total += time.perf_counter() - started
         self.commits += 1
-        for event in events:
+        for _, event in events:
             self._on_event(event.kind)
         for (records, fut), result in zip(group, results, strict=True):
             self._done(len(records))
@@ -352,7 +458,7 @@ class FlowStore:
         conn: sqlite3.Connection,
         records: Sequence[Record],
         work: dict[ChainKey, Chain],
-        events: list[Event],
+        events: list[tuple[ChainKey, Event]],
     ) -> list[Outcome]:
         """Insert one submission inside the open transaction; an outcome per record."""
         keys = {r.chain for r in records}
@@ -417,14 +523,81 @@ class FlowStore:
         return Outcome.DUPLICATE if stored == r.row[_ENVELOPE] else Outcome.CONFLICT
 
     def _record_events(
-        self, conn: sqlite3.Connection, made: list[tuple[ChainKey, Event]], events: list[Event]
+        self,
+        conn: sqlite3.Connection,
+        made: list[tuple[ChainKey, Event]],
+        events: list[tuple[ChainKey, Event]],
     ) -> None:
         now = self._clock_ns()
         for key, event in made:
             if event.kind is EventKind.START and _has_other_key(conn, key):
                 event = Event(EventKind.REKEY, event.seq_lo, event.seq_hi)
             _insert_event(conn, key, event, now)
-            events.append(event)
+            events.append((key, event))
+
+    def _summarise(
+        self,
+        group: list[Submission],
+        results: list[CommitResult],
+        events: list[tuple[ChainKey, Event]],
+    ) -> dict[str, AgentSummary]:
+        """The summaries of the agents this group touched, updated (copies: the cache takes
+        them only once the transaction commits)."""
+        touched: dict[str, AgentSummary] = {}
+
+        def summary(r: Record) -> AgentSummary:
+            agent = r.row[0]
+            s = touched.get(agent)
+            if s is None:
+                with self._lock:
+                    known = self._agents.get(agent)
+                s = (
+                    dataclasses.replace(known)
+                    if known is not None
+                    else AgentSummary(agent, r.row[-1], r.row[4], r.row[4], 0, 0)
+                )
+                touched[agent] = s
+            return s
+
+        for (records, _), result in zip(group, results, strict=True):
+            for r, outcome in zip(records, result.outcomes, strict=True):
+                if outcome is Outcome.STORED:
+                    summary(r).absorb(r, int(r.row[4]))
+        for (agent, _), event in events:
+            if agent in touched:
+                touched[agent].note(event.kind)
+        return touched
+
+    def _save_agents(self, conn: sqlite3.Connection, agents: set[str]) -> None:
+        rows = [dataclasses.asdict(self._agents[a]) for a in agents if a in self._agents]
+        with _transaction(conn):
+            conn.executemany(UPSERT_AGENT, rows)
+
+    def _prune(self, conn: sqlite3.Connection) -> None:
+        """One bounded batch of retention: records past max_age, else the oldest records while
+        the used pages exceed max_bytes. Sets _prune_due while more is left to delete."""
+        retention = self._retention
+        assert retention is not None
+        cutoff = self._clock_ns() - int(retention.max_age_s * 1e9)
+        try:
+            with _transaction(conn):
+                deleted = conn.execute(
+                    "DELETE FROM records WHERE id IN (SELECT id FROM records WHERE ts_ns < ? "
+                    "ORDER BY ts_ns LIMIT ?)",
+                    (cutoff, retention.batch_rows),
+                ).rowcount
+                if deleted < retention.batch_rows and _used_bytes(conn) > retention.max_bytes:
+                    deleted += conn.execute(
+                        "DELETE FROM records WHERE id IN (SELECT id FROM records ORDER BY id "
+                        "LIMIT ?)",
+                        (retention.batch_rows,),
+                    ).rowcount
+        except sqlite3.Error as exc:
+            self._fail(exc)
+            return
+        self.pruned_total += deleted
+        self._inserted_since_prune = 0
+        self._prune_due = deleted >= retention.batch_rows
 
     def _done(self, n: int) -> None:
         with self._lock:
@@ -476,6 +649,19 @@ def _migrate(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE records ADD COLUMN key_id TEXT")
     conn.execute(SEQ_INDEX)
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+def _load_agents(conn: sqlite3.Connection) -> dict[str, AgentSummary]:
+    names = [f.name for f in dataclasses.fields(AgentSummary)]
+    rows = conn.execute(f"SELECT {', '.join(names)} FROM agents")
+    return {row[0]: AgentSummary(*row) for row in rows}
+
+
+def _used_bytes(conn: sqlite3.Connection) -> int:
+    """Bytes of the database's pages in use (free pages are reused before the file grows)."""
+    pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+    free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+    return (pages - free) * int(conn.execute("PRAGMA page_size").fetchone()[0])
 
 
 def _load_chain(conn: sqlite3.Connection, key: ChainKey) -> Chain:
