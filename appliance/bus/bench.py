@@ -57,6 +57,17 @@ def register(sub: Any) -> None:
         "--verify-threads", type=int, default=0, help="bus verify threads (0: one per CPU)"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--retention",
+        action="store_true",
+        help="batched ingest with retention pruning on against off, alternating runs",
+    )
+    p.add_argument(
+        "--retention-mib",
+        type=int,
+        default=16,
+        help="with --retention: the store's size bound while pruning (MiB, default 16)",
+    )
     hostile_bench.add_arguments(p)
     p.set_defaults(func=_run)
 
@@ -64,6 +75,58 @@ def register(sub: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     if args.hostile:
         return hostile_bench.run(args)
+    if args.retention:
+        return _run_retention(args)
+    report = _one_run(args, {})
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for name in ("unary", "batched"):
+            r = report[name]
+            print(
+                f"{name:8} {r['envelopes_per_s']:>9.0f} envelopes/s  "
+                f"bus CPU {r['bus_cpu_s_per_1k']:.3f} s per 1000"
+            )
+        print(
+            f"batched/unary {report['ratio']}x; stored {report['stored']}/{report['sent']} "
+            "once each"
+        )
+    return 0 if report["all_stored_once"] else 1
+
+
+def _run_retention(args: argparse.Namespace) -> int:
+    """Batched ingest with the store pruning all along (a size bound below what the run
+    writes) against no retention, in alternating runs (off, on, off, on): the machine's noise
+    falls on both sides."""
+    bound = args.retention_mib << 20
+    sides: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    for side in ("off", "on", "off", "on"):
+        overrides = {"retention_max_bytes": 0 if side == "off" else bound}
+        sides[side].append(_one_run(args, overrides))
+    rate = {k: sum(r["batched"]["envelopes_per_s"] for r in v) / len(v) for k, v in sides.items()}
+    report = {
+        "batched_per_s_retention_off": round(rate["off"], 1),
+        "batched_per_s_retention_on": round(rate["on"], 1),
+        "ratio": round(rate["on"] / rate["off"], 3),
+        "target_ratio": 0.9,
+        "retention_max_bytes": bound,
+        "runs": sides,
+        "pruned_records_on": [r["sent"] - r["stored"] for r in sides["on"]],
+        "store_used_bytes_on": [r["store_used_bytes"] for r in sides["on"]],
+    }
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(
+            f"retention off {rate['off']:.0f}/s, on {rate['on']:.0f}/s: "
+            f"ratio {report['ratio']} (target >= 0.9); pruned {report['pruned_records_on']}, "
+            f"store used bytes {report['store_used_bytes_on']} (bound {bound})"
+        )
+    return 0
+
+
+def _one_run(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, Any]:
+    """One bus process, unary then batched ingest; the report of that run."""
     from appliance.crypto import Sealer, load_signing_key
     from appliance.pki import init_pki, issue_agent
     from appliance.wire import (
@@ -86,6 +149,7 @@ def _run(args: argparse.Namespace) -> int:
             root / "pki", root / "data", port,
             max_inflight=64, hard_max=128, verify_threads=args.verify_threads,
         )  # fmt: skip
+        sections["eventbus"].update(overrides)
         config.write_text(yaml.safe_dump(sections))
         with cli_process(["bus", "serve", "--config", str(config)], "bus") as bus:
             sealer = Sealer("bench-agent", load_signing_key(ident.signing_key))
@@ -158,14 +222,21 @@ def _run(args: argparse.Namespace) -> int:
             channel.close()
         from appliance.bus.query import count, open_reader
 
-        stored = count(open_reader(root / "data" / "bus.sqlite"))
-    report = {
+        reader = open_reader(root / "data" / "bus.sqlite")
+        stored = count(reader)
+        pages, free, page = (
+            int(reader.execute(f"PRAGMA {p}").fetchone()[0])
+            for p in ("page_count", "freelist_count", "page_size")
+        )
+    return {
         **results,
         "ratio": round(
             results["batched"]["envelopes_per_s"] / results["unary"]["envelopes_per_s"], 2
         ),
+        "sent": total,
         "stored": stored,
         "all_stored_once": stored == total,
+        "store_used_bytes": (pages - free) * page,
         "batch_size": args.batch_size,
         "clients": args.clients,
         "verify_threads": args.verify_threads,
@@ -173,17 +244,6 @@ def _run(args: argparse.Namespace) -> int:
         "target_batched_per_s": 20000,
         "cpus": os.cpu_count(),
     }
-    if args.json:
-        print(json.dumps(report))
-    else:
-        for name in ("unary", "batched"):
-            r = report[name]
-            print(
-                f"{name:8} {r['envelopes_per_s']:>9.0f} envelopes/s  "
-                f"bus CPU {r['bus_cpu_s_per_1k']:.3f} s per 1000"
-            )
-        print(f"batched/unary {report['ratio']}x; stored {stored}/{total} once each")
-    return 0 if report["all_stored_once"] else 1
 
 
 def _phase(n: int, elapsed: float, bus_cpu: float) -> dict[str, float]:
