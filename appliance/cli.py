@@ -34,6 +34,7 @@ COMMAND_MODULES = (
     "appliance.provision.cli",
     "appliance.image.cli",
     "appliance.qemu.cli",
+    "appliance.update.cli",
     "appliance.demo",
 )
 

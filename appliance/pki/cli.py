@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import CommandError
+from appliance.pki import updatekey
 
 
 def register(sub: Any) -> None:
@@ -49,6 +50,7 @@ def register(sub: Any) -> None:
         help="device Ed25519 public key (file or inline hex/base64) to add to the trust map",
     )
     csr.set_defaults(func=_sign_csr)
+    updatekey.register(pki_sub)  # `pki init-update-key` (appliance/pki/updatekey.py)
 
 
 def _init(args: argparse.Namespace) -> int:
