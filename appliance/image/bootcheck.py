@@ -8,14 +8,17 @@ lines winning) and lists every file that model will look for:
 - the firmware itself: bootcode.bin (Pi 3; the Pi 4 boots from EEPROM), start_file and
   fixup_file (default start.elf/fixup.dat on the Pi 3, start4.elf/fixup4.dat on the Pi 4);
 - kernel= (default kernel8.img with arm_64bit=1), `initramfs NAME`, cmdline= (default
-  cmdline.txt), device_tree= or, with upstream_kernel=1, the model's mainline DTB names;
-- every dtoverlay= as overlays/NAME.dtbo;
+  cmdline.txt), device_tree= or, with upstream_kernel=1, the model's mainline DTB names, all
+  under os_prefix (the slot's boot set folder);
+- every dtoverlay= as overlays/NAME.dtbo (under os_prefix too);
 - on the kernel command line, initrd= if present.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+
+from appliance.update import firmware
 
 #: The models one rpi image boots, with their firmware files and mainline DTBs.
 MODELS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -32,53 +35,22 @@ MODELS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
-def settings_for(config_txt: str, model: str) -> tuple[dict[str, str], list[str]]:
-    """The key=value settings and the `initramfs` / dtoverlay file names model applies."""
-    values: dict[str, str] = {}
-    files: list[str] = []
-    applies = True
-    for raw in config_txt.splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            section = line[1:-1].strip()
-            applies = section in ("all", model)
-            continue
-        if not applies:
-            continue
-        if line.startswith("initramfs "):
-            files.append(line.split()[1])
-            continue
-        key, sep, value = line.partition("=")
-        if not sep:
-            continue
-        key, value = key.strip(), value.strip()
-        if key == "dtoverlay":
-            files.append(f"overlays/{value.split(',')[0]}.dtbo")
-        else:
-            values[key] = value
-    return values, files
-
-
 def needed(config_txt: str, cmdline: str, model: str) -> set[str]:
-    """Every file model's firmware will load from the boot partition."""
+    """Every file model's firmware will load from the boot partition (operating-system files
+    under config.txt's os_prefix: appliance.update.firmware)."""
     spec = MODELS[model]
-    values, files = settings_for(config_txt, model)
-    need = set(spec["boot"]) | set(files)
+    values = firmware.settings(config_txt, model).values
+    boot = firmware.boot_set(config_txt, model, spec["dtbs"])
+    need = set(spec["boot"])
     start, fixup = spec["start"]
     need.add(values.get("start_file", start))
     need.add(values.get("fixup_file", fixup))
-    arm64 = values.get("arm_64bit") == "1"
-    need.add(values.get("kernel", "kernel8.img" if arm64 else "kernel7.img"))
-    need.add(values.get("cmdline", "cmdline.txt"))
-    if "device_tree" in values:
-        need.add(values["device_tree"])
-    elif values.get("upstream_kernel") == "1":
-        need.update(spec["dtbs"])
+    need.update([boot.kernel, boot.cmdline, *boot.dtbs, *boot.overlays])
+    if boot.initramfs:
+        need.add(boot.initramfs)
     for arg in cmdline.split():
         if arg.startswith("initrd="):
-            need.add(arg.split("=", 1)[1].split(",")[0].lstrip("/"))
+            need.add(boot.prefix + arg.split("=", 1)[1].split(",")[0].lstrip("/"))
     return need
 
 

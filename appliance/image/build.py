@@ -20,12 +20,13 @@ bytes. The cache (Debian .debs, wheels) is kept between builds; package indices 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
@@ -34,6 +35,7 @@ from appliance import __version__
 from appliance.errors import CommandError
 from appliance.image import bootcheck, debian, initramfs, manifest, overlay, rootfs, sdcard
 from appliance.image.definition import Definition
+from appliance.update import firmware, slots
 
 STEPS = 9
 
@@ -98,8 +100,10 @@ def build(
     epoch: int,
     progress: Progress | None = None,
     keep_work: bool = False,
+    update_keys: Sequence[Path] = (),
 ) -> Result:
-    """Build the image of defn.board into out (created), using and filling cache."""
+    """Build the image of defn.board into out (created), using and filling cache. The root
+    trusts the update_keys (Ed25519 public key files) for update bundles."""
     if os.geteuid() != 0:
         raise CommandError("image build runs as root: the root filesystem's files are root's")
     progress = progress or Progress()
@@ -174,6 +178,7 @@ def build(
             overlay.apply(layer, root)
         # the device's clock floor (etc/init.d/rcS): never earlier than the build
         (root / "etc/appliance/build-epoch").write_text(f"{epoch}\n")
+        write_release(root, board.name, epoch, update_keys)
         rootfs.compile_bytecode(
             root, ["usr/lib/python3.11", "usr/lib/python3/dist-packages", defn.site_packages]
         )
@@ -186,17 +191,13 @@ def build(
 
     image = out / f"infraspectre-{board.name}.img"
     with progress.step("card") as note:
-        layout = sdcard.plan(squash.stat().st_size)
-        cmdline = (defn.image_dir / "boot" / "cmdline.txt").read_text()
-        cmdline = cmdline.replace("@CONSOLE@", board.console).replace(
-            "@DISKID@", f"{sdcard.DISK_ID:08x}"
-        )
-        (boot / "cmdline.txt").write_text(cmdline)
+        files = boot_partition_files(defn, boot, work / "boot-set")
+        boot_bytes = sum(p.stat().st_size for p in files.values())
+        layout = sdcard.plan(squash.stat().st_size, boot_bytes)
         if board.config_txt:
-            shutil.copyfile(defn.image_dir / board.config_txt, boot / "config.txt")
-        files = {p.name: p for p in sorted(boot.iterdir())}
-        if board.config_txt:
-            lacking = bootcheck.missing(files, (boot / "config.txt").read_text(), cmdline)
+            config = files[firmware.CONFIG].read_text()
+            cmdline = files[slots.prefix("a") + "cmdline.txt"].read_text()
+            lacking = bootcheck.missing(files, config, cmdline)
             if lacking:
                 raise CommandError(f"the boot partition would lack {', '.join(lacking)}")
         sdcard.make_boot(files, layout.boot_size, work / "boot.vfat", work / "boot-staging", epoch)
@@ -204,7 +205,8 @@ def build(
         empty.mkdir()
         sdcard.make_data(empty, layout.data_size, work / "data.f2fs", epoch)
         sdcard.assemble(layout, work / "boot.vfat", squash, work / "data.f2fs", image)
-        note(f"{layout.total // sdcard.MIB} MiB")
+        boot_mib = layout.boot_size // sdcard.MIB
+        note(f"{layout.total // sdcard.MIB} MiB, boot {boot_bytes / 1e6:.1f} MB of {boot_mib} MiB")
 
     with progress.step("manifest"):
         digest = manifest.sha256_file(image)
@@ -220,7 +222,10 @@ def build(
                 for p in pkgs
             ],
             "python_packages": manifest.python_packages(root / defn.site_packages),
-            "files": {"boot": manifest.tree_entries(boot), "root": manifest.tree_entries(root)},
+            "files": {
+                "boot": manifest.tree_entries(work / "boot-set"),
+                "root": manifest.tree_entries(root),
+            },
         }
         manifest_path = out / "manifest.json"
         manifest.write(manifest_path, doc)
@@ -228,6 +233,51 @@ def build(
     if not keep_work:
         shutil.rmtree(work)
     return Result(image, manifest_path, digest, time.monotonic() - began)
+
+
+#: where the root lists the update keys it trusts, and says what it is
+UPDATE_KEYS_DIR = "etc/appliance/update-keys"
+RELEASE = "etc/appliance/release"
+
+
+def write_release(root: Path, board: str, epoch: int, update_keys: Sequence[Path]) -> None:
+    """/etc/appliance/release (what this root is: the updater compares bundles with it) and
+    the update keys the root trusts (/etc/appliance/update-keys/NAME.pub)."""
+    release = {"board": board, "build": epoch, "version": __version__}
+    (root / RELEASE).write_text(json.dumps(release, sort_keys=True) + "\n")
+    keys = root / UPDATE_KEYS_DIR
+    keys.mkdir(parents=True, exist_ok=True)
+    for path in update_keys:
+        from appliance.crypto.keys import load_verify_key, write_verify_key
+
+        write_verify_key(keys / (path.stem + ".pub"), load_verify_key(path))
+
+
+def boot_partition_files(defn: Definition, boot: Path, staging: Path) -> dict[str, Path]:
+    """The boot partition of a fresh card (name on the card -> file in staging): the firmware
+    and config.txt at the top, slot a's boot set in slot-a/ (its cmdline.txt naming
+    partition 2 and appliance.slot=a). boot holds what the kernel step gathered."""
+    board = defn.board
+    if staging.exists():
+        shutil.rmtree(staging)
+    folder = staging / slots.prefix("a")
+    folder.mkdir(parents=True)
+    template = (defn.image_dir / "boot" / "cmdline.txt").read_text()
+    template = template.replace("@CONSOLE@", board.console)
+    (folder / "cmdline.txt").write_text(slots.cmdline_for(template, "a", f"{sdcard.DISK_ID:08x}"))
+    firmware_files = set(board.firmware)
+    for src in sorted(boot.iterdir()):
+        dst = staging / src.name if src.name in firmware_files else folder / src.name
+        shutil.copyfile(src, dst)
+    if board.config_txt:
+        shutil.copyfile(defn.image_dir / board.config_txt, staging / firmware.CONFIG)
+    else:  # QEMU's virt board runs no firmware: the harness reads this one alone
+        (staging / firmware.CONFIG).write_text(
+            "# read by the QEMU harness, which plays the firmware's part on virt\n"
+            f"[all]\nos_prefix={slots.prefix('a')}\nkernel=vmlinuz\n"
+            "initramfs initrd.img followkernel\ncmdline=cmdline.txt\n"
+        )
+    return {str(p.relative_to(staging)): p for p in sorted(staging.rglob("*")) if p.is_file()}
 
 
 def _take(src: Path, dst: Path) -> None:

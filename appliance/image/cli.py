@@ -35,7 +35,24 @@ def register(sub: Any) -> None:
     build.add_argument(
         "--keep-work", action="store_true", help="keep OUT/work (root tree, partitions)"
     )
+    build.add_argument(
+        "--update-key",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PUB",
+        help="an update key's public key the image trusts for update bundles (repeatable; "
+        "`pki init-update-key` makes one)",
+    )
     build.set_defaults(func=_build)
+
+    bundle = image_sub.add_parser(
+        "bundle", help="make a signed update bundle from a built image (docs/UPDATE.md)"
+    )
+    bundle.add_argument("image", type=Path, help="a built card image (infraspectre-rpi.img)")
+    bundle.add_argument("--key", type=Path, required=True, help="the org update key (update.key)")
+    bundle.add_argument("--out", type=Path, required=True, help="the bundle file to write")
+    bundle.set_defaults(func=_bundle)
 
     configure = image_sub.add_parser(
         "configure", help="write first-boot settings onto an image's (or card's) boot partition"
@@ -72,7 +89,12 @@ def _build(args: argparse.Namespace) -> int:
     defn = definition.load(args.board)
     epoch = build.source_date_epoch(defn.source)
     result = build.build(
-        defn, args.out, args.cache.resolve(), epoch=epoch, keep_work=args.keep_work
+        defn,
+        args.out,
+        args.cache.resolve(),
+        epoch=epoch,
+        keep_work=args.keep_work,
+        update_keys=args.update_key,
     )
     print(f"{result.image} sha256 {result.sha256} ({result.seconds:.0f} s)")
     print(f"manifest: {result.manifest}")
@@ -98,4 +120,15 @@ def _flash(args: argparse.Namespace) -> int:
     if updates:
         settings.configure(args.target, updates, [])
         print(f"{args.target}: first-boot settings {', '.join(sorted(updates))} written")
+    return 0
+
+
+def _bundle(args: argparse.Namespace) -> int:
+    from appliance.image import updatebundle
+
+    manifest = updatebundle.make(args.image, args.key, args.out)
+    print(
+        f"{args.out}: {manifest.version} (build {manifest.build}, {manifest.board}), "
+        f"{manifest.total} bytes, {len(manifest.files)} files, manifest sha256 {manifest.digest}"
+    )
     return 0

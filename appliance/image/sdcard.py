@@ -1,13 +1,19 @@
-"""The SD card image: an MBR with boot (FAT32) | root (squashfs) | data (f2fs).
+"""The SD card image: an MBR with boot (FAT32) | root slot a | root slot b | data (f2fs).
 
 Built without mounting anything (the host kernel has neither vfat nor f2fs): each partition is
 made in its own file by userspace tools (mkfs.fat + mcopy, mksquashfs, mkfs.f2fs + sload.f2fs)
-and copied into place. Layout invariants:
+and copied into place. Layout invariants (docs/UPDATE.md, "The card"):
 
 - partition 1 starts at 4 MiB (erase-block alignment); every partition is 4 MiB aligned;
+- p1 boot (FAT32, BOOT_SIZE): the firmware and one boot set per slot (slot-a/, slot-b/);
+  p2 and p3 the root slots a and b (SLOT_SIZE each: fixed, not sized to today's root, because
+  partitions cannot move once a card is in the field); p4 /data, the rest (at least
+  MIN_DATA_SIZE; grown to the card's end on first boot);
+- a fresh card holds the system in slot a; slot b is zeros until the first update (so the
+  compressed image does not grow by a second root);
 - the image size is a power of two (QEMU's SD card model refuses anything else);
-- the MBR disk identifier is fixed per build (`DISK_ID`); the kernel command line finds the
-  root as PARTUUID=<id>-02 and the initramfs finds the card by it;
+- the MBR disk identifier is fixed per build (`DISK_ID`); a boot set's command line finds its
+  root as PARTUUID=<id>-02 or -03 and the initramfs finds the card by it;
 - every timestamp is SOURCE_DATE_EPOCH and every volume id/UUID is fixed: same inputs, same bytes.
 """
 
@@ -29,7 +35,12 @@ ALIGN = 4 * MIB
 DISK_ID = 0x5EC7E0A1
 #: f2fs UUID of the data partition (fixed for the same reason).
 DATA_UUID = "5ec7e0a1-da7a-4f2f-8a3e-000000000003"
-BOOT_SIZE = 64 * MIB
+#: two boot sets (kernel 33 MB, initramfs 2.3 MB, DTBs: ~36 MB each) + firmware (~5 MB):
+#: ~77 MB; 192 MiB leaves each boot set room to grow 2.4x (docs/UPDATE.md, "The card")
+BOOT_SIZE = 192 * MIB
+#: each root slot: today's root squashfs is 55 MiB; 256 MiB leaves room to grow 4.6x.
+#: Together with BOOT_SIZE this keeps the image at 1 GiB (a power of two) with 316 MiB of /data
+SLOT_SIZE = 256 * MIB
 MIN_DATA_SIZE = 64 * MIB
 #: FAT volume label of the boot partition.
 BOOT_LABEL = "BOOT"
@@ -77,22 +88,44 @@ class Layout:
 
     boot_start: int
     boot_size: int
-    root_start: int
-    root_size: int
+    slot_a_start: int
+    slot_b_start: int
+    slot_size: int
     data_start: int
     data_size: int
     total: int
 
+    @property
+    def partitions(self) -> list[tuple[int, int, str]]:
+        """(start, size, MBR type) of partitions 1-4."""
+        return [
+            (self.boot_start, self.boot_size, "c"),
+            (self.slot_a_start, self.slot_size, "83"),
+            (self.slot_b_start, self.slot_size, "83"),
+            (self.data_start, self.data_size, "83"),
+        ]
 
-def plan(root_bytes: int) -> Layout:
-    """The smallest power-of-two card that holds the boot, the root and a minimal data part."""
-    root_size = _align_up(root_bytes)
-    need = ALIGN + BOOT_SIZE + root_size + MIN_DATA_SIZE
+
+def plan(root_bytes: int, boot_bytes: int = 0) -> Layout:
+    """The smallest power-of-two card with the boot partition, two root slots and a minimal
+    data partition; refuses a root or boot content that does not fit (with what it needs)."""
+    if root_bytes > SLOT_SIZE:
+        raise CommandError(
+            f"the root ({root_bytes / MIB:.0f} MiB) exceeds a root slot ({SLOT_SIZE // MIB} MiB)"
+        )
+    if boot_bytes > BOOT_SIZE:
+        raise CommandError(
+            f"the boot files ({boot_bytes / MIB:.0f} MiB) exceed the boot partition "
+            f"({BOOT_SIZE // MIB} MiB)"
+        )
+    slot_a = ALIGN + BOOT_SIZE
+    data_start = slot_a + 2 * SLOT_SIZE
+    need = data_start + MIN_DATA_SIZE
     total = 1 << (need - 1).bit_length()
-    data_start = ALIGN + BOOT_SIZE + root_size
     return Layout(
-        ALIGN, BOOT_SIZE, ALIGN + BOOT_SIZE, root_size, data_start, total - data_start, total
-    )
+        ALIGN, BOOT_SIZE, slot_a, slot_a + SLOT_SIZE, SLOT_SIZE, data_start,
+        total - data_start, total,
+    )  # fmt: skip
 
 
 def _align_up(n: int) -> int:
@@ -109,6 +142,8 @@ def make_boot(files: Mapping[str, Path], size: int, out: Path, staging: Path, ep
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(files[name], dst)
         os.utime(dst, (epoch, epoch))
+    for folder in sorted(p for p in staging.rglob("*") if p.is_dir()):
+        os.utime(folder, (epoch, epoch))  # mcopy -m copies folder times too: reproducible
     out.unlink(missing_ok=True)
     env = dict(os.environ, SOURCE_DATE_EPOCH=str(epoch), TZ="UTC")
     run(
@@ -186,17 +221,17 @@ def make_data(tree: Path, size: int, out: Path, epoch: int) -> None:
 
 
 def assemble(layout: Layout, boot: Path, root: Path, data: Path, out: Path) -> None:
-    """Write the MBR and copy the three partitions into an image of layout.total bytes."""
+    """Write the MBR and copy boot, root (into slot a) and data into an image of layout.total
+    bytes; slot b stays a hole until the first update."""
     out.unlink(missing_ok=True)
     with out.open("wb") as fh:
         fh.truncate(layout.total)
-    s = 512
-    table = (
-        f"label: dos\nlabel-id: 0x{DISK_ID:08x}\nunit: sectors\n\n"
-        f"start={layout.boot_start // s}, size={layout.boot_size // s}, type=c, bootable\n"
-        f"start={layout.root_start // s}, size={layout.root_size // s}, type=83\n"
-        f"start={layout.data_start // s}, size={layout.data_size // s}, type=83\n"
-    )
+    s = SECTOR
+    rows = [
+        f"start={start // s}, size={size // s}, type={kind}" + (", bootable" if n == 0 else "")
+        for n, (start, size, kind) in enumerate(layout.partitions)
+    ]
+    table = f"label: dos\nlabel-id: 0x{DISK_ID:08x}\nunit: sectors\n\n" + "\n".join(rows) + "\n"
     proc = subprocess.run(
         ["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(out)],
         input=table,
@@ -208,7 +243,7 @@ def assemble(layout: Layout, boot: Path, root: Path, data: Path, out: Path) -> N
         raise CommandError(f"sfdisk failed: {proc.stderr.strip()}")
     for part, offset, limit in (
         (boot, layout.boot_start, layout.boot_size),
-        (root, layout.root_start, layout.root_size),
+        (root, layout.slot_a_start, layout.slot_size),
         (data, layout.data_start, layout.data_size),
     ):
         if part.stat().st_size > limit:

@@ -5,11 +5,13 @@ from pathlib import Path
 from appliance.image import bootcheck
 
 CONFIG = (Path(__file__).resolve().parents[3] / "image" / "boot" / "config.txt").read_text()
-COMPLETE = {
-    "bootcode.bin", "start.elf", "fixup.dat", "start4.elf", "fixup4.dat", "vmlinuz",
-    "initrd.img", "cmdline.txt", "bcm2837-rpi-3-b.dtb", "bcm2837-rpi-3-b-plus.dtb",
+FIRMWARE = {"bootcode.bin", "start.elf", "fixup.dat", "start4.elf", "fixup4.dat"}
+BOOT_SET = {
+    "vmlinuz", "initrd.img", "cmdline.txt", "bcm2837-rpi-3-b.dtb", "bcm2837-rpi-3-b-plus.dtb",
     "bcm2711-rpi-4-b.dtb", "bcm2711-rpi-400.dtb",
 }  # fmt: skip
+#: the shipped config.txt selects slot a's boot set (os_prefix=slot-a/)
+COMPLETE = FIRMWARE | {f"slot-a/{name}" for name in BOOT_SET}
 
 
 def test_the_shipped_config_is_satisfied_by_a_complete_partition() -> None:
@@ -42,3 +44,11 @@ def test_overlays_initramfs_device_tree_and_initrd_argument_are_needed() -> None
     need = bootcheck.needed(config, "initrd=/extra.img", "pi4")
     assert {"boot.cpio", "overlays/disable-bt.dtbo", "my.dtb", "extra.img"} <= need
     assert "bcm2711-rpi-4-b.dtb" not in need
+
+
+def test_os_prefix_applies_to_the_boot_set_and_not_to_the_firmware() -> None:
+    need = bootcheck.needed(CONFIG.replace("slot-a/", "slot-b/"), "", "pi3")
+    assert {"slot-b/vmlinuz", "slot-b/initrd.img", "slot-b/cmdline.txt"} <= need
+    assert "slot-b/bcm2837-rpi-3-b.dtb" in need
+    assert {"start.elf", "bootcode.bin"} <= need
+    assert bootcheck.missing(FIRMWARE | BOOT_SET, CONFIG, "") != []
