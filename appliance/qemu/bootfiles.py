@@ -1,20 +1,35 @@
-"""The kernel, initramfs, DTB and command line QEMU boots, read from the card itself.
+"""The kernel, initramfs, DTB and command line QEMU boots, chosen as the Pi firmware chooses.
 
 QEMU does not run the Raspberry Pi firmware, so the harness plays its part: it reads the
-files config.txt names from the card's first (FAT) partition with mtools, without mounting,
-and boots them directly. What the board test boots is therefore what a real Pi loads.
+card's first (FAT) partition with mtools, without mounting, and
+
+- reads `config.txt`, or `tryboot.txt` when the last boot ended with a reboot that asked for
+  tryboot (the kernel printed "Restarting system with command '0 tryboot'": the firmware's
+  one-shot flag; any other end of a boot leaves it clear) — without a tryboot.txt the firmware
+  reads config.txt;
+- applies it the firmware's way (appliance.update.firmware: `[all]` and the model's section,
+  `os_prefix` in front of the kernel, initramfs, cmdline and DTB, ignored when the kernel or
+  DTB is missing there);
+- boots those files directly.
+
+So the same files decide under QEMU and on a Pi: an update that writes tryboot.txt or commits
+config.txt is tested by what the harness boots next.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import struct
 import subprocess
 from pathlib import Path
 
 from appliance.errors import CommandError
+from appliance.update import firmware
 
 SECTOR = 512
+#: the kernel's last line of a reboot that asks the firmware for a trial boot
+TRYBOOT_LINE = re.compile(r"reboot: Restarting system with command '(?:\d+ )?tryboot'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +40,9 @@ class BootFiles:
     initrd: Path
     cmdline: str
     dtb: Path | None
+    #: the firmware file that decided (config.txt or tryboot.txt) and its os_prefix
+    config: str = firmware.CONFIG
+    prefix: str = ""
 
 
 def first_partition_offset(image: Path) -> int:
@@ -39,25 +57,72 @@ def first_partition_offset(image: Path) -> int:
     return int(start) * SECTOR
 
 
-def extract(image: Path, dest: Path, dtb: str) -> BootFiles:
-    """Copy vmlinuz, initrd.img, cmdline.txt and dtb (if any) off the card into dest."""
-    dest.mkdir(parents=True, exist_ok=True)
+def model_of(dtb: str) -> str:
+    """The firmware's model section for a board's DTB name (pi3 unless a Pi 4 DTB)."""
+    return "pi4" if dtb.startswith("bcm2711") else "pi3"
+
+
+def list_files(image: Path) -> set[str]:
+    """Every file on the boot partition, lower-cased (FAT), as `folder/name`."""
     spec = f"{image}@@{first_partition_offset(image)}"
-    wanted = ["vmlinuz", "initrd.img", "cmdline.txt"] + ([dtb] if dtb else [])
-    for name in wanted:
-        proc = subprocess.run(
-            ["mcopy", "-o", "-n", "-i", spec, f"::{name}", str(dest / name)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if proc.returncode != 0:
-            raise CommandError(f"{image}: no {name} on the boot partition ({proc.stderr.strip()})")
+    proc = subprocess.run(
+        ["mdir", "-b", "-/", "-i", spec, "::/"], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        raise CommandError(f"{image}: cannot list the boot partition ({proc.stderr.strip()})")
+    return {
+        line.strip().removeprefix("::/").lower()
+        for line in proc.stdout.splitlines()
+        if line.strip() and not line.strip().endswith("/")
+    }
+
+
+def _copy(image: Path, name: str, dest: Path) -> None:
+    spec = f"{image}@@{first_partition_offset(image)}"
+    proc = subprocess.run(
+        ["mcopy", "-o", "-n", "-i", spec, f"::/{name}", str(dest)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise CommandError(f"{image}: no {name} on the boot partition ({proc.stderr.strip()})")
+
+
+def extract(image: Path, dest: Path, dtb: str, *, tryboot: bool = False) -> BootFiles:
+    """Copy the kernel, initramfs, command line and dtb (if any) that the firmware would
+    load off the card into dest: from config.txt, or tryboot.txt when tryboot is set."""
+    dest.mkdir(parents=True, exist_ok=True)
+    present = list_files(image)
+    name = firmware.TRYBOOT if tryboot and firmware.TRYBOOT in present else firmware.CONFIG
+    if name not in present:
+        raise CommandError(f"{image}: no {name} on the boot partition")
+    _copy(image, name, dest / name)
+    text = (dest / name).read_text()
+    boot = firmware.boot_set(
+        text,
+        model_of(dtb),
+        (dtb,) if dtb else (),
+        config=name,
+        exists=lambda path: path.lower() in present,
+    )
+    if boot.initramfs is None:
+        raise CommandError(f"{image}: {name} names no initramfs (the card cannot boot without)")
+    _copy(image, boot.kernel, dest / "vmlinuz")
+    _copy(image, boot.initramfs, dest / "initrd.img")
+    _copy(image, boot.cmdline, dest / "cmdline.txt")
+    dtb_path = None
+    if dtb:
+        wanted = boot.dtbs[0] if boot.dtbs else boot.prefix + dtb
+        _copy(image, wanted, dest / dtb)
+        dtb_path = dest / dtb
     return BootFiles(
         kernel=dest / "vmlinuz",
         initrd=dest / "initrd.img",
         cmdline=(dest / "cmdline.txt").read_text().strip(),
-        dtb=dest / dtb if dtb else None,
+        dtb=dtb_path,
+        config=name,
+        prefix=boot.prefix,
     )
 
 

@@ -5,6 +5,11 @@
      +---- power_cut() ----+------------------------+   (SIGKILL: the power is cut)
      +---- the guest halts or reboots (-no-reboot: QEMU exits) --+
 
+At every power-on the harness plays the Pi firmware (appliance.qemu.bootfiles): it boots what
+config.txt names, or tryboot.txt when the previous boot ended with the kernel's
+"Restarting system with command '0 tryboot'" (the firmware's one-shot flag, consumed by that
+power-on: a power cut or reset during the trial boot brings config.txt back).
+
 Networking, always explicit (`-nic none` first: QEMU's default NIC is unrestricted):
 - uplink: user-mode networking with restrict=on; the only way out is a guestfwd from
   10.0.2.100:50051 to a host port, spawned per connection through socat (the cmd: form; the
@@ -153,6 +158,10 @@ class Machine:
         self._console: Console | None = None
         self._console_port = 0
         self._boot: bootfiles.BootFiles | None = None
+        #: the firmware's one-shot tryboot flag: set by a reboot that asked for it
+        self.tryboot_pending = False
+        #: per boot: (config file that decided, os_prefix), for tests and failure reports
+        self.boot_choices: list[tuple[str, str]] = []
 
     @property
     def console(self) -> Console:
@@ -168,7 +177,7 @@ class Machine:
     def command(self, console_port: int | None, console_stdio: bool = False) -> list[str]:
         """QEMU's argument list for this board (console on TCP port, or stdio)."""
         if self._boot is None:
-            self._boot = bootfiles.extract(self.image, self.workdir / "boot", self.board.dtb)
+            self._boot = self.choose_boot()
         serial = "mon:stdio" if console_stdio else f"tcp:127.0.0.1:{console_port},server=on,wait=on"
         return qemu_command(
             self.board,
@@ -182,12 +191,20 @@ class Machine:
             qemu=self.qemu,
         )
 
+    def choose_boot(self) -> bootfiles.BootFiles:
+        """What the firmware boots now (consuming the tryboot flag), extracted off the card."""
+        tryboot, self.tryboot_pending = self.tryboot_pending, False
+        boot = bootfiles.extract(self.image, self.workdir / "boot", self.board.dtb, tryboot=tryboot)
+        self.boot_choices.append((boot.config, boot.prefix))
+        return boot
+
     def power_on(self) -> None:
         """Start QEMU and connect to its console (the guest starts once connected)."""
         if (self.state, Event.POWER_ON) not in TRANSITIONS:
             raise CommandError(f"{self.board.name} is already on")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.boots += 1
+        self._boot = None  # the firmware reads the card again at every power-on
         port = free_port()
         cmd = self.command(port)
         (self.workdir / f"qemu-{self.boots}.cmd").write_text(" ".join(cmd) + "\n")
@@ -275,6 +292,11 @@ class Machine:
         if self._console is not None:
             self._console.close()
             self._console = None
+            # only a reboot that asked for it sets the flag; it survives the reset that
+            # follows (here: the harness ending QEMU), and nothing else
+            log = self.console_log
+            text = log.read_text(errors="replace") if log.exists() else ""
+            self.tryboot_pending = bool(bootfiles.TRYBOOT_LINE.search(text))
         self._proc = None
         self._move(Event.OFF)
 
