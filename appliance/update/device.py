@@ -35,6 +35,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -143,9 +144,10 @@ def probe_health(paths: Paths, agent_url: str) -> list[str]:
     if not paths.ready_file.exists():
         missing.append("system not READY")
     try:
-        with urllib.request.urlopen(f"{agent_url}/ready", timeout=5) as resp:
-            if resp.status != 200:
-                missing.append("agent not ready")
+        with urllib.request.urlopen(f"{agent_url}/ready", timeout=5):
+            pass
+    except urllib.error.HTTPError:  # it answers: running, but not ready (503)
+        missing.append("agent not ready")
     except OSError:
         missing.append("agent not running")
         return missing
