@@ -88,7 +88,7 @@ class Boots:
     ) -> Machine:
         n = len(self.machines) + 1
         card = self.workdir / f"card-{n}.img"
-        _sparse_copy(image, card)
+        sparse_copy(image, card)
         machine = Machine(
             boards.load(board),
             card,
@@ -125,7 +125,7 @@ def boot_board_shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Call
     boots.power_all_off()
 
 
-def _sparse_copy(src: Path, dst: Path) -> None:
+def sparse_copy(src: Path, dst: Path) -> None:
     """Copy a card image keeping its holes (the data partition is mostly unwritten)."""
     block = 1 << 20
     with src.open("rb") as fin, dst.open("wb") as fout:

@@ -421,6 +421,8 @@ class Updater:
                 nxt = (index + 1, 0) if last else (index, n + 1)
                 rec = advance(rec, Event.CHUNK, progress=nxt)
                 self.store.save(rec)
+                if last and entry.target == "slot":
+                    self.log(f"slot {target}: root written ({entry.size} bytes)")
                 self.checkpoint(f"chunk-{index}-{n}")
             if out is not None:
                 _close_durably(out)
@@ -500,7 +502,8 @@ class Updater:
                     fh.write(new.encode())
                     fh.flush()
                     os.fsync(fh.fileno())
-            fsync_dir(path.parent)
+            with contextlib.suppress(OSError):  # vfat: the remount read-only flushes it too
+                fsync_dir(path.parent)
         finally:
             self.system.remount_boot(False)
         return True

@@ -13,7 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from nacl.signing import SigningKey
 
+from appliance.crypto.keys import write_verify_key
 from appliance.image import build, definition
 from appliance.qemu.fixtures import *  # noqa: F403  (the plugin's fixtures and report hook)
 
@@ -22,9 +24,18 @@ CACHE = Path(os.environ.get("INFRASPECTRE_CACHE", definition.SOURCE_DIR / "cache
 EPOCH = 1795737600
 
 
+#: The org update key of the board tests: a fixed seed, so two builds trust the same key
+#: (never a real key: the seed is in the source).
+UPDATE_KEY = SigningKey(bytes(range(100, 132)))
+
+
 def build_rpi(out: Path) -> build.Result:
-    """Build the rpi image into out from this session's inputs (cache, SOURCE_DATE_EPOCH)."""
-    return build.build(definition.load("rpi"), out, CACHE, epoch=EPOCH)
+    """Build the rpi image into out from this session's inputs (cache, SOURCE_DATE_EPOCH),
+    trusting the test update key."""
+    # the same file name in both builds: the root lists it (update-keys/org-test.pub)
+    pub = out.parent / "board-update-key" / "org-test.pub"
+    write_verify_key(pub, UPDATE_KEY.verify_key)
+    return build.build(definition.load("rpi"), out, CACHE, epoch=EPOCH, update_keys=[pub])
 
 
 @pytest.fixture(scope="session")

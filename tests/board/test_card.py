@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.image import bootcheck, build, firstboot, lock, manifest, settings
+from appliance.image import bootcheck, build, firstboot, lock, manifest, sdcard, settings
 from appliance.qemu.machine import Machine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,9 +23,10 @@ pytestmark = pytest.mark.timeout(900)
 def _boot_files(image: Path) -> list[str]:
     spec = f"{image}@@{settings.boot_partition_offset(image)}"
     out = subprocess.run(
-        ["mdir", "-b", "-i", spec, "::"], capture_output=True, text=True, check=True
+        ["mdir", "-b", "-/", "-i", spec, "::"], capture_output=True, text=True, check=True
     ).stdout
-    return [line.removeprefix("::/").strip() for line in out.splitlines() if line.strip()]
+    names = [line.strip().removeprefix("::/") for line in out.splitlines() if line.strip()]
+    return [n for n in names if not n.endswith("/")]
 
 
 def _boot_text(image: Path, name: str) -> str:
@@ -38,14 +39,15 @@ def _boot_text(image: Path, name: str) -> str:
 def test_boot_partition_holds_everything_config_and_cmdline_name(rpi_image: Path) -> None:
     files = _boot_files(rpi_image)
     config = _boot_text(rpi_image, "config.txt")
-    cmdline = _boot_text(rpi_image, "cmdline.txt")
+    cmdline = _boot_text(rpi_image, "slot-a/cmdline.txt")
     assert "arm_64bit=1" in config
     assert {"[pi3]", "[pi4]"} <= {line.strip() for line in config.splitlines()}
     assert bootcheck.missing(files, config, cmdline) == []
 
 
 def test_cmdline_root_is_the_cards_squashfs_partition(rpi_image: Path) -> None:
-    cmdline = _boot_text(rpi_image, "cmdline.txt")
+    cmdline = _boot_text(rpi_image, "slot-a/cmdline.txt")
+    assert "appliance.slot=a" in cmdline.split()
     found = re.search(r"root=PARTUUID=([0-9a-f]{8})-(\d+)", cmdline)
     assert found, cmdline
     with rpi_image.open("rb") as fh:
@@ -59,6 +61,19 @@ def test_cmdline_root_is_the_cards_squashfs_partition(rpi_image: Path) -> None:
 def test_card_size_is_a_power_of_two(rpi_image: Path) -> None:
     size = rpi_image.stat().st_size
     assert size & (size - 1) == 0
+
+
+def test_card_has_two_root_slots_with_slot_b_empty_and_data_last(rpi_image: Path) -> None:
+    (boot, _), (a, a_size), (b, b_size), (data, data_size) = (
+        firstboot.mbr_partition(rpi_image, n) for n in (1, 2, 3, 4)
+    )
+    assert (a_size, b_size) == (sdcard.SLOT_SIZE, sdcard.SLOT_SIZE)
+    assert boot < a < b < data and data + data_size == rpi_image.stat().st_size
+    with rpi_image.open("rb") as fh:
+        fh.seek(a)
+        assert fh.read(4) == b"hsqs"
+        fh.seek(b)
+        assert fh.read(1 << 20) == bytes(1 << 20)  # zeros until the first update
 
 
 def test_manifest_lists_packages_locked_python_and_file_hashes(
@@ -80,14 +95,14 @@ def test_manifest_lists_packages_locked_python_and_file_hashes(
     assert root["etc/shadow"]["mode"] == "0640"
     boot = {e["path"]: e for e in doc["files"]["boot"]}
     assert (
-        boot["vmlinuz"]["sha256"]
+        boot["slot-a/vmlinuz"]["sha256"]
         == hashlib.sha256(
             subprocess.run(
                 [
                     "mtype",
                     "-i",
                     f"{rpi_build.image}@@{settings.boot_partition_offset(rpi_build.image)}",
-                    "::vmlinuz",
+                    "::slot-a/vmlinuz",
                 ],
                 capture_output=True,
                 check=True,
@@ -115,9 +130,9 @@ def test_data_partition_grows_to_a_larger_card_on_first_boot(
     shutil.copyfile(rpi_image, bigger)
     card = 2 * rpi_image.stat().st_size
     os.truncate(bigger, card)
-    start, before = firstboot.mbr_partition(rpi_image, 3)
+    start, before = firstboot.mbr_partition(rpi_image, 4)  # /data: after the two slots
     pi: Machine = boot_board(bigger, "virt")
-    grown = int(pi.run("cat /sys/class/block/vda3/size").output) * 512
+    grown = int(pi.run("cat /sys/class/block/vda4/size").output) * 512
     assert grown > before
     assert card - (start + grown) < 1 << 20
     df = pi.run("df -k /data | tail -1").output.split()

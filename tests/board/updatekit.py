@@ -1,0 +1,169 @@
+"""What the update board tests share: derived images and bundles, prepared cards, and the
+steps of an update driven on the console.
+
+A "B" system is the session's image with a changed root: its squashfs unpacked, its
+/etc/appliance/release given a later build (and, for the failure cases, something broken),
+packed again (a fast zstd level: what is tested is the update, not the compression) and put
+in a copy of the image's slot a, from which `image bundle` makes the signed bundle. The card a
+test boots is the session's image with /data prepared on the host (sload.f2fs, as the build
+makes it): an identity (so the agent runs and the trial can be healthy), the clock, the
+bundles a technician would have copied, and optionally the checkpoint to pause at.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from appliance.image import firstboot, sdcard, settings, updatebundle
+from appliance.pki import init_pki, issue_agent
+from appliance.qemu.console import CommandResult
+from appliance.qemu.fixtures import sparse_copy
+from appliance.qemu.machine import Machine
+
+AGENT_ID = "branch-042"
+#: where the prepared cards hold the bundles (on /data)
+BUNDLES = "/data/bundles"
+#: health timeout given to `update apply` in the tests (the device's default is 300 s)
+HEALTH_TIMEOUT = 240
+
+
+def derive_image(
+    image: Path, out: Path, *, build: int, remove: tuple[str, ...] = (), work: Path
+) -> Path:
+    """A copy of image whose slot a holds a root with release build `build`, without the paths
+    in remove."""
+    work.mkdir(parents=True, exist_ok=True)
+    squash, tree = work / "root.squashfs", work / "tree"
+    updatebundle.extract_root(image, "a", squash)
+    if tree.exists():
+        shutil.rmtree(tree)
+    subprocess.run(["unsquashfs", "-q", "-n", "-d", str(tree), str(squash)], check=True)
+    release = tree / "etc/appliance/release"
+    doc = json.loads(release.read_text())
+    release.write_text(json.dumps({**doc, "build": build}, sort_keys=True) + "\n")
+    for path in remove:
+        (tree / path).unlink()
+    new = work / "new.squashfs"
+    subprocess.run(
+        ["mksquashfs", str(tree), str(new), "-noappend", "-comp", "zstd",
+         "-Xcompression-level", "3", "-b", "1M", "-no-xattrs", "-quiet", "-no-progress"],
+        check=True,
+    )  # fmt: skip
+    shutil.rmtree(tree)
+    sparse_copy(image, out)
+    start, size = firstboot.mbr_partition(out, 2)
+    assert new.stat().st_size <= size
+    sdcard.copy_into(new, out, start)
+    return out
+
+
+def prepare_card(
+    image: Path,
+    out: Path,
+    *,
+    bundles: dict[str, Path],
+    pki: Path,
+    work: Path,
+    pause: str = "",
+) -> Path:
+    """A copy of image configured as branch AGENT_ID whose /data holds its identity, the clock
+    (now: inside its certificate's validity), the bundles and the checkpoint to pause at."""
+    sparse_copy(image, out)
+    settings.configure(out, {"agent_id": AGENT_ID}, [])
+    tree = work / "data-tree"
+    if tree.exists():
+        shutil.rmtree(tree)
+    keys = tree / "keys"
+    keys.mkdir(parents=True)
+    keys.chmod(0o700)
+    agent = pki / "agents" / AGENT_ID
+    for name in ("client.crt", "client.key", "ed25519.key"):
+        shutil.copy2(agent / name, keys / name)
+    shutil.copy2(pki / "ca.crt", keys / "ca.crt")
+    (tree / "clock").write_text(f"{int(time.time())}\n")
+    (tree / "bundles").mkdir()
+    for name, path in bundles.items():
+        shutil.copyfile(path, tree / "bundles" / name)
+    if pause:
+        (tree / "update").mkdir()
+        (tree / "update/pause").write_text(pause + "\n")
+    start, size = firstboot.mbr_partition(out, 4)
+    data = work / "data.f2fs"
+    sdcard.make_data(tree, size, data, int(time.time()))
+    sdcard.copy_into(data, out, start)
+    shutil.rmtree(tree)
+    data.unlink()
+    return out
+
+
+def make_pki(directory: Path) -> Path:
+    init_pki(directory, [])
+    issue_agent(directory, AGENT_ID)
+    return directory
+
+
+def boot_config(card: Path) -> str:
+    """config.txt on the card's boot partition (read with mtools, as the harness does)."""
+    spec = f"{card}@@{settings.boot_partition_offset(card)}"
+    return subprocess.run(
+        ["mtype", "-i", spec, "::/config.txt"], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def running(pi: Machine) -> tuple[str, int]:
+    """(slot, release build) of the running system."""
+    slot = pi.run("sed -n 's/.*appliance\\.slot=\\([ab]\\).*/\\1/p' /proc/cmdline").output
+    build = json.loads(pi.run("cat /etc/appliance/release").output)["build"]
+    return slot.strip(), int(build)
+
+
+def wait_agent_ready(pi: Machine, timeout: float = 400) -> None:
+    """Until the agent answers /ready (imports are slow on the emulated Pi)."""
+    probe = "python3 -c \"import urllib.request as u; u.urlopen('http://127.0.0.1:9100/ready')\""
+    result = pi.run(
+        f"i=0; until {probe} 2>/dev/null; do i=$((i+1)); [ $i -gt {int(timeout / 3)} ] && break;"
+        " sleep 2; done; echo tries=$i",
+        timeout=timeout + 120,
+    )
+    tries = int(result.output.rsplit("tries=", 1)[1])
+    assert tries <= timeout / 3, (
+        f"the agent never became ready: {pi.run('tail /run/log/agent.log').output}"
+    )
+
+
+def start_apply(pi: Machine, bundle: str, *options: str) -> int:
+    """Type `update apply` on the console (it ends in a reboot or a pause); console mark."""
+    mark = pi.console.mark()
+    pi.console.send(
+        f"infraspectre update apply {BUNDLES}/{bundle} --health-timeout {HEALTH_TIMEOUT} "
+        + " ".join(options)
+    )
+    return mark
+
+
+def wait_paused(pi: Machine, checkpoint: str, since: int = 0, timeout: float = 900) -> None:
+    pi.console.wait_for(f"UPDATE-PAUSED {checkpoint}", timeout, since=since)
+
+
+def wait_trial_reboot(pi: Machine, since: int, timeout: float = 900) -> None:
+    """Until the kernel restarts with the tryboot command, then the reset."""
+    pi.console.wait_for(
+        re.compile(r"Restarting system with command '0 tryboot'"), timeout, since=since
+    )
+    pi.wait_off(timeout=60)
+
+
+def wait_update_settled(pi: Machine, timeout: float = 600) -> dict[str, object]:
+    """Until the update state is neither trying nor in progress; the record."""
+    result: CommandResult = pi.run(
+        'i=0; while grep -q \'"state": "trying"\' /data/update/state.json && '
+        f"[ $i -lt {int(timeout)} ]; do sleep 1; i=$((i+1)); done; cat /data/update/state.json",
+        timeout=timeout + 60,
+    )
+    doc: dict[str, object] = json.loads(result.output)
+    return doc
