@@ -142,8 +142,6 @@ def make_boot(files: Mapping[str, Path], size: int, out: Path, staging: Path, ep
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(files[name], dst)
         os.utime(dst, (epoch, epoch))
-    for folder in sorted(p for p in staging.rglob("*") if p.is_dir()):
-        os.utime(folder, (epoch, epoch))  # mcopy -m copies folder times too: reproducible
     out.unlink(missing_ok=True)
     env = dict(os.environ, SOURCE_DATE_EPOCH=str(epoch), TZ="UTC")
     run(
@@ -163,8 +161,15 @@ def make_boot(files: Mapping[str, Path], size: int, out: Path, staging: Path, ep
         "mkfs.fat",
         env=env,
     )
-    names = [str(staging / n) for n in sorted(os.listdir(staging))]
-    run(["mcopy", "-i", str(out), "-s", "-m", "-Q", *names, "::/"], "mcopy", env=env)
+    # folder by folder, names sorted: the FAT's directory order must not depend on the order
+    # in which the host's file system lists a folder (mcopy -s would follow it)
+    folders = sorted({str(Path(n).parent) for n in files} - {"."})
+    for folder in folders:
+        run(["mmd", "-i", str(out), f"::/{folder}"], "mmd", env=env)
+    for folder in [".", *folders]:
+        names = [str(staging / n) for n in sorted(files) if str(Path(n).parent) == folder]
+        target = "::/" if folder == "." else f"::/{folder}/"
+        run(["mcopy", "-i", str(out), "-m", "-Q", *names, target], "mcopy", env=env)
 
 
 def make_root(tree: Path, out: Path, epoch: int, options: Sequence[str]) -> None:

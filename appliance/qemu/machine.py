@@ -43,8 +43,12 @@ READY_MARKER = "INFRASPECTRE-READY"
 #: Kernel argument of a debug boot: the console is a root shell instead of the provisioning
 #: responder (overlays/base/usr/lib/appliance/console). The harness boots so by default.
 CONSOLE_SHELL_ARG = "infraspectre.console=shell"
-#: The kernel's last line before a reset or power-off (printed at emergency level).
-RESET_LINE = re.compile(r"reboot: (Restarting system|Power down|System halted)")
+#: The kernel's last line before a reset or power-off (printed at emergency level). A panic
+#: counts: a Pi resets after it (panic=10 on the card's command line), which QEMU's raspi3b,
+#: having no reset controller, cannot do itself.
+RESET_LINE = re.compile(
+    r"reboot: (Restarting system|Power down|System halted)|Kernel panic - not syncing"
+)
 
 
 class State(enum.Enum):

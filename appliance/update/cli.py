@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,9 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _boot(args: argparse.Namespace) -> int:
+    # started by rcS, it must outlive the console's hangup when rcS ends (rcS also runs it
+    # with setsid): a trial is committed or rolled back only if this process finishes
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     rec = _updater().on_boot()
     print(f"update: state {rec.state.value}")
     return 0
