@@ -30,6 +30,7 @@ AGENT_ID = "branch-042"
 BUNDLES = "/data/bundles"
 #: health timeout given to `update apply` in the tests (the device's default is 300 s)
 HEALTH_TIMEOUT = 240
+BOOT_TIMEOUT = 300.0
 
 
 def derive_image(
@@ -147,7 +148,21 @@ def start_apply(pi: Machine, bundle: str, *options: str) -> int:
 
 
 def wait_paused(pi: Machine, checkpoint: str, since: int = 0, timeout: float = 900) -> None:
+    """Until `update apply`, typed on the console, says it paused at checkpoint."""
     pi.console.wait_for(f"UPDATE-PAUSED {checkpoint}", timeout, since=since)
+
+
+def wait_trial_paused(pi: Machine, checkpoint: str, timeout: float = 900) -> None:
+    """On the trial boot (the shell up): until `update boot`, which rcS started in the
+    background, says in its log that it paused at checkpoint."""
+    pi.wait_ready(BOOT_TIMEOUT)
+    log = "/run/log/update.log"
+    result = pi.run(
+        f"i=0; until grep -q 'UPDATE-PAUSED {checkpoint}' {log} 2>/dev/null || "
+        f"[ $i -ge {int(timeout / 2)} ]; do sleep 2; i=$((i+1)); done; cat {log}",
+        timeout=2 * timeout,  # the loop's own bound ends it first, with the log
+    )
+    assert f"UPDATE-PAUSED {checkpoint}" in result.output, result.output
 
 
 def wait_trial_reboot(pi: Machine, since: int, timeout: float = 900) -> None:
