@@ -10,6 +10,10 @@ file, refused input) and for any unexpected exception (its traceback is logged a
 user never sees one unless asked); 130 on Ctrl-C; 141 (128 + SIGPIPE, what a shell reports for
 a C tool) when whoever reads stdout went away, as in `infraspectre flows --pcap X | head`:
 quietly, the way well-behaved Unix tools end.
+
+Logging (appliance/logformat.py): `--log-level` and `--log-format` over `IS_LOG_LEVEL` and
+`IS_LOG_FORMAT` over the `log` section of the command's `--config` file; text or JSON lines on
+stderr.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from appliance import __version__
+from appliance import __version__, logformat
 from appliance.errors import CommandError
 
 #: Modules whose register(subparsers) adds top-level commands, in help order.
@@ -56,9 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"infraspectre {__version__}")
     parser.add_argument(
         "--log-level",
-        default="INFO",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="logging threshold (default INFO)",
+        type=logformat.cli_level,
+        choices=logformat.LEVELS,
+        help="logging threshold, any case (default: $IS_LOG_LEVEL, else the config's "
+        "log.level, else INFO)",
+    )
+    parser.add_argument(
+        "--log-format",
+        type=logformat.cli_format,
+        choices=logformat.FORMATS,
+        help="text, or json: one object per line (default: $IS_LOG_FORMAT, else the "
+        "config's log.format, else text)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -76,12 +88,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     try:
+        logformat.configure(
+            logformat.resolve(
+                args.log_level, args.log_format, getattr(args, "config", None), os.environ
+            )
+        )
         status = args.func(args)
         sys.stdout.flush()  # a reader that went away shows here, not at interpreter exit
     except BrokenPipeError:

@@ -23,6 +23,7 @@ class AgentSnapshot:
 
     flows_sealed: int = 0
     counters_sealed: int = 0
+    health_sealed: int = 0
     wal_refused: int = 0
     capture: dict[str, float] = field(default_factory=dict)
     wal: dict[str, float] = field(default_factory=dict)
@@ -53,6 +54,9 @@ class AgentCollector(Collector):
         yield CounterMetricFamily("agent_flows_sealed", "Flow records sealed", value=s.flows_sealed)
         yield CounterMetricFamily(
             "agent_counters_sealed", "Interface-counter records sealed", value=s.counters_sealed
+        )
+        yield CounterMetricFamily(
+            "agent_health_sealed", "Health records sealed", value=s.health_sealed
         )
         yield CounterMetricFamily(
             "agent_wal_refused", "Records the full WAL refused (policy refuse)", value=s.wal_refused

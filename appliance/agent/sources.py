@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+from appliance.agent.health import CaptureCounts
 from appliance.capture.config import CaptureConfig
 from appliance.capture.counters import CountersPoller, NetlinkSource
 from appliance.capture.flows import FlowBatch, to_flow_event
@@ -65,6 +66,12 @@ class LiveFlowSource:
         """(packets, drops) from the kernel, accumulated; pipeline thread only."""
         self._packets, self._drops = self.ring.counts()
         return self._packets, self._drops
+
+    def capture_counts(self) -> list[CaptureCounts]:
+        """The mirror port's kernel counters and own frames, for a health sample; pipeline
+        thread only (it reads PACKET_STATISTICS)."""
+        packets, drops = self.kernel_counts()
+        return [CaptureCounts(self.interface, packets, drops, self.ring.own_frames)]
 
     def close(self) -> Sequence[FlowEvent]:
         flows = self._events(self.live.close())

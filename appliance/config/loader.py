@@ -16,7 +16,7 @@ from appliance.errors import CommandError
 T = TypeVar("T")
 
 #: Top-level sections a configuration file may contain.
-KNOWN_SECTIONS = frozenset({"eventbus", "agent", "storage", "capture", "wal"})
+KNOWN_SECTIONS = frozenset({"eventbus", "agent", "storage", "capture", "wal", "log"})
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -27,10 +28,12 @@ class AgentProc:
         self.proc: subprocess.Popen[str] | None = None
         self.logs: list[str] = []
 
-    def start(self) -> AgentProc:
+    def start(self, env: dict[str, str] | None = None) -> AgentProc:
+        """Run it (env: variables added to ours) and wait for its ready line."""
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "appliance", "agent", "run", "--config", str(self.config)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=None if env is None else {**os.environ, **env},
         )  # fmt: skip
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
