@@ -22,7 +22,11 @@ class BusMetrics:
             buckets=(0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000),
             registry=r,
         )
-        self.inflight = Gauge("bus_inflight_requests", "Publish calls in progress", registry=r)
+        self.inflight = Gauge(
+            "bus_inflight_requests",
+            "Publish calls open past the gate (awaiting, receiving or processing a message)",
+            registry=r,
+        )
         self.invalid_total = Counter("bus_invalid", "Envelopes answered INVALID", registry=r)
         self.retry_total = Counter("bus_retry", "Envelopes answered RETRY", registry=r)
         self.rejected_total = Counter(
@@ -51,6 +55,11 @@ class BusMetrics:
         self.trust_map_agents = Gauge("bus_trust_map_agents", "Agents in the trust map", registry=r)
         self.trust_map_reloads_total = Counter(
             "bus_trust_map_reloads", "Trust map reloads (SIGHUP), by result", ["result"], registry=r
+        )
+        self.calls_awaiting_message = Gauge(
+            "bus_calls_awaiting_message",
+            "Open publish calls whose one message has not fully arrived yet",
+            registry=r,
         )
         for status in ("OK", "RETRY", "INVALID"):
             self.publish_total.labels(status)
