@@ -260,7 +260,7 @@ class Gate:
                 context, Refusal.DEADLINE, grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"no complete message within message_deadline_s {self.message_deadline_s}",
             )  # fmt: skip
-        if not context.is_active():
+        if message is None and not context.is_active():
             self._refuse(
                 context, Refusal.CANCELLED, grpc.StatusCode.CANCELLED,
                 "the call ended before its message arrived",
