@@ -208,7 +208,9 @@ class Gate:
     def _refuse(
         self, context: grpc.ServicerContext, why: Refusal, code: grpc.StatusCode, details: str
     ) -> NoReturn:
+        # Counted always, logged at DEBUG only: a flood of refusals must not flood the log.
         self.metrics.rejected_total.labels(why.value).inc()
+        log.debug("gate refused a call (%s): %s", why.value, details)
         context.abort(code, details)
 
     def _identify(self, context: grpc.ServicerContext) -> str:

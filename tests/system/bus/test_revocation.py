@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+import yaml
 from testsupport.pki_helpers import fresh_pki
 
 from appliance.bus.server import BusServer
 from appliance.cli import main
+from appliance.localprocs import cli_process, free_port, loopback_bus_sections
 from appliance.pki import issue_agent
 from appliance.wire import PublishAck
 
@@ -80,3 +85,27 @@ def test_a_broken_revocation_list_keeps_the_previous_lists_on_reload(
         grpc.StatusCode.PERMISSION_DENIED
     )
     assert _publish(publisher(own_pki, bus.port, "branch-2")) == OK
+
+
+def test_revocation_takes_effect_on_sighup_in_a_running_bus(
+    own_pki: Path, tmp_path: Path, publisher: Any
+) -> None:
+    port = free_port()
+    config = tmp_path / "bus.yaml"
+    config.write_text(yaml.safe_dump(loopback_bus_sections(own_pki, tmp_path / "data", port)))
+    with cli_process(["bus", "serve", "--config", str(config)], "bus") as bus:
+        stolen = publisher(own_pki, port, "branch-1")
+        other = publisher(own_pki, port, "branch-2")
+        assert _publish(stolen) == OK and _publish(other) == OK
+        assert main(["pki", "revoke", str(own_pki), "branch-1"]) == 0
+        os.kill(bus.pid, signal.SIGHUP)
+        for _ in range(100):  # bounded: the reload runs in a thread right after the signal
+            try:
+                _publish(stolen)
+            except grpc.RpcError as err:
+                assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+                break
+            threading.Event().wait(0.1)
+        else:
+            raise AssertionError("the revocation never took effect")
+        assert _publish(other) == OK
