@@ -178,6 +178,8 @@ class Gate:
         self.message_deadline_s = message_deadline_s
         self.backoff_hint_ms = backoff_hint_ms
         self.watchdog = Watchdog()
+        for why in Refusal:  # every label exported from the start, at 0, for alert rules
+            metrics.rejected_total.labels(why.value)
         self._awaiting = 0
         self._awaiting_lock = threading.Lock()
 
