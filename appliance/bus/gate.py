@@ -97,12 +97,20 @@ class CallSlots:
             self._open -= 1
 
 
+class AlarmState(enum.Enum):
+    """ARMED -> FIRED (the watchdog ran the action) or ARMED -> DISARMED (its owner was first)."""
+
+    ARMED = "armed"
+    FIRED = "fired"
+    DISARMED = "disarmed"
+
+
 @dataclass(order=True)
 class _Alarm:
     due: float
     seq: int
     action: Callable[[], None] = field(compare=False)
-    state: str = field(default="armed", compare=False)  # armed -> fired | disarmed
+    state: AlarmState = field(default=AlarmState.ARMED, compare=False)
 
 
 class Watchdog:
@@ -131,9 +139,9 @@ class Watchdog:
     def disarm(self, alarm: _Alarm) -> bool:
         """Stop alarm from firing; False if it already fired."""
         with self._cond:
-            if alarm.state == "fired":
+            if alarm.state is AlarmState.FIRED:
                 return False
-            alarm.state = "disarmed"  # left in the heap, dropped when its time comes
+            alarm.state = AlarmState.DISARMED  # left in the heap, dropped when its time comes
             return True
 
     def close(self) -> None:
@@ -150,9 +158,9 @@ class Watchdog:
                 if self._closed:
                     return
                 alarm = heapq.heappop(self._heap)
-                if alarm.state != "armed":
+                if alarm.state is not AlarmState.ARMED:
                     continue
-                alarm.state = "fired"
+                alarm.state = AlarmState.FIRED
             try:
                 alarm.action()
             except Exception:  # an action must not stop every later alarm
