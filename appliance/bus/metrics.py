@@ -25,7 +25,11 @@ class BusMetrics:
             buckets=(0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000),
             registry=r,
         )
-        self.inflight = Gauge("bus_inflight_requests", "Publish calls in progress", registry=r)
+        self.inflight = Gauge(
+            "bus_inflight_requests",
+            "Publish calls open past the gate (awaiting, receiving or processing a message)",
+            registry=r,
+        )
         self.invalid_total = Counter("bus_invalid", "Envelopes answered INVALID", registry=r)
         self.retry_total = Counter("bus_retry", "Envelopes answered RETRY", registry=r)
         self.rejected_total = Counter(
@@ -58,6 +62,11 @@ class BusMetrics:
         self.store_up = Gauge(
             "bus_store_up",
             "1 while the store commits, 0 while it cannot (disk full, ...)",
+            registry=r,
+        )
+        self.calls_awaiting_message = Gauge(
+            "bus_calls_awaiting_message",
+            "Open publish calls whose one message has not fully arrived yet",
             registry=r,
         )
         for status in ("OK", "RETRY", "INVALID"):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +29,7 @@ from appliance.bus.auth import TrustHolder, peer_cn
 from appliance.bus.chain import key_id
 from appliance.bus.config import BusSettings
 from appliance.bus.fleet import AgentCollector
+from appliance.bus.gate import Gate
 from appliance.bus.metrics import BusMetrics
 from appliance.bus.store import FlowStore, Outcome, Record, Retention, Row
 from appliance.bus.validate import Limits, Reject, Rejection, check_fields, normal_ip
@@ -47,6 +50,9 @@ log = logging.getLogger(__name__)
 OK, RETRY, INVALID = PublishAck.OK, PublishAck.RETRY, PublishAck.INVALID
 STATUS_NAME = {OK: "OK", RETRY: "RETRY", INVALID: "INVALID"}
 COMMIT_TIMEOUT_S = 30.0
+#: Workers beyond max_open_calls: room for refusals and health checks while every call slot
+#: is taken.
+SPARE_WORKERS = 16
 #: Batches at least this large are verified on several threads.
 PARALLEL_MIN_BATCH = 64
 
@@ -138,11 +144,11 @@ class EventBusService:
     def _authorize(self, context: grpc.ServicerContext) -> tuple[str, VerifyKey]:
         cn = peer_cn(context)
         if cn is None:
-            self.metrics.rejected_total.labels("no_identity").inc()
+            self.metrics.rejected_total.labels(Reject.NO_IDENTITY.value).inc()
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate CN")
         key = self.trust.current.get(cn)
         if key is None:
-            self.metrics.rejected_total.labels("untrusted").inc()
+            self.metrics.rejected_total.labels(Reject.UNTRUSTED.value).inc()
             context.abort(
                 grpc.StatusCode.PERMISSION_DENIED, f"agent {cn!r} is not in the trust map"
             )
@@ -308,7 +314,8 @@ def _stamp_time(context: grpc.ServicerContext) -> None:
 class BusServer:
     """A running bus: gRPC server, store, trust map, metrics and health endpoints.
 
-    Lifecycle: construct (binds ports, opens the store; raises CommandError on bad credentials),
+    Lifecycle: construct (binds ports, then opens the store; raises CommandError on bad
+    credentials or a port it cannot bind, and then leaves no store behind),
     `wait()` until a signal or `stop()`, then `stop()` stops accepting calls, lets in-flight calls
     finish within shutdown_grace_s, commits the store and closes the endpoints.
     """
@@ -321,44 +328,19 @@ class BusServer:
         self._stop_lock = threading.Lock()
         self.ready = False
         creds = _server_credentials(settings)
-        self.trust = TrustHolder(cfg.trust_map_path())
+        self.trust = TrustHolder(cfg.trust_map_path(), cfg.revocation_list_path())
         self.metrics.trust_map_agents.set(len(self.trust.current))
-        self.store = FlowStore(
-            settings.storage.data_dir / cfg.db_name,
-            sync=cfg.db_sync,
-            gap_settle_s=cfg.gap_settle_s,
-            on_event=lambda kind: self.metrics.chain_events_total.labels(kind.value).inc(),
-            retention=Retention(cfg.retention_max_age_s, cfg.retention_max_bytes or 1 << 62),
-        )
-        if cfg.per_agent_metrics:
-            self.metrics.registry.register(
-                AgentCollector(self.store.agents, lambda: self.trust.current.keys)
-            )
-        self.metrics.store_up.set_function(lambda: float(self.store.healthy()))
-        self.metrics.store_bytes.set_function(self.store.size_bytes)
-        self.service = EventBusService(settings, self.store, self.trust, self.metrics)
         self.health = health.HealthServicer()
-        max_msg = cfg.max_batch * cfg.max_env_bytes + 1024
+        # Every open call may hold a worker (the gate bounds them to max_open_calls); the spare
+        # workers answer refusals and health checks while all of those are taken.
         self.grpc = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=cfg.hard_max + 8, thread_name_prefix="bus"),
-            options=[
-                ("grpc.max_receive_message_length", min(max_msg, 256 * 1024 * 1024)),
-                ("grpc.so_reuseport", 0),
-            ],
+            futures.ThreadPoolExecutor(
+                max_workers=cfg.max_open_calls + SPARE_WORKERS, thread_name_prefix="bus"
+            ),
+            options=_server_options(settings),
         )
-        handlers = {
-            "Publish": grpc.unary_unary_rpc_method_handler(self.service.publish),
-            "PublishBatch": grpc.unary_unary_rpc_method_handler(self.service.publish_batch),
-        }
-        self.grpc.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)
-        )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
-        address = f"{_bracket(cfg.host)}:{cfg.port}"
-        self.port = self.grpc.add_secure_port(address, creds)
-        if self.port == 0:
-            self.store.close()
-            raise CommandError(f"cannot listen on {address}: address in use or not local")
+        # Ports first, the store last: a bus that cannot listen leaves nothing behind.
+        self.port = _bind(self.grpc, f"{_bracket(cfg.host)}:{cfg.port}", creds)
         self.endpoints: list[HttpEndpoint] = []
         try:
             if cfg.metrics_port != -1:
@@ -381,8 +363,48 @@ class BusServer:
                 )
         except OSError as exc:
             self._close_endpoints()
-            self.store.close()
             raise CommandError(f"cannot open the HTTP endpoints: {exc.strerror}") from exc
+        self.store = FlowStore(
+            settings.storage.data_dir / cfg.db_name,
+            sync=cfg.db_sync,
+            gap_settle_s=cfg.gap_settle_s,
+            on_event=lambda kind: self.metrics.chain_events_total.labels(kind.value).inc(),
+            retention=Retention(cfg.retention_max_age_s, cfg.retention_max_bytes or 1 << 62),
+        )
+        if cfg.per_agent_metrics:
+            self.metrics.registry.register(
+                AgentCollector(self.store.agents, lambda: self.trust.current.keys)
+            )
+        self.metrics.store_up.set_function(lambda: float(self.store.healthy()))
+        self.metrics.store_bytes.set_function(self.store.size_bytes)
+        self.service = EventBusService(settings, self.store, self.trust, self.metrics)
+        self.gate = Gate(
+            self.trust,
+            self.metrics,
+            max_open_calls=cfg.max_open_calls,
+            max_calls_per_peer=cfg.max_calls_per_peer,
+            message_deadline_s=cfg.message_deadline_s,
+            backoff_hint_ms=cfg.backoff_hint_ms,
+        )
+        self.metrics.inflight.set_function(lambda: self.gate.slots.open)
+        self.metrics.calls_awaiting_message.set_function(lambda: self.gate.awaiting_message)
+        #: /ready answers 200 only while every one of these is true.
+        self.readiness: list[Callable[[], bool]] = [
+            lambda: self.ready,
+            self.store.healthy,
+        ]
+        # Stream-request methods: the gate runs on the call's headers, before any message is
+        # read; unary clients are unaffected (appliance/bus/gate.py).
+        handlers = {
+            "Publish": grpc.stream_unary_rpc_method_handler(self.gate.wrap(self.service.publish)),
+            "PublishBatch": grpc.stream_unary_rpc_method_handler(
+                self.gate.wrap(self.service.publish_batch)
+            ),
+        }
+        self.grpc.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         self.grpc.start()
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -404,11 +426,10 @@ class BusServer:
         return self.endpoints[-1].port if self.settings.eventbus.health_port != -1 else None
 
     def _ready_route(self) -> tuple[int, str, bytes]:
-        if not self.ready:
-            return text(503, "not ready\n")
-        if not self.store.healthy():
-            return text(503, f"not ready: {self.store.failure}\n")
-        return text(200, "ready\n")
+        if all(check() for check in self.readiness):
+            return text(200, "ready\n")
+        failure = getattr(self.store, "failure", None)
+        return text(503, f"not ready: {failure}\n" if self.ready and failure else "not ready\n")
 
     def reload_trust_map(self) -> bool:
         """SIGHUP: load the trust map again without touching connections."""
@@ -445,6 +466,7 @@ class BusServer:
             self.health.enter_graceful_shutdown()
             self.grpc.stop(self.settings.eventbus.shutdown_grace_s).wait()
             self.service.close()
+            self.gate.close()
             self.store.close()
             self._close_endpoints()
             log.info("bus stopped; store committed")
@@ -459,6 +481,47 @@ class BusServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _server_options(settings: BusSettings) -> list[tuple[str, int]]:
+    """gRPC core options: what any peer, trusted or not, can make the bus hold."""
+    cfg = settings.eventbus
+    return [
+        # the largest legal batch, nothing more (EventBusConfig.receive_cap)
+        ("grpc.max_receive_message_length", cfg.receive_cap()),
+        ("grpc.so_reuseport", 0),
+        # No grpc.max_concurrent_streams: grpcio's client does not queue behind it but fails the
+        # excess calls with REFUSED_STREAM (UNAVAILABLE, no retry hint), and a peer can open more
+        # connections anyway. The gate's per-peer limit bounds calls with a hint instead.
+        ("grpc.server_handshake_timeout_ms", int(cfg.handshake_timeout_s * 1000)),
+        ("grpc.max_connection_idle_ms", int(cfg.max_connection_idle_s * 1000)),
+    ]
+
+
+def _bind(server: grpc.Server, address: str, creds: grpc.ServerCredentials) -> int:
+    """server.add_secure_port, or a CommandError of one line saying why not.
+
+    gRPC core writes its own error line straight to file descriptor 2 when a bind fails; it is
+    captured here (this runs once, at start-up, before any other thread of ours writes there)
+    and its reason folded into our line, so that `bus serve` prints exactly one.
+    """
+    with tempfile.TemporaryFile() as captured:
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            port = server.add_secure_port(address, creds)
+        except RuntimeError:  # grpcio >= 1.60 raises where older versions returned 0
+            port = 0
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        core = captured.read().decode("utf-8", "replace")
+    if port:
+        sys.stderr.write(core)  # nothing of gRPC's is lost when the bind worked
+        return port
+    reason = "address in use" if "in use" in core else "not a local address or not permitted"
+    raise CommandError(f"cannot listen on {address}: {reason}")
 
 
 def _bracket(host: str) -> str:
