@@ -391,7 +391,7 @@ class BusServer:
         #: /ready answers 200 only while every one of these is true.
         self.readiness: list[Callable[[], bool]] = [
             lambda: self.ready,
-            self.store.healthy,
+            lambda: self.store.healthy(),
         ]
         # Stream-request methods: the gate runs on the call's headers, before any message is
         # read; unary clients are unaffected (appliance/bus/gate.py).

@@ -12,28 +12,33 @@ from typing import Any
 
 import pytest
 import yaml
+from testsupport.flows import recent_flow
 
 from appliance.bus.server import BusServer
 from appliance.crypto import Sealer, load_signing_key
-from appliance.wire import FlowEvent, PublishAck
+from appliance.wire import PublishAck
 from appliance.wire.channel import eventbus_stub, mtls_channel
 
 INFRASPECTRE = Path(sys.executable).parent / "infraspectre"
 OK = PublishAck.OK
 
 
+_SEALERS: dict[Path, Sealer] = {}
+
+
 def _publish_via(pki: Path, target: str, i: int) -> Any:
+    """One flow over a fresh channel; one sealer per PKI, so the chain's seq never repeats."""
     adir = pki / "agents" / "branch-1"
     channel = mtls_channel(
         target, ca=pki / "ca.crt", cert=adir / "client.crt", key=adir / "client.key",
         server_name="localhost",
     )  # fmt: skip
     with channel:
-        sealer = Sealer("branch-1", load_signing_key(adir / "ed25519.key"))
-        flow = FlowEvent(
-            src_ip="2001:db8::10", dst_ip="2001:db8::20", src_port=40000 + i, dst_port=443,
-            proto="TCP", bytes_tx=100, start_time=1_700_000_000_000, end_time=1_700_000_001_000,
-        )  # fmt: skip
+        sealer = _SEALERS.setdefault(
+            pki, Sealer("branch-1", load_signing_key(adir / "ed25519.key"))
+        )
+        flow = recent_flow(i)
+        flow.src_ip, flow.dst_ip = "2001:db8::10", "2001:db8::20"
         return eventbus_stub(channel).Publish(sealer.seal(flow), timeout=10).status
 
 
@@ -103,4 +108,6 @@ def test_serve_on_a_taken_port_prints_one_line_and_creates_no_store(
     assert proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith("infraspectre: cannot ")
     assert ("address in use" if taken == "grpc" else "Address already in use") in proc.stderr
-    assert not (tmp_path / "data").exists()
+    # the pidfile's folder may exist; no store was created, and no pidfile is left behind
+    assert not (tmp_path / "data" / "bus.sqlite").exists()
+    assert not (tmp_path / "data" / "bus.pid").exists()
