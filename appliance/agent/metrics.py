@@ -10,11 +10,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from appliance.wal.metrics import COUNTERS as WAL_COUNTERS
-from appliance.wal.metrics import GAUGES as WAL_GAUGES
+from appliance.wal.metrics import METRICS as WAL_METRICS
+from appliance.wal.metrics import family as wal_family
 
 
 @dataclass
@@ -48,7 +48,7 @@ class AgentCollector(Collector):
     def __init__(self, snapshot: Callable[[], AgentSnapshot]) -> None:
         self._snapshot = snapshot
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         s = self._snapshot()
         yield CounterMetricFamily("agent_flows_sealed", "Flow records sealed", value=s.flows_sealed)
         yield CounterMetricFamily(
@@ -60,11 +60,10 @@ class AgentCollector(Collector):
         for name, value in sorted(s.capture.items()):
             kind = GaugeMetricFamily if name.endswith("_active") else CounterMetricFamily
             yield kind(f"agent_capture_{name}", f"Capture: {name.replace('_', ' ')}", value=value)
-        # the WAL's own metric names and help (appliance.wal.metrics), prefixed agent_
-        for table, family in ((WAL_COUNTERS, CounterMetricFamily), (WAL_GAUGES, GaugeMetricFamily)):
-            for name, field_name, doc in table:
-                if field_name in s.wal:
-                    yield family(f"agent_{name}", f"WAL: {doc}", value=s.wal[field_name])
+        # the WAL's own metric definitions (appliance.wal.stats), prefixed agent_
+        for metric in WAL_METRICS:
+            if metric.field in s.wal:
+                yield wal_family(metric, s.wal[metric.field], prefix="agent_", doc_prefix="WAL: ")
         publish = CounterMetricFamily(
             "agent_publish", "Envelopes answered by the bus, by status", labels=["status"]
         )
