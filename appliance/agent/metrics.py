@@ -37,6 +37,19 @@ class AgentSnapshot:
     clock_slews: int = 0
 
 
+#: The capture source's counters (FlowSource.stats() keys), exported as agent_capture_<key>:
+#: kind and help, defined once here. A key missing from this table is still exported (as a
+#: counter, or a gauge if it ends in _active) with a generic help.
+CAPTURE_METRICS: dict[str, tuple[str, str]] = {
+    "kernel_packets": ("counter", "Packets the kernel's ring saw (PACKET_STATISTICS, accumulated)"),
+    "kernel_drops": ("counter", "Packets the kernel dropped before the ring"),
+    "packets_metered": ("counter", "Packets the flow meter counted"),
+    "bytes_metered": ("counter", "IP bytes (total length) the flow meter counted"),
+    "flows_started": ("counter", "Flows the meter opened"),
+    "flows_evicted": ("counter", "Flows the meter ended (timeouts, FIN/RST, table bound)"),
+    "flows_active": ("gauge", "Flows open in the meter now"),
+}
+
 #: Kinds of failed publish calls, exported as 0 until they happen (absent is not zero).
 FAILURE_KINDS = ("unavailable", "tls", "denied", "exhausted", "rejected", "failed")
 STATES = ("connecting", "connected", "throttled", "backing_off", "stopped")
@@ -58,8 +71,11 @@ class AgentCollector(Collector):
             "agent_wal_refused", "Records the full WAL refused (policy refuse)", value=s.wal_refused
         )
         for name, value in sorted(s.capture.items()):
-            kind = GaugeMetricFamily if name.endswith("_active") else CounterMetricFamily
-            yield kind(f"agent_capture_{name}", f"Capture: {name.replace('_', ' ')}", value=value)
+            kind_name, doc = CAPTURE_METRICS.get(
+                name, ("gauge" if name.endswith("_active") else "counter", name.replace("_", " "))
+            )
+            kind = GaugeMetricFamily if kind_name == "gauge" else CounterMetricFamily
+            yield kind(f"agent_capture_{name}", f"Capture: {doc}", value=value)
         # the WAL's own metric definitions (appliance.wal.stats), prefixed agent_
         for metric in WAL_METRICS:
             if metric.field in s.wal:
