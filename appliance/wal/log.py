@@ -80,12 +80,14 @@ class Wal:
         self._machine = lifecycle(f"WAL {config.path}")
         self._storage = storage
         self._clock = clock
+        self._wall = wall_clock
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._kick = threading.Event()  # a new deadline: the flusher recomputes its wait
         self._read_only = False
         self._max_payload = min(MAX_PAYLOAD, config.segment_bytes - 2 * PAGE)
+        # the parts, in dependency order; each holds the ones it uses, none holds the lock
         self._c = Counters()
         self._index = LogIndex()
         self._tail = Tail()
@@ -102,7 +104,6 @@ class Wal:
             wall_clock=wall_clock,
             wake=self._kick.set,
         )
-        self._wall = wall_clock
 
     # ------------------------------------------------------------------ lifecycle
 
