@@ -32,6 +32,7 @@ APT_PACKAGES := \
 	cpio \
 	kmod \
 	zstd \
+	prometheus \
 	debian-archive-keyring
 
 .PHONY: all deps apt venv proto demo image test test-unit test-system test-board soak lint fmt clean
@@ -70,13 +71,14 @@ image: venv
 	$(BIN)/infraspectre image build --board rpi --out out/rpi
 
 lint: venv
-	$(BIN)/ruff check appliance tests
-	$(BIN)/ruff format --check appliance tests
+	$(BIN)/ruff check appliance tests contrib
+	$(BIN)/ruff format --check appliance tests contrib
 	$(BIN)/mypy
+	$(BIN)/mypy --strict contrib/grafana/build_dashboard.py
 
 fmt: venv
-	$(BIN)/ruff format appliance tests
-	$(BIN)/ruff check --fix appliance tests
+	$(BIN)/ruff format appliance tests contrib
+	$(BIN)/ruff check --fix appliance tests contrib
 
 test-unit: venv
 	$(BIN)/pytest -q tests/unit
