@@ -49,6 +49,7 @@ CAPTURE_METRICS: dict[str, tuple[str, str]] = {
     "flows_started": ("counter", "Flows the meter opened"),
     "flows_evicted": ("counter", "Flows the meter ended (timeouts, FIN/RST, table bound)"),
     "flows_active": ("gauge", "Flows open in the meter now"),
+    "own_frames": ("counter", "Frames the box itself sent on its mirror port (never metered)"),
 }
 
 #: Kinds of failed publish calls, exported as 0 until they happen (absent is not zero).

@@ -10,9 +10,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from testsupport.wal_helpers import small_config
 
 from appliance.agent.metrics import CAPTURE_METRICS, AgentSnapshot, agent_registry
+from appliance.bus.fleet import AgentCollector as FleetCollector
 from appliance.bus.metrics import BusMetrics
+from appliance.bus.store import AgentSummary
 from appliance.wal import Wal
 from appliance.wal.metrics import register_metrics
+from appliance.wire import AgentHealth, CaptureHealth
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -98,9 +101,18 @@ def test_every_metric_the_wal_exports_is_documented(tmp_path: Path) -> None:
     assert exported - _named((DOCS / "WAL.md").read_text(), "wal_") == set()
 
 
+def _bus_registry() -> CollectorRegistry:
+    """The bus's registry with its per-agent series present: one agent with a health record."""
+    health = AgentHealth(sample_ns=1, cert_not_after_s=1, capture=[CaptureHealth(ifname="e")])
+    agent = AgentSummary("a", "k", 1, 1, 1, 1, health.SerializeToString(), 1)
+    registry = BusMetrics().registry
+    registry.register(FleetCollector(lambda: [agent], lambda: {"a"}))
+    return registry
+
+
 def test_bus_md_and_the_bus_metrics_agree_both_ways() -> None:
     documented = _named((DOCS / "BUS.md").read_text(), "bus_")
-    registry = BusMetrics().registry
+    registry = _bus_registry()
     assert documented, "BUS.md names no metric"
     assert documented - _exported(registry) == set()
     assert _metrics(registry) - documented == set()
