@@ -22,6 +22,7 @@ APT_PACKAGES := \
 	softflowd \
 	nfdump \
 	tcpreplay \
+	tcpdump \
 	qemu-system-arm \
 	squashfs-tools \
 	f2fs-tools \
