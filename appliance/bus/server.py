@@ -7,6 +7,7 @@ ack, a batch with garbage the status INVALID_ARGUMENT.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import signal
@@ -87,6 +88,9 @@ class EventBusService:
             overload=cfg.overload,
         )
         metrics.inflight.set_function(lambda: self.admission.inflight)
+        #: INVALID envelopes per agent (bounded by the trust map: untrusted callers never get
+        #: this far), and a log line per agent at most every REFUSAL_LOG_S.
+        self.refusals = RefusalLog()
         self._verify_threads = cfg.verify_threads or os.cpu_count() or 1
         self._verify_pool = futures.ThreadPoolExecutor(
             max_workers=self._verify_threads, thread_name_prefix="bus-verify"
@@ -227,11 +231,12 @@ class EventBusService:
         records: list[Record] = []
         accepted: list[int] = []
         chain_key = key_id(key)
+        refused: collections.Counter[Reject] = collections.Counter()
         for i, (env, rejection) in enumerate(
             zip(envs, self._check_all(cn, key, envs, sizes, now), strict=True)
         ):
             if rejection is not None:
-                self._count(INVALID, rejection.kind)
+                refused[rejection.kind] += 1
                 acks[i] = PublishAck(status=INVALID, reason=rejection.message)
                 continue
             records.append(envelope_record(env, env.SerializeToString(), now, chain_key))
@@ -252,17 +257,54 @@ class EventBusService:
                 self.metrics.stored_total.inc(result.inserted)
                 self.metrics.duplicates_total.inc(result.duplicates)
                 ok = PublishAck(status=OK)
+                n_ok = 0
                 for i, outcome in zip(accepted, result.outcomes, strict=True):
                     if outcome in (Outcome.STORED, Outcome.DUPLICATE):
                         acks[i] = ok
-                        self._count(OK)
+                        n_ok += 1
                     else:
                         rejection = STORE_REJECTIONS[outcome]
                         acks[i] = PublishAck(status=INVALID, reason=rejection.message)
-                        self._count(INVALID, rejection.kind)
+                        refused[rejection.kind] += 1
+                self._count(OK, n=n_ok)
+        for kind, n in refused.items():
+            self._count(INVALID, kind, n)
+        if refused:
+            self.refusals.note(cn, refused)
         return [a for a in acks if a is not None]
 
 
+class RefusalLog:
+    """Envelopes answered INVALID, per agent: a counter for the per-agent series and at most
+    one warning per agent every REFUSAL_LOG_S (a broken or hostile box cannot flood the log),
+    naming the kinds refused since the last line. Thread-safe."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.totals: dict[str, int] = {}
+        self._pending: dict[str, collections.Counter[Reject]] = {}
+        self._logged_at: dict[str, float] = {}
+
+    def note(self, agent: str, kinds: collections.Counter[Reject]) -> None:
+        with self._lock:
+            self.totals[agent] = self.totals.get(agent, 0) + sum(kinds.values())
+            pending = self._pending.setdefault(agent, collections.Counter())
+            pending.update(kinds)
+            now = self._clock()
+            if now - self._logged_at.get(agent, -REFUSAL_LOG_S) < REFUSAL_LOG_S:
+                return
+            self._logged_at[agent] = now
+            summary = ", ".join(f"{k.value} {n}" for k, n in sorted(pending.items(), key=str))
+            pending.clear()
+        log.warning("agent %s: envelopes refused (INVALID): %s", agent, summary)
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.totals)
+
+
+REFUSAL_LOG_S = 10.0
 BAD_SIGNATURE = Rejection(Reject.BAD_SIGNATURE, "bad signature")
 #: The store's refusals, as the sender reads them.
 STORE_REJECTIONS = {
@@ -371,13 +413,17 @@ class BusServer:
             on_event=lambda kind: self.metrics.chain_events_total.labels(kind.value).inc(),
             retention=Retention(cfg.retention_max_age_s, cfg.retention_max_bytes or 1 << 62),
         )
-        if cfg.per_agent_metrics:
-            self.metrics.registry.register(
-                AgentCollector(self.store.agents, lambda: self.trust.current.keys)
-            )
         self.metrics.store_up.set_function(lambda: float(self.store.healthy()))
         self.metrics.store_bytes.set_function(self.store.size_bytes)
         self.service = EventBusService(settings, self.store, self.trust, self.metrics)
+        if cfg.per_agent_metrics:
+            self.metrics.registry.register(
+                AgentCollector(
+                    self.store.agents,
+                    lambda: self.trust.current.keys,
+                    self.service.refusals.snapshot,
+                )
+            )
         self.gate = Gate(
             self.trust,
             self.metrics,

@@ -106,7 +106,7 @@ def _bus_registry() -> CollectorRegistry:
     health = AgentHealth(sample_ns=1, cert_not_after_s=1, capture=[CaptureHealth(ifname="e")])
     agent = AgentSummary("a", "k", 1, 1, 1, 1, health.SerializeToString(), 1)
     registry = BusMetrics().registry
-    registry.register(FleetCollector(lambda: [agent], lambda: {"a"}))
+    registry.register(FleetCollector(lambda: [agent], lambda: {"a"}, lambda: {"a": 1}))
     return registry
 
 
