@@ -1,64 +1,50 @@
-"""Prometheus against a real bus and two boxes: every dashboard query returns data, every alert
-expression evaluates, and a box that stops sending fires its silent-box alert.
+"""Prometheus against a real bus and two real agents: every dashboard query returns data, every
+alert expression evaluates, and a box that stops fires its silent-box alert.
 
-The boxes are signed publishers that send a health record and then a flow every half second
-(a real agent's periodic health records can replace them once the agent seals them). Box
-branch-1 also sends a copy of each flow with a broken signature, so the refusal panels and the
-integrity alert have something to show. Prometheus scrapes the bus every second and evaluates
-the shipped rules every second; only InfraSpectreBoxSilent is changed, in a copy, to a 4 s
-threshold with no `for:`, so the test sees it fire (its real timing is promtool's to test:
-contrib/prometheus/infraspectre.rules.test.yml).
+The boxes are `infraspectre agent run` processes capturing on a mirror lab (pings cross it every
+second), sealing their health every second. Box branch-1's certificate expires in 20 days, so
+its certificate alert is pending. A publisher holding branch-1's key sends forged copies of
+records (one flipped signature bit), so the refusal panels and the integrity alert have something
+to show; forged records are never stored, so the real agent's chain is untouched. Prometheus
+scrapes the bus every second and evaluates the shipped rules every second; only
+InfraSpectreBoxSilent is changed, in a copy, to a 4 s threshold with no `for:`, so the test sees
+it fire (its real timing is promtool's to test: contrib/prometheus/infraspectre.rules.test.yml).
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
+from testsupport.agentproc import AgentProc, agent_proc
 from testsupport.ops import RULES, dashboard, panel_queries
 from testsupport.prometheus import Prometheus, wait_for
 
 from appliance.bus.server import BusServer
-from appliance.crypto import sign_envelope
-from appliance.wire import AgentHealth, CaptureHealth, Envelope, PublishAck
+from appliance.capture.lab import MirrorLab
+from appliance.capture.labtraffic import ping
+from appliance.pki import init_pki, issue_agent
+from appliance.wire import Envelope, PublishAck
 
 BOXES = ("branch-1", "branch-2")
 SILENT_TEST_S = 4  # the test copy's InfraSpectreBoxSilent threshold
-FEED_PERIOD_S = 0.5
-FEED_MAX = 1200  # flows per box at most: ten minutes, far beyond any wait below
-WAIT_S = 90.0
-
-
-def _health(p: Any, cert_days: float) -> Envelope:
-    """A signed health record from publisher p, chained like everything it sends."""
-    env: Envelope = p.sealer.seal(p.flow())
-    env.ClearField("flow")
-    env.health.CopyFrom(
-        AgentHealth(
-            sample_ns=time.time_ns(), version="0.1.0", slot="a", uptime_s=42,
-            forwarder_state="connected", wal_backlog_records=3, wal_backlog_bytes=660,
-            wal_oldest_age_ms=1500, clock_offset_ms=15,
-            cert_not_after_s=int(time.time() + cert_days * 86400),
-            capture=[CaptureHealth(ifname="eth1", packets=900, drops=2, own_frames=0)],
-        )
-    )  # fmt: skip
-    sign_envelope(env, p.sealer._key)
-    p.sealer.prev_sig = env.sig  # re-signed: the next record chains to this signature
-    return env
+FEED_PERIOD_S = 1.0
+FEED_MAX = 600  # rounds at most: ten minutes, far beyond any wait below
+WAIT_S = 120.0
 
 
 class Feeder(threading.Thread):
-    """One box sending a flow every FEED_PERIOD_S (and, if forging, a broken copy) until
-    stopped or FEED_MAX flows are sent. Answers are counted, never asserted in the thread."""
+    """Pings across the lab and one forged record (branch-1's key) every FEED_PERIOD_S until
+    stopped or FEED_MAX rounds. Answers are counted, never asserted in the thread."""
 
-    def __init__(self, p: Any, forge: bool) -> None:
+    def __init__(self, lab: MirrorLab, forger: Any) -> None:
         super().__init__(daemon=True)
-        self.p, self.forge = p, forge
+        self.lab, self.forger = lab, forger
         self.stop = threading.Event()
         self.answers: Counter[str] = Counter()
 
@@ -67,17 +53,21 @@ class Feeder(threading.Thread):
             if self.stop.wait(FEED_PERIOD_S):
                 return
             try:
-                env = self.p.sealer.seal(self.p.flow(i))
-                ack = self.p.stub.Publish(env, timeout=10)
-                self.answers[PublishAck.Status.Name(ack.status)] += 1
-                if self.forge:
-                    bad = Envelope()
-                    bad.CopyFrom(env)
-                    bad.sig = bytes([env.sig[0] ^ 1]) + env.sig[1:]
-                    ack = self.p.stub.Publish(bad, timeout=10)
-                    self.answers[f"forged {PublishAck.Status.Name(ack.status)}"] += 1
+                ping(self.lab, count=1)
+                env = self.forger.sealer.seal(self.forger.flow(i))
+                bad = Envelope()
+                bad.CopyFrom(env)
+                bad.sig = bytes([env.sig[0] ^ 1]) + env.sig[1:]
+                ack = self.forger.stub.Publish(bad, timeout=10)
+                self.answers[f"forged {PublishAck.Status.Name(ack.status)}"] += 1
             except Exception as exc:  # reported by the test, not the thread
                 self.answers[f"error {type(exc).__name__}"] += 1
+
+
+@pytest.fixture
+def lab() -> Iterator[MirrorLab]:
+    with MirrorLab("op") as lab:
+        yield lab
 
 
 def _rules_for_test(tmp_path: Path) -> Path:
@@ -106,32 +96,38 @@ def _alert_states(prom: Prometheus, name: str) -> dict[str, str]:
 
 
 def test_dashboard_queries_and_alerts_against_a_real_prometheus(
-    pki: Path,
     bus_factory: Callable[..., BusServer],
     publisher: Any,
     prometheus: Callable[[int, Path], Prometheus],
+    lab: MirrorLab,
     tmp_path: Path,
 ) -> None:
-    bus = bus_factory()
+    pki = tmp_path / "pki"
+    init_pki(pki, [])
+    issue_agent(pki, "branch-1", days=20)  # its certificate alert: pending
+    issue_agent(pki, "branch-2")
+    bus = bus_factory(pki_dir=pki)
     assert bus.metrics_port
-    boxes = {name: publisher(pki, bus.port, name) for name in BOXES}
-    for name, p in boxes.items():
-        cert_days = 20 if name == "branch-1" else 300
-        assert p.stub.Publish(_health(p, cert_days), timeout=10).status == PublishAck.OK
-    feeders = {name: Feeder(p, forge=name == "branch-1") for name, p in boxes.items()}
-    for f in feeders.values():
-        f.start()
+    agents: dict[str, AgentProc] = {}
+    feeder = Feeder(lab, publisher(pki, bus.port, "branch-1"))
     try:
+        for name in BOXES:
+            agents[name] = agent_proc(
+                pki, lab, tmp_path / name, bus.port, config=tmp_path / f"{name}.yaml",
+                agent_id=name, health_interval_s=1,
+            ).start()  # fmt: skip
+        feeder.start()
         prom = prometheus(bus.metrics_port, _rules_for_test(tmp_path))
-        _check_everything(prom, feeders)
+        _check_everything(prom, agents, feeder)
     finally:
-        for f in feeders.values():
-            f.stop.set()
-        for f in feeders.values():
-            f.join(timeout=30)
+        feeder.stop.set()
+        if feeder.is_alive():
+            feeder.join(timeout=30)
+        for agent in agents.values():
+            agent.close()
 
 
-def _check_everything(prom: Prometheus, feeders: dict[str, Feeder]) -> None:
+def _check_everything(prom: Prometheus, agents: dict[str, AgentProc], feeder: Feeder) -> None:
     # enough scrapes for the 15 s rate windows, and the per-agent series of both boxes
     wait_for(
         "20 scrapes of the bus",
@@ -186,15 +182,13 @@ def _check_everything(prom: Prometheus, feeders: dict[str, Feeder]) -> None:
     assert set(cert) == {"branch-1"}, cert  # pending: its `for:` is 10 minutes
 
     # branch-2 stops: its silent alert fires once it has been quiet SILENT_TEST_S
-    feeders["branch-2"].stop.set()
-    feeders["branch-2"].join(timeout=30)
+    assert agents["branch-2"].stop() == 0
     wait_for(
         "InfraSpectreBoxSilent firing for the stopped box",
         lambda: _alert_states(prom, "InfraSpectreBoxSilent").get("branch-2") == "firing",
         WAIT_S,
         prom,
     )
-    for name, f in feeders.items():
-        assert f.answers["OK"] > 0, (name, f.answers)
-        assert not [k for k in f.answers if k.startswith("error")], (name, f.answers)
-    assert feeders["branch-1"].answers["forged INVALID"] > 0
+    assert _alert_states(prom, "InfraSpectreBoxSilent").get("branch-1") != "firing"
+    assert not [k for k in feeder.answers if k.startswith("error")], feeder.answers
+    assert feeder.answers["forged INVALID"] > 0
