@@ -26,11 +26,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from nacl.signing import VerifyKey
 
 from appliance.bus.admission import Admission, Verdict
-from appliance.bus.auth import TrustHolder, peer_cn
+from appliance.bus.auth import TrustHolder
 from appliance.bus.chain import key_id
 from appliance.bus.config import BusSettings
 from appliance.bus.fleet import AgentCollector
-from appliance.bus.gate import Gate
+from appliance.bus.gate import Caller, Gate
 from appliance.bus.metrics import BusMetrics
 from appliance.bus.store import FlowStore, Outcome, Record, Retention, Row
 from appliance.bus.validate import Limits, Reject, Rejection, check_fields, normal_ip
@@ -59,20 +59,22 @@ PARALLEL_MIN_BATCH = 64
 
 
 class EventBusService:
-    """The publish handlers. One instance per server; thread-safe."""
+    """The publish handlers. One instance per server; thread-safe.
+
+    They run behind the gate (appliance/bus/gate.py), which has identified and admitted the
+    caller before any byte of the message was read, hands them that `Caller`, and times them.
+    """
 
     def __init__(
         self,
         settings: BusSettings,
         store: FlowStore,
-        trust: TrustHolder,
         metrics: BusMetrics,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         cfg = settings.eventbus
         self.cfg = cfg
         self.store = store
-        self.trust = trust
         self.metrics = metrics
         self.clock_ns = clock_ns
         self.limits = Limits(
@@ -102,61 +104,37 @@ class EventBusService:
 
     # -- handlers -------------------------------------------------------------------------------
 
-    def publish(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+    def publish(self, request: bytes, context: grpc.ServicerContext, caller: Caller) -> bytes:
         """The seed's unary Publish: one envelope, one ack."""
-        started = time.perf_counter()
         try:
-            try:
-                env = Envelope.FromString(request)
-            except DecodeError:
-                self._authorize(context)
-                self._count(INVALID, Reject.UNDECODABLE)
-                return PublishAck(status=INVALID, reason="undecodable envelope").SerializeToString()
-            acks = self._process(context, [env], [len(request)])
-            _stamp_time(context)
-            return acks[0].SerializeToString()
-        finally:
-            self.metrics.publish_latency_ms.observe((time.perf_counter() - started) * 1000)
+            env = Envelope.FromString(request)
+        except DecodeError:
+            self._count(INVALID, Reject.UNDECODABLE)
+            return PublishAck(status=INVALID, reason="undecodable envelope").SerializeToString()
+        acks = self._process(context, caller, [env], [len(request)])
+        _stamp_time(context)
+        return acks[0].SerializeToString()
 
-    def publish_batch(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+    def publish_batch(self, request: bytes, context: grpc.ServicerContext, caller: Caller) -> bytes:
         """Many envelopes, an ack each, one store commit."""
-        started = time.perf_counter()
         try:
-            try:
-                batch = PublishBatchRequest.FromString(request)
-            except DecodeError:
-                self._authorize(context)
-                self.metrics.rejected_total.labels(Reject.UNDECODABLE.value).inc()
-                self.metrics.invalid_total.inc()
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "undecodable batch")
-            envs = list(batch.envelopes)
-            if len(envs) > self.cfg.max_batch:
-                self._authorize(context)
-                self.metrics.rejected_total.labels(Reject.BATCH_TOO_LARGE.value).inc()
-                context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"batch of {len(envs)} envelopes exceeds max_batch {self.cfg.max_batch}",
-                )
-            acks = self._process(context, envs, [e.ByteSize() for e in envs])
-            _stamp_time(context)
-            return pb.PublishBatchResponse(acks=acks).SerializeToString()
-        finally:
-            self.metrics.publish_latency_ms.observe((time.perf_counter() - started) * 1000)
+            batch = PublishBatchRequest.FromString(request)
+        except DecodeError:
+            self.metrics.rejected_total.labels(Reject.UNDECODABLE.value).inc()
+            self.metrics.invalid_total.inc()
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "undecodable batch")
+        envs = list(batch.envelopes)
+        if len(envs) > self.cfg.max_batch:
+            self.metrics.rejected_total.labels(Reject.BATCH_TOO_LARGE.value).inc()
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"batch of {len(envs)} envelopes exceeds max_batch {self.cfg.max_batch}",
+            )
+        acks = self._process(context, caller, envs, [e.ByteSize() for e in envs])
+        _stamp_time(context)
+        return pb.PublishBatchResponse(acks=acks).SerializeToString()
 
     # -- the shared path ------------------------------------------------------------------------
-
-    def _authorize(self, context: grpc.ServicerContext) -> tuple[str, VerifyKey]:
-        cn = peer_cn(context)
-        if cn is None:
-            self.metrics.rejected_total.labels(Reject.NO_IDENTITY.value).inc()
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate CN")
-        key = self.trust.current.get(cn)
-        if key is None:
-            self.metrics.rejected_total.labels(Reject.UNTRUSTED.value).inc()
-            context.abort(
-                grpc.StatusCode.PERMISSION_DENIED, f"agent {cn!r} is not in the trust map"
-            )
-        return cn, key
 
     def _count(self, status: Any, reason: Reject | None = None, n: int = 1) -> None:
         self.metrics.publish_total.labels(STATUS_NAME[status]).inc(n)
@@ -168,9 +146,12 @@ class EventBusService:
             self.metrics.retry_total.inc(n)
 
     def _process(
-        self, context: grpc.ServicerContext, envs: Sequence[Envelope], sizes: Sequence[int]
+        self,
+        context: grpc.ServicerContext,
+        caller: Caller,
+        envs: Sequence[Envelope],
+        sizes: Sequence[int],
     ) -> list[PublishAck]:
-        cn, key = self._authorize(context)
         decision = self.admission.decide()
         if decision.verdict is Verdict.REFUSE:
             self.metrics.refused_calls_total.inc()
@@ -186,7 +167,7 @@ class EventBusService:
             )
             return [ack] * len(envs)
         try:
-            return self._verify_and_store(cn, key, envs, sizes)
+            return self._verify_and_store(caller.cn, caller.key, envs, sizes)
         finally:
             self.admission.release()
 
@@ -415,7 +396,7 @@ class BusServer:
         )
         self.metrics.store_up.set_function(lambda: float(self.store.healthy()))
         self.metrics.store_bytes.set_function(self.store.size_bytes)
-        self.service = EventBusService(settings, self.store, self.trust, self.metrics)
+        self.service = EventBusService(settings, self.store, self.metrics)
         if cfg.per_agent_metrics:
             self.metrics.registry.register(
                 AgentCollector(
