@@ -8,6 +8,7 @@ ack, a batch with garbage the status INVALID_ARGUMENT.
 from __future__ import annotations
 
 import collections
+import enum
 import logging
 import os
 import signal
@@ -36,6 +37,7 @@ from appliance.bus.store import FlowStore, Outcome, Record, Retention, Row
 from appliance.bus.validate import Limits, Reject, Rejection, check_fields, normal_ip
 from appliance.crypto.batch import verify_many
 from appliance.errors import CommandError
+from appliance.fsm import Machine
 from appliance.observability import HttpEndpoint, metrics_route, serve_http, text
 from appliance.wire import (
     BUS_TIME_KEY,
@@ -334,22 +336,76 @@ def _stamp_time(context: grpc.ServicerContext) -> None:
     context.set_trailing_metadata(((BUS_TIME_KEY, str(time.time_ns())),))
 
 
-class BusServer:
-    """A running bus: gRPC server, store, trust map, metrics and health endpoints.
+class ServerState(enum.Enum):
+    """Where a BusServer is in its life; STOPPED is final (a gRPC server does not restart)."""
 
-    Lifecycle: construct (binds ports, then opens the store; raises CommandError on bad
-    credentials or a port it cannot bind, and then leaves no store behind),
-    `wait()` until a signal or `stop()`, then `stop()` stops accepting calls, lets in-flight calls
-    finish within shutdown_grace_s, commits the store and closes the endpoints.
+    NEW = "new"
+    STARTING = "starting"
+    SERVING = "serving"
+    STOPPED = "stopped"
+
+
+class ServerEvent(enum.Enum):
+    """What moves a BusServer: start(), the end of a successful start, stop()."""
+
+    START = "start"
+    STARTED = "started"
+    STOP = "stop"
+
+
+_SS, _SE = ServerState, ServerEvent
+LIFECYCLE: dict[tuple[ServerState, ServerEvent], ServerState] = {
+    (_SS.NEW, _SE.START): _SS.STARTING,
+    (_SS.STARTING, _SE.STARTED): _SS.SERVING,
+    (_SS.STARTING, _SE.STOP): _SS.STOPPED,  # start() failed and raised
+    (_SS.NEW, _SE.STOP): _SS.STOPPED,  # never started: nothing to release
+    (_SS.SERVING, _SE.STOP): _SS.STOPPED,
+    (_SS.STOPPED, _SE.STOP): _SS.STOPPED,  # stop() is idempotent
+}
+
+
+class BusServer:
+    """A bus: gRPC server, store, trust map, metrics and health endpoints.
+
+    Lifecycle (appliance.fsm over LIFECYCLE): construction only takes the settings and creates
+    the metrics; `start()` binds the ports, then opens the store, then serves (it raises
+    CommandError on bad credentials or a port it cannot bind, and then leaves no store behind);
+    `wait()` blocks until a signal or `stop()`; `stop()` stops accepting calls, lets in-flight
+    calls finish within shutdown_grace_s, commits the store and closes the endpoints. As a
+    context manager, entering starts it and leaving stops it. Starting twice, or after stop(),
+    raises fsm.IllegalTransition.
     """
 
     def __init__(self, settings: BusSettings) -> None:
-        cfg = settings.eventbus
         self.settings = settings
         self.metrics = BusMetrics()
         self._stopped = threading.Event()
-        self._stop_lock = threading.Lock()
+        self._lifecycle_lock = threading.Lock()
+        self._machine = Machine("bus server", LIFECYCLE, ServerState.NEW)
         self.ready = False
+        self.endpoints: list[HttpEndpoint] = []
+
+    @property
+    def state(self) -> ServerState:
+        """Where the server is in its lifecycle."""
+        return self._machine.state
+
+    def start(self) -> BusServer:
+        """Bind the ports, open the store and serve; returns self once it serves."""
+        with self._lifecycle_lock:
+            self._machine.move(ServerEvent.START)
+            try:
+                self._open_and_serve()
+            except BaseException:
+                self._machine.move(ServerEvent.STOP)
+                self._stopped.set()  # nothing to wait for
+                raise
+            self._machine.move(ServerEvent.STARTED)
+        return self
+
+    def _open_and_serve(self) -> None:
+        settings = self.settings
+        cfg = settings.eventbus
         creds = _server_credentials(settings)
         self.trust = TrustHolder(cfg.trust_map_path(), cfg.revocation_list_path())
         self.metrics.trust_map_agents.set(len(self.trust.current))
@@ -364,7 +420,6 @@ class BusServer:
         )
         # Ports first, the store last: a bus that cannot listen leaves nothing behind.
         self.port = _bind(self.grpc, f"{_bracket(cfg.host)}:{cfg.port}", creds)
-        self.endpoints: list[HttpEndpoint] = []
         try:
             if cfg.metrics_port != -1:
                 self.endpoints.append(
@@ -485,18 +540,18 @@ class BusServer:
             pass
 
     def stop(self) -> None:
-        """Graceful shutdown (idempotent)."""
-        with self._stop_lock:
-            if self._stopped.is_set():
-                return
-            self.ready = False
-            self.health.enter_graceful_shutdown()
-            self.grpc.stop(self.settings.eventbus.shutdown_grace_s).wait()
-            self.service.close()
-            self.gate.close()
-            self.store.close()
-            self._close_endpoints()
-            log.info("bus stopped; store committed")
+        """Graceful shutdown (idempotent; on a server never started, it only marks it stopped)."""
+        with self._lifecycle_lock:
+            if self._machine.state is ServerState.SERVING:
+                self.ready = False
+                self.health.enter_graceful_shutdown()
+                self.grpc.stop(self.settings.eventbus.shutdown_grace_s).wait()
+                self.service.close()
+                self.gate.close()
+                self.store.close()
+                self._close_endpoints()
+                log.info("bus stopped; store committed")
+            self._machine.move(ServerEvent.STOP)
             self._stopped.set()
 
     def _close_endpoints(self) -> None:
@@ -504,7 +559,7 @@ class BusServer:
             endpoint.close()
 
     def __enter__(self) -> BusServer:
-        return self
+        return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
