@@ -34,7 +34,12 @@ APT_PACKAGES := \
 	kmod \
 	zstd \
 	prometheus \
+	shellcheck \
 	debian-archive-keyring
+
+# The shell scripts that ship (overlays/) or boot the card (image/): every file there whose
+# first line is a shell's #! (busybox sh, /bin/sh), found afresh so new scripts are checked too.
+SHELL_SCRIPTS = $(shell find overlays image -type f -exec awk 'FNR == 1 && /^\#!.*[\/ ](ba|da)?sh( |$$)/ { print FILENAME } { nextfile }' {} + | sort)
 
 .PHONY: all deps apt venv proto demo image test test-unit test-system test-board soak lint fmt clean
 
@@ -76,6 +81,7 @@ lint: venv
 	$(BIN)/ruff format --check appliance tests contrib
 	$(BIN)/mypy
 	$(BIN)/mypy --strict contrib/grafana/build_dashboard.py
+	shellcheck $(SHELL_SCRIPTS)
 
 fmt: venv
 	$(BIN)/ruff format appliance tests contrib

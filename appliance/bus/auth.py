@@ -3,7 +3,7 @@
 The TLS layer has already verified the client certificate against the org CA (require_client_auth)
 before any handler runs; this module maps the CN it carried to an Ed25519 key and tells whether
 the certificate itself was revoked. The trust map and the revocation list are swapped together,
-atomically, on reload: handlers read `snapshot` once per call, so a reload never changes the key
+atomically, on reload: the gate reads `snapshot` once per call, so a reload never changes the key
 mid-call, and a reload that fails for either file keeps both previous lists.
 """
 

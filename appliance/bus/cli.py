@@ -100,10 +100,10 @@ def _serve(args: argparse.Namespace) -> int:
     settings = load_bus_settings(args.config)
     pidfile = PidFile.acquire(settings.storage.data_dir / PIDFILE)  # before the store opens
     try:
-        server = BusServer(settings)
-        server.install_signal_handlers()
-        print(f"bus ready on port {server.port}", flush=True)
-        server.wait()
+        with BusServer(settings) as server:  # start(): the ports first, then the store
+            server.install_signal_handlers()
+            print(f"bus ready on port {server.port}", flush=True)
+            server.wait()
     finally:
         pidfile.release()
     return 0

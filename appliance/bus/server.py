@@ -8,6 +8,7 @@ ack, a batch with garbage the status INVALID_ARGUMENT.
 from __future__ import annotations
 
 import collections
+import enum
 import logging
 import os
 import signal
@@ -26,16 +27,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from nacl.signing import VerifyKey
 
 from appliance.bus.admission import Admission, Verdict
-from appliance.bus.auth import TrustHolder, peer_cn
+from appliance.bus.auth import TrustHolder
 from appliance.bus.chain import key_id
 from appliance.bus.config import BusSettings
 from appliance.bus.fleet import AgentCollector
-from appliance.bus.gate import Gate
+from appliance.bus.gate import Caller, Gate
 from appliance.bus.metrics import BusMetrics
 from appliance.bus.store import FlowStore, Outcome, Record, Retention, Row
 from appliance.bus.validate import Limits, Reject, Rejection, check_fields, normal_ip
 from appliance.crypto.batch import verify_many
 from appliance.errors import CommandError
+from appliance.fsm import Machine
 from appliance.observability import HttpEndpoint, metrics_route, serve_http, text
 from appliance.wire import (
     BUS_TIME_KEY,
@@ -59,20 +61,22 @@ PARALLEL_MIN_BATCH = 64
 
 
 class EventBusService:
-    """The publish handlers. One instance per server; thread-safe."""
+    """The publish handlers. One instance per server; thread-safe.
+
+    They run behind the gate (appliance/bus/gate.py), which has identified and admitted the
+    caller before any byte of the message was read, hands them that `Caller`, and times them.
+    """
 
     def __init__(
         self,
         settings: BusSettings,
         store: FlowStore,
-        trust: TrustHolder,
         metrics: BusMetrics,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         cfg = settings.eventbus
         self.cfg = cfg
         self.store = store
-        self.trust = trust
         self.metrics = metrics
         self.clock_ns = clock_ns
         self.limits = Limits(
@@ -102,61 +106,37 @@ class EventBusService:
 
     # -- handlers -------------------------------------------------------------------------------
 
-    def publish(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+    def publish(self, request: bytes, context: grpc.ServicerContext, caller: Caller) -> bytes:
         """The seed's unary Publish: one envelope, one ack."""
-        started = time.perf_counter()
         try:
-            try:
-                env = Envelope.FromString(request)
-            except DecodeError:
-                self._authorize(context)
-                self._count(INVALID, Reject.UNDECODABLE)
-                return PublishAck(status=INVALID, reason="undecodable envelope").SerializeToString()
-            acks = self._process(context, [env], [len(request)])
-            _stamp_time(context)
-            return acks[0].SerializeToString()
-        finally:
-            self.metrics.publish_latency_ms.observe((time.perf_counter() - started) * 1000)
+            env = Envelope.FromString(request)
+        except DecodeError:
+            self._count(INVALID, Reject.UNDECODABLE)
+            return PublishAck(status=INVALID, reason="undecodable envelope").SerializeToString()
+        acks = self._process(context, caller, [env], [len(request)])
+        _stamp_time(context)
+        return acks[0].SerializeToString()
 
-    def publish_batch(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+    def publish_batch(self, request: bytes, context: grpc.ServicerContext, caller: Caller) -> bytes:
         """Many envelopes, an ack each, one store commit."""
-        started = time.perf_counter()
         try:
-            try:
-                batch = PublishBatchRequest.FromString(request)
-            except DecodeError:
-                self._authorize(context)
-                self.metrics.rejected_total.labels(Reject.UNDECODABLE.value).inc()
-                self.metrics.invalid_total.inc()
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "undecodable batch")
-            envs = list(batch.envelopes)
-            if len(envs) > self.cfg.max_batch:
-                self._authorize(context)
-                self.metrics.rejected_total.labels(Reject.BATCH_TOO_LARGE.value).inc()
-                context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"batch of {len(envs)} envelopes exceeds max_batch {self.cfg.max_batch}",
-                )
-            acks = self._process(context, envs, [e.ByteSize() for e in envs])
-            _stamp_time(context)
-            return pb.PublishBatchResponse(acks=acks).SerializeToString()
-        finally:
-            self.metrics.publish_latency_ms.observe((time.perf_counter() - started) * 1000)
+            batch = PublishBatchRequest.FromString(request)
+        except DecodeError:
+            self.metrics.rejected_total.labels(Reject.UNDECODABLE.value).inc()
+            self.metrics.invalid_total.inc()
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "undecodable batch")
+        envs = list(batch.envelopes)
+        if len(envs) > self.cfg.max_batch:
+            self.metrics.rejected_total.labels(Reject.BATCH_TOO_LARGE.value).inc()
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"batch of {len(envs)} envelopes exceeds max_batch {self.cfg.max_batch}",
+            )
+        acks = self._process(context, caller, envs, [e.ByteSize() for e in envs])
+        _stamp_time(context)
+        return pb.PublishBatchResponse(acks=acks).SerializeToString()
 
     # -- the shared path ------------------------------------------------------------------------
-
-    def _authorize(self, context: grpc.ServicerContext) -> tuple[str, VerifyKey]:
-        cn = peer_cn(context)
-        if cn is None:
-            self.metrics.rejected_total.labels(Reject.NO_IDENTITY.value).inc()
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate CN")
-        key = self.trust.current.get(cn)
-        if key is None:
-            self.metrics.rejected_total.labels(Reject.UNTRUSTED.value).inc()
-            context.abort(
-                grpc.StatusCode.PERMISSION_DENIED, f"agent {cn!r} is not in the trust map"
-            )
-        return cn, key
 
     def _count(self, status: Any, reason: Reject | None = None, n: int = 1) -> None:
         self.metrics.publish_total.labels(STATUS_NAME[status]).inc(n)
@@ -168,9 +148,12 @@ class EventBusService:
             self.metrics.retry_total.inc(n)
 
     def _process(
-        self, context: grpc.ServicerContext, envs: Sequence[Envelope], sizes: Sequence[int]
+        self,
+        context: grpc.ServicerContext,
+        caller: Caller,
+        envs: Sequence[Envelope],
+        sizes: Sequence[int],
     ) -> list[PublishAck]:
-        cn, key = self._authorize(context)
         decision = self.admission.decide()
         if decision.verdict is Verdict.REFUSE:
             self.metrics.refused_calls_total.inc()
@@ -186,7 +169,7 @@ class EventBusService:
             )
             return [ack] * len(envs)
         try:
-            return self._verify_and_store(cn, key, envs, sizes)
+            return self._verify_and_store(caller.cn, caller.key, envs, sizes)
         finally:
             self.admission.release()
 
@@ -353,22 +336,76 @@ def _stamp_time(context: grpc.ServicerContext) -> None:
     context.set_trailing_metadata(((BUS_TIME_KEY, str(time.time_ns())),))
 
 
-class BusServer:
-    """A running bus: gRPC server, store, trust map, metrics and health endpoints.
+class ServerState(enum.Enum):
+    """Where a BusServer is in its life; STOPPED is final (a gRPC server does not restart)."""
 
-    Lifecycle: construct (binds ports, then opens the store; raises CommandError on bad
-    credentials or a port it cannot bind, and then leaves no store behind),
-    `wait()` until a signal or `stop()`, then `stop()` stops accepting calls, lets in-flight calls
-    finish within shutdown_grace_s, commits the store and closes the endpoints.
+    NEW = "new"
+    STARTING = "starting"
+    SERVING = "serving"
+    STOPPED = "stopped"
+
+
+class ServerEvent(enum.Enum):
+    """What moves a BusServer: start(), the end of a successful start, stop()."""
+
+    START = "start"
+    STARTED = "started"
+    STOP = "stop"
+
+
+_SS, _SE = ServerState, ServerEvent
+LIFECYCLE: dict[tuple[ServerState, ServerEvent], ServerState] = {
+    (_SS.NEW, _SE.START): _SS.STARTING,
+    (_SS.STARTING, _SE.STARTED): _SS.SERVING,
+    (_SS.STARTING, _SE.STOP): _SS.STOPPED,  # start() failed and raised
+    (_SS.NEW, _SE.STOP): _SS.STOPPED,  # never started: nothing to release
+    (_SS.SERVING, _SE.STOP): _SS.STOPPED,
+    (_SS.STOPPED, _SE.STOP): _SS.STOPPED,  # stop() is idempotent
+}
+
+
+class BusServer:
+    """A bus: gRPC server, store, trust map, metrics and health endpoints.
+
+    Lifecycle (appliance.fsm over LIFECYCLE): construction only takes the settings and creates
+    the metrics; `start()` binds the ports, then opens the store, then serves (it raises
+    CommandError on bad credentials or a port it cannot bind, and then leaves no store behind);
+    `wait()` blocks until a signal or `stop()`; `stop()` stops accepting calls, lets in-flight
+    calls finish within shutdown_grace_s, commits the store and closes the endpoints. As a
+    context manager, entering starts it and leaving stops it. Starting twice, or after stop(),
+    raises fsm.IllegalTransition.
     """
 
     def __init__(self, settings: BusSettings) -> None:
-        cfg = settings.eventbus
         self.settings = settings
         self.metrics = BusMetrics()
         self._stopped = threading.Event()
-        self._stop_lock = threading.Lock()
+        self._lifecycle_lock = threading.Lock()
+        self._machine = Machine("bus server", LIFECYCLE, ServerState.NEW)
         self.ready = False
+        self.endpoints: list[HttpEndpoint] = []
+
+    @property
+    def state(self) -> ServerState:
+        """Where the server is in its lifecycle."""
+        return self._machine.state
+
+    def start(self) -> BusServer:
+        """Bind the ports, open the store and serve; returns self once it serves."""
+        with self._lifecycle_lock:
+            self._machine.move(ServerEvent.START)
+            try:
+                self._open_and_serve()
+            except BaseException:
+                self._machine.move(ServerEvent.STOP)
+                self._stopped.set()  # nothing to wait for
+                raise
+            self._machine.move(ServerEvent.STARTED)
+        return self
+
+    def _open_and_serve(self) -> None:
+        settings = self.settings
+        cfg = settings.eventbus
         creds = _server_credentials(settings)
         self.trust = TrustHolder(cfg.trust_map_path(), cfg.revocation_list_path())
         self.metrics.trust_map_agents.set(len(self.trust.current))
@@ -383,7 +420,6 @@ class BusServer:
         )
         # Ports first, the store last: a bus that cannot listen leaves nothing behind.
         self.port = _bind(self.grpc, f"{_bracket(cfg.host)}:{cfg.port}", creds)
-        self.endpoints: list[HttpEndpoint] = []
         try:
             if cfg.metrics_port != -1:
                 self.endpoints.append(
@@ -415,7 +451,7 @@ class BusServer:
         )
         self.metrics.store_up.set_function(lambda: float(self.store.healthy()))
         self.metrics.store_bytes.set_function(self.store.size_bytes)
-        self.service = EventBusService(settings, self.store, self.trust, self.metrics)
+        self.service = EventBusService(settings, self.store, self.metrics)
         if cfg.per_agent_metrics:
             self.metrics.registry.register(
                 AgentCollector(
@@ -504,18 +540,18 @@ class BusServer:
             pass
 
     def stop(self) -> None:
-        """Graceful shutdown (idempotent)."""
-        with self._stop_lock:
-            if self._stopped.is_set():
-                return
-            self.ready = False
-            self.health.enter_graceful_shutdown()
-            self.grpc.stop(self.settings.eventbus.shutdown_grace_s).wait()
-            self.service.close()
-            self.gate.close()
-            self.store.close()
-            self._close_endpoints()
-            log.info("bus stopped; store committed")
+        """Graceful shutdown (idempotent; on a server never started, it only marks it stopped)."""
+        with self._lifecycle_lock:
+            if self._machine.state is ServerState.SERVING:
+                self.ready = False
+                self.health.enter_graceful_shutdown()
+                self.grpc.stop(self.settings.eventbus.shutdown_grace_s).wait()
+                self.service.close()
+                self.gate.close()
+                self.store.close()
+                self._close_endpoints()
+                log.info("bus stopped; store committed")
+            self._machine.move(ServerEvent.STOP)
             self._stopped.set()
 
     def _close_endpoints(self) -> None:
@@ -523,7 +559,7 @@ class BusServer:
             endpoint.close()
 
     def __enter__(self) -> BusServer:
-        return self
+        return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
