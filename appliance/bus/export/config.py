@@ -21,7 +21,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
-from appliance.bus.export.ipfix import MAX_MESSAGE_BYTES, Mode
+from appliance.bus.export.ipfix import MAX_MESSAGE_BYTES, MIN_MESSAGE_BYTES, Mode
 
 
 def split_host_port(text: str) -> tuple[str, int]:
@@ -118,9 +118,10 @@ class IpfixConfig:
             for key, value in mapping.items():
                 if not 1 <= value <= top:
                     raise ValueError(f"{what}.{key}: {value} must be 1..{top}")
-        if not 256 <= self.max_message_bytes <= MAX_MESSAGE_BYTES:
+        if not MIN_MESSAGE_BYTES <= self.max_message_bytes <= MAX_MESSAGE_BYTES:
             raise ValueError(
-                f"max_message_bytes: {self.max_message_bytes} must be 256..{MAX_MESSAGE_BYTES}"
+                f"max_message_bytes: {self.max_message_bytes} must be "
+                f"{MIN_MESSAGE_BYTES}..{MAX_MESSAGE_BYTES}"
             )
         if not 1 <= self.template_refresh_s <= 86400:
             raise ValueError(f"template_refresh_s: {self.template_refresh_s} must be 1..86400")

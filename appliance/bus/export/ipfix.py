@@ -252,14 +252,21 @@ def _varlen(data: bytes) -> bytes:
     return b"\xff" + struct.pack("!H", len(data)) + data
 
 
+#: Names in options records are cut to this many bytes, so that templates, the domain's name and
+#: a flow always fit in a message of MIN_MESSAGE_BYTES (agent ids and interface names are far
+#: shorter: the bus refuses interface names over 64 bytes).
+MAX_NAME_BYTES = 200
+MIN_MESSAGE_BYTES = 512
+
+
 def domain_record(domain_id: int, name: str) -> bytes:
     """An options data record (template 260): this domain is agent `name`."""
-    return struct.pack("!I", domain_id) + _varlen(name.encode()[:1024])
+    return struct.pack("!I", domain_id) + _varlen(name.encode()[:MAX_NAME_BYTES])
 
 
 def interface_record(ifindex: int, name: str) -> bytes:
     """An options data record (template 261): ingressInterface `ifindex` is named `name`."""
-    return struct.pack("!I", ifindex) + _varlen(name.encode()[:1024])
+    return struct.pack("!I", ifindex) + _varlen(name.encode()[:MAX_NAME_BYTES])
 
 
 def template_set(templates: Sequence[Template]) -> bytes:
@@ -354,8 +361,10 @@ class MessageBuilder:
     one or two records) across messages."""
 
     def __init__(self, mode: Mode, max_bytes: int, refresh_messages: int | None = None) -> None:
-        if not 256 <= max_bytes <= MAX_MESSAGE_BYTES:
-            raise ValueError(f"max_bytes {max_bytes} must be 256..{MAX_MESSAGE_BYTES}")
+        if not MIN_MESSAGE_BYTES <= max_bytes <= MAX_MESSAGE_BYTES:
+            raise ValueError(
+                f"max_bytes {max_bytes} must be {MIN_MESSAGE_BYTES}..{MAX_MESSAGE_BYTES}"
+            )
         self.mode = mode
         self.max_bytes = max_bytes
         #: UDP: templates go again in the message after this many of a domain's messages.
