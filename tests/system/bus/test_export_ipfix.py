@@ -8,6 +8,7 @@ import collections
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,15 @@ def test_templates_are_sent_again_so_a_late_collector_decodes(
     assert sum((want - got).values()) <= 2 * 12
 
 
+@pytest.fixture
+def collectors() -> Iterator[list[TcpCollector]]:
+    """Collector processes a test starts; any still running at the end is killed by PID."""
+    started: list[TcpCollector] = []
+    yield started
+    for col in started:
+        col.stop(signal.SIGKILL)
+
+
 def _flows_of(lines: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     return [
         (r["sourceIPv4Address"] if "sourceIPv4Address" in r else r["sourceIPv6Address"],
@@ -104,7 +114,12 @@ def _key(f: FlowEvent) -> tuple[Any, ...]:
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL])
 def test_tcp_collector_down_and_back_gets_nothing_twice(
-    stop_signal: int, pki: Path, bus_factory: Any, publisher: Any, tmp_path: Path
+    stop_signal: int,
+    pki: Path,
+    bus_factory: Any,
+    publisher: Any,
+    tmp_path: Path,
+    collectors: list[TcpCollector],
 ) -> None:
     """The collector stops mid-stream (gracefully per RFC 7011, or killed), flows keep being
     stored, it comes back on the same port, and later the bus itself restarts: every flow
@@ -112,6 +127,7 @@ def test_tcp_collector_down_and_back_gets_nothing_twice(
     acknowledged unread (SIGKILL); sequence numbers never jump within a session."""
     out = tmp_path / "collected.jsonl"
     col = TcpCollector.start(out)
+    collectors.append(col)
     collector = CollectorConfig(f"127.0.0.1:{col.port}", "tcp", "biflow")
     export = _export(collector, batch_flows=50, reconnect_max_s=1)
     bus: BusServer = bus_factory(export=export)
@@ -122,6 +138,7 @@ def test_tcp_collector_down_and_back_gets_nothing_twice(
     col.stop(stop_signal)  # mid-stream: the exporter is still sending the first 1000
     _publish(p, flows[1000:2000])
     col = TcpCollector.start(out, col.port)
+    collectors.append(col)
     wait_for(lambda: _delivered(bus) == 2000, "the exporter to deliver after reconnecting")
     bus.stop()  # the position is saved; a new bus on the same store resumes after it
     bus = bus_factory(export=export)
