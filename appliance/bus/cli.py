@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from appliance.bus.export.cli import register as register_export
 from appliance.errors import CommandError
 
 _REL = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -90,6 +91,8 @@ def register(sub: Any) -> None:
             p.add_argument("--count", type=int, help="stop after this many flows")
             p.add_argument("--timeout", type=float, help="stop after this many seconds")
             p.set_defaults(func=_tail)
+
+    register_export(bus_sub)  # `bus export ipfix`: appliance/bus/export/cli.py
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from appliance.bus.export.config import ExportConfig
 from appliance.config import (
     STORAGE_ENV,
     CertFiles,
@@ -108,6 +109,8 @@ class EventBusConfig:
     handshake_timeout_s: float = 10.0
     #: A connection with no call for this long is closed with GOAWAY (the agent reconnects).
     max_connection_idle_s: float = 300.0
+    # -- export: stored flows sent on to collectors (appliance/bus/export/, docs/EXPORT.md)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     def validate(self) -> None:
         _port("port", self.port, allow_zero=True)

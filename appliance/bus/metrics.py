@@ -8,6 +8,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from appliance.bus.chain import EventKind
+from appliance.bus.export.metrics import ExportMetrics
 from appliance.bus.validate import Reject
 
 
@@ -69,6 +70,7 @@ class BusMetrics:
             "Open publish calls whose one message has not fully arrived yet",
             registry=r,
         )
+        self.export = ExportMetrics(r)  # bus_export_*: appliance/bus/export/
         for status in ("OK", "RETRY", "INVALID"):
             self.publish_total.labels(status)
         for reason in Reject:  # every class visible at 0, so an alert can use rate()

@@ -30,6 +30,7 @@ from appliance.bus.admission import Admission, Verdict
 from appliance.bus.auth import TrustHolder
 from appliance.bus.chain import key_id
 from appliance.bus.config import BusSettings
+from appliance.bus.export.exporter import ExportService
 from appliance.bus.fleet import AgentCollector
 from appliance.bus.gate import Caller, Gate
 from appliance.bus.metrics import BusMetrics
@@ -452,6 +453,10 @@ class BusServer:
         self.metrics.store_up.set_function(lambda: float(self.store.healthy()))
         self.metrics.store_bytes.set_function(self.store.size_bytes)
         self.service = EventBusService(settings, self.store, self.metrics)
+        # IPFIX export (appliance/bus/export/): tails the store; stopped before the store closes
+        self.export = ExportService(
+            cfg.export.ipfix, self.store.path, settings.storage.data_dir, self.metrics.export
+        )
         if cfg.per_agent_metrics:
             self.metrics.registry.register(
                 AgentCollector(
@@ -548,6 +553,7 @@ class BusServer:
                 self.grpc.stop(self.settings.eventbus.shutdown_grace_s).wait()
                 self.service.close()
                 self.gate.close()
+                self.export.close()  # IPFIX export: sessions closed, positions saved
                 self.store.close()
                 self._close_endpoints()
                 log.info("bus stopped; store committed")
