@@ -16,7 +16,7 @@ capture:
   meter:
     idle_timeout_s: 60
     active_timeout_s: 1800
-    close_linger_s: 2
+    close_linger_s: 5         # the close delay: a closed TCP connection's late packets
     max_flows: 200000
   counters_interval_s: 10
   counters_interfaces: []    # empty: every interface
@@ -68,7 +68,11 @@ class MeterConfig:
 
     idle_timeout_s: float = 60.0
     active_timeout_s: float = 1800.0
-    close_linger_s: float = 2.0
+    #: The TCP close delay: a connection closed by an RST or by FINs both ways stays in the
+    #: table this long, so that its own last packets (the final ACK, a retransmitted FIN) join
+    #: it instead of starting a one-packet flow. Zeek's tcp_close_delay is 5 s; softflowd's
+    #: tcp.fin timeout 300 s (it counts from the last packet, so it absorbs them too).
+    close_linger_s: float = 5.0
     max_flows: int = 200_000
 
     def validate(self) -> None:
