@@ -2,7 +2,8 @@
 
 ```yaml
 capture:
-  interface: eth1            # the mirror port
+  interface: eth1            # the mirror port; several: "eth1,eth2" (each metered, flows
+                             # labelled with their port)
   uplink_interface: eth0     # the box's own uplink: its addresses are filtered out by default
   promiscuous: true
   filter: ""                 # user filter, subset of the pcap filter language (docs/FLOWS.md)
@@ -104,7 +105,19 @@ class CaptureConfig:
     #: (/run/netns/NAME), while the agent itself stays in its own: tests, demos, containers.
     netns: str = ""
 
+    @property
+    def interfaces(self) -> list[str]:
+        """The mirror ports `interface` names (comma-separated), in order."""
+        return [name.strip() for name in self.interface.split(",")]
+
     def validate(self) -> None:
+        names = self.interfaces
+        for name in names:
+            # Linux interface names: 1-15 bytes, no '/', no whitespace (dev_valid_name).
+            if not name or len(name.encode()) > 15 or "/" in name or any(c.isspace() for c in name):
+                raise ValueError(f"interface: {name!r} is not an interface name")
+        if len(set(names)) != len(names):
+            raise ValueError(f"interface: {self.interface!r} names a port twice")
         if not 0 <= self.fanout_group < 65536:
             raise ValueError(f"fanout_group: {self.fanout_group} is not in 0..65535")
         if self.counters_interval_s <= 0:
