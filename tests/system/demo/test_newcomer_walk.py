@@ -173,7 +173,13 @@ def test_the_docs_quick_start_commands_run_verbatim(walk_dir: Path, netns: str) 
         for cmd, server in reversed(servers):
             if server.poll() is None:
                 _signal_command(server.pid, signal.SIGTERM if "bus serve" in cmd else signal.SIGINT)
-            _, err = server.communicate(timeout=60)
+            try:
+                _, err = server.communicate(timeout=60)
+            except subprocess.TimeoutExpired:  # never leave one running: the next must stop too
+                _signal_command(server.pid, signal.SIGKILL)
+                server.kill()
+                _, err = server.communicate(timeout=60)
+                failures.append(f"`{cmd}` did not stop within 60 s of its signal")
             # A tail ends with Ctrl-C: it says "interrupted" and exits 130.
             wanted = 0 if "bus serve" in cmd else 130
             clean = "Traceback" not in err and ("bus serve" in cmd or "interrupted" in err)
