@@ -13,7 +13,8 @@ quietly, the way well-behaved Unix tools end.
 
 Logging (appliance/logformat.py): `--log-level` and `--log-format` over `IS_LOG_LEVEL` and
 `IS_LOG_FORMAT` over the `log` section of the command's `--config` file; text or JSON lines on
-stderr.
+stderr. Both options are accepted anywhere on the command line, before or after the command
+(`infraspectre bus serve --log-level debug`), and their values in any case.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ COMMAND_MODULES = (
     "appliance.provision.cli",
     "appliance.image.cli",
     "appliance.qemu.cli",
+    "appliance.configcheck",
     "appliance.demo",
 )
 
@@ -87,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(hoist_global_options(sys.argv[1:] if argv is None else argv))
     try:
         logformat.configure(
             logformat.resolve(
@@ -113,6 +115,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
     return int(status or 0)
+
+
+#: Options of the top-level parser that a user may also put after the command.
+GLOBAL_OPTIONS = ("--log-level", "--log-format")
+
+
+def hoist_global_options(argv: Sequence[str]) -> list[str]:
+    """argv with GLOBAL_OPTIONS (and their values) moved in front of the command, so that
+    `infraspectre bus serve --log-level DEBUG` means what `infraspectre --log-level DEBUG bus
+    serve` does. Nothing after a `--` is touched."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest.extend(argv[i:])
+            break
+        if arg.split("=", 1)[0] in GLOBAL_OPTIONS:
+            takes_next = "=" not in arg and i + 1 < len(argv)
+            front.extend(argv[i : i + 2] if takes_next else [arg])
+            i += 2 if takes_next else 1
+            continue
+        rest.append(arg)
+        i += 1
+    return front + rest
 
 
 #: 128 + SIGPIPE: the status a shell shows for a tool that a closed pipe ended.

@@ -58,6 +58,8 @@ Bools = npt.NDArray[np.bool_]
 
 LINKTYPE_ETHERNET = 1
 LINKTYPE_RAW = 101  # raw IPv4/IPv6, no link layer
+LINKTYPE_LINUX_SLL = 113  # Linux "cooked" capture v1: what `tcpdump -i any` writes
+LINKTYPE_LINUX_SLL2 = 276  # Linux cooked capture v2 (`tcpdump -i any -y LINUX_SLL2`)
 
 ETH_IPV4 = 0x0800
 ETH_IPV6 = 0x86DD
@@ -81,10 +83,23 @@ FRAG_MEMORY_MAX = 4096
 
 ETH_TYPE = 12  # EtherType, or the TPID of an 802.1Q / 802.1ad tag
 ETH_LEN = 14
+SLL_PROTOCOL = 14  # Linux cooked v1: packet type, ARPHRD, address length, address, protocol
+SLL_LEN = 16
+SLL2_PROTOCOL = 0  # Linux cooked v2: protocol first, then reserved, ifindex, ARPHRD, ...
+SLL2_LEN = 20
 VLAN_TCI = 0  # inside a tag: PCP, DEI, VLAN id (low 12 bits)
 VLAN_TYPE = 2  # the EtherType after the tag
 VLAN_LEN = 4
 VLAN_ID_MASK = 0x0FFF
+
+#: Link layers with an EtherType: where it is, and where the link header ends (an 802.1Q tag,
+#: when the type says so, starts there). In cooked captures the protocol field is the
+#: EtherType, and libpcap puts a VLAN tag the kernel stripped back behind the SLL header.
+LINK_LAYERS = {
+    LINKTYPE_ETHERNET: (ETH_TYPE, ETH_LEN),
+    LINKTYPE_LINUX_SLL: (SLL_PROTOCOL, SLL_LEN),
+    LINKTYPE_LINUX_SLL2: (SLL2_PROTOCOL, SLL2_LEN),
+}
 
 IP4_VER_IHL = 0  # version << 4 | header length in 32-bit words
 IP4_TOTAL_LEN = 2
@@ -122,7 +137,7 @@ ICMP_ECHO_ID = 4  # echo request / reply identifier
 WINDOW = 64
 WIN_IP = 8
 #: Bytes beyond a frame's start that the vectorised path may read: its header window starts
-#: at most ETH_LEN + VLAN_LEN - WIN_IP (10) bytes in and is WINDOW bytes wide, rounded up.
+#: at most SLL2_LEN + VLAN_LEN - WIN_IP (16) bytes in and is WINDOW bytes wide, rounded up.
 MAX_REACH = 96
 
 _PORT_PROTOS = (TCP, UDP, SCTP, DCCP, UDPLITE)
@@ -274,21 +289,22 @@ class Decoder:
             start = o - WIN_IP
             non_ip = tagged
         else:
+            type_at, link_len = LINK_LAYERS[batch.linktype]
             safe = off <= len(data) - MAX_REACH
             o = np.where(safe, off, 0)
-            et = _be16(data, o + ETH_TYPE)
+            et = _be16(data, o + type_at)
             tagged = et == ETH_VLAN
             et2 = et
             tagged_rows = np.flatnonzero(tagged)
             if len(tagged_rows):
                 et2 = et.copy()
-                et2[tagged_rows] = _be16(data, o[tagged_rows] + ETH_LEN + VLAN_TYPE)
+                et2[tagged_rows] = _be16(data, o[tagged_rows] + link_len + VLAN_TYPE)
             # QinQ or a second tag: the slow path walks it.
             tagged_bad = (et == ETH_QINQ) | (tagged & ((et2 == ETH_VLAN) | (et2 == ETH_QINQ)))
-            start = o + (ETH_LEN - WIN_IP) + VLAN_LEN * tagged
+            start = o + (link_len - WIN_IP) + VLAN_LEN * tagged
         is_ip = (et2 == ETH_IPV4) | (et2 == ETH_IPV6)
         if not raw:
-            non_ip = safe & ~tagged_bad & ~is_ip & (caplen >= ETH_LEN)
+            non_ip = safe & ~tagged_bad & ~is_ip & (caplen >= link_len)
             if non_ip.any():
                 counted = self.stats.non_ip
                 for t in et2[non_ip].tolist():  # a handful per batch: cheaper than np.unique
@@ -315,7 +331,7 @@ class Decoder:
         plen6 = w16[:, _col(WIN_IP + IP6_PAYLOAD_LEN, 2)]
         ok6 = is6 & ((b0 >> 4) == 6) & ~_IPV6_EXT_LUT[nh6] & (plen6 > 0)
         proto = np.where(is6, nh6, win[:, WIN_IP + IP4_PROTO])
-        ip_end = np.where(is6, IP6_LEN, IP4_MIN_LEN) + (0 if raw else ETH_LEN)
+        ip_end = np.where(is6, IP6_LEN, IP4_MIN_LEN) + (0 if raw else link_len)
         need = ip_end + VLAN_LEN * tagged_c + _L4_NEED[proto]
         fast_c = (ok4 | ok6) & (need <= sub(caplen))
         meta = None if batch.vlan is None else sub(batch.vlan)
@@ -413,10 +429,11 @@ class Decoder:
                 return MALFORMED
             et = {4: ETH_IPV4, 6: ETH_IPV6}.get(frame[IP4_VER_IHL] >> 4, MALFORMED)
         else:
-            if len(frame) < ETH_LEN:
+            type_at, link_len = LINK_LAYERS[linktype]
+            if len(frame) < link_len:
                 return MALFORMED
-            et = int.from_bytes(frame[ETH_TYPE : ETH_TYPE + 2], "big")
-            pos = ETH_LEN
+            et = int.from_bytes(frame[type_at : type_at + 2], "big")
+            pos = link_len
             while et in (ETH_VLAN, ETH_QINQ):
                 if len(frame) < pos + VLAN_LEN:
                     return MALFORMED

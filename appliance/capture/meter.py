@@ -301,6 +301,14 @@ class FlowMeter:
         return max(self._clock, 0)
 
     @property
+    def oldest_open_ns(self) -> int | None:
+        """The earliest last-packet time of the open flows (None when none is open): no flow
+        the meter ends from now on has a last packet before it (flows_in_end_order uses it)."""
+        if not len(self._idx_slot):
+            return None
+        return int(self.t.end_ns[self._idx_slot].min())
+
+    @property
     def active_flows(self) -> int:
         """Open flows in the table (never more than max_flows)."""
         return len(self._idx_h1)

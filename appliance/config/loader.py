@@ -34,6 +34,8 @@ def load_document(path: Path | None) -> dict[str, Any]:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not a YAML text file (not UTF-8)") from None
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
