@@ -205,6 +205,19 @@ def test_clock_never_runs_earlier_than_the_image_build(pi: Machine, rpi_build: R
     assert int(pi.run("date +%s").output) >= epoch
 
 
+def test_unprovisioned_box_runs_the_agent_which_asks_for_its_identity(pi: Machine) -> None:
+    # The supervisor starts the real agent; without an identity in /data/keys it refuses with
+    # one line and the supervisor retries with backoff (imports are slow on an emulated Pi).
+    # Service output goes to /run/log/agent.log, never to the console.
+    log = pi.run(
+        "i=0; while ! grep -q 'provision the box' /run/log/agent.log 2>/dev/null "
+        "&& [ $i -lt 480 ]; do sleep 0.5; i=$((i+1)); done; cat /run/log/agent.log",
+        timeout=300,
+    ).output
+    assert "infraspectre: cannot read the agent certificate /data/keys/client.crt" in log
+    assert "supervise: starting agent" in log
+
+
 def test_supervisor_restarts_a_crashing_service_with_doubling_capped_backoff(
     pi: Machine,
 ) -> None:
@@ -235,19 +248,6 @@ def test_supervisor_woken_by_usr1_restarts_the_service_without_waiting(pi: Machi
     pi.run("kill $(cat /tmp/s.pid)")
     assert "supervise: woken: starting sleepy now" in log, log
     assert log.count("supervise: starting sleepy") >= 2, log
-
-
-def test_unprovisioned_box_runs_the_agent_which_asks_for_its_identity(pi: Machine) -> None:
-    # The supervisor starts the real agent; without an identity in /data/keys it refuses with
-    # one line and the supervisor retries with backoff (imports are slow on an emulated Pi).
-    # Service output goes to /run/log/agent.log, never to the console.
-    log = pi.run(
-        "i=0; while ! grep -q 'provision the box' /run/log/agent.log 2>/dev/null "
-        "&& [ $i -lt 480 ]; do sleep 0.5; i=$((i+1)); done; cat /run/log/agent.log",
-        timeout=300,
-    ).output
-    assert "infraspectre: cannot read the agent certificate /data/keys/client.crt" in log
-    assert "supervise: starting agent" in log
 
 
 def test_data_survives_a_power_cut_and_a_reboot(boot_board, rpi_image: Path) -> None:  # type: ignore[no-untyped-def]
