@@ -69,9 +69,23 @@ def nfdump_csv(flowdir: Path) -> list[dict[str, str]]:
     return rows
 
 
-def softflowd_flows(pcap: Path, workdir: Path) -> list[PeerFlow]:
-    """softflowd's records of pcap (sorted), collected by nfcapd and printed by nfdump."""
+def softflowd_flows(pcap: Path, workdir: Path, attempts: int = 3) -> list[PeerFlow]:
+    """softflowd's records of pcap (sorted), collected by nfcapd and printed by nfdump.
+
+    Under heavy load the peer pipeline (softflowd -> UDP -> nfcapd, stopped by SIGTERM) has
+    been seen to come back empty once; a pcap that gives records gives them on a new run, so an
+    empty result is retried (at most `attempts` runs) and never compared as the peer's answer.
+    """
     require_peers()
+    flows: list[PeerFlow] = []
+    for _ in range(attempts):
+        flows = _softflowd_once(pcap, workdir)
+        if flows:
+            break
+    return flows
+
+
+def _softflowd_once(pcap: Path, workdir: Path) -> list[PeerFlow]:
     ns = f"istest-sf-{os.getpid()}-{next(_COUNTER)}"
     port = 20000 + os.getpid() % 20000
     flowdir = workdir / f"{ns}.nfcapd"
