@@ -22,6 +22,7 @@ APT_PACKAGES := \
 	softflowd \
 	nfdump \
 	tcpreplay \
+	tcpdump \
 	qemu-system-arm \
 	squashfs-tools \
 	f2fs-tools \
@@ -32,7 +33,13 @@ APT_PACKAGES := \
 	cpio \
 	kmod \
 	zstd \
+	prometheus \
+	shellcheck \
 	debian-archive-keyring
+
+# The shell scripts that ship (overlays/) or boot the card (image/): every file there whose
+# first line is a shell's #! (busybox sh, /bin/sh), found afresh so new scripts are checked too.
+SHELL_SCRIPTS = $(shell find overlays image -type f -exec awk 'FNR == 1 && /^\#!.*[\/ ](ba|da)?sh( |$$)/ { print FILENAME } { nextfile }' {} + | sort)
 
 .PHONY: all deps apt venv proto demo image test test-unit test-system test-board soak lint fmt clean
 
@@ -70,13 +77,15 @@ image: venv
 	$(BIN)/infraspectre image build --board rpi --out out/rpi
 
 lint: venv
-	$(BIN)/ruff check appliance tests
-	$(BIN)/ruff format --check appliance tests
+	$(BIN)/ruff check appliance tests contrib
+	$(BIN)/ruff format --check appliance tests contrib
 	$(BIN)/mypy
+	$(BIN)/mypy --strict contrib/grafana/build_dashboard.py
+	shellcheck $(SHELL_SCRIPTS)
 
 fmt: venv
-	$(BIN)/ruff format appliance tests
-	$(BIN)/ruff check --fix appliance tests
+	$(BIN)/ruff format appliance tests contrib
+	$(BIN)/ruff check --fix appliance tests contrib
 
 test-unit: venv
 	$(BIN)/pytest -q tests/unit

@@ -10,6 +10,11 @@ file, refused input) and for any unexpected exception (its traceback is logged a
 user never sees one unless asked); 130 on Ctrl-C; 141 (128 + SIGPIPE, what a shell reports for
 a C tool) when whoever reads stdout went away, as in `infraspectre flows --pcap X | head`:
 quietly, the way well-behaved Unix tools end.
+
+Logging (appliance/logformat.py): `--log-level` and `--log-format` over `IS_LOG_LEVEL` and
+`IS_LOG_FORMAT` over the `log` section of the command's `--config` file; text or JSON lines on
+stderr. Both options are accepted anywhere on the command line, before or after the command
+(`infraspectre bus serve --log-level debug`), and their values in any case.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from appliance import __version__
+from appliance import __version__, logformat
 from appliance.errors import CommandError
 
 #: Modules whose register(subparsers) adds top-level commands, in help order.
@@ -35,6 +40,7 @@ COMMAND_MODULES = (
     "appliance.image.cli",
     "appliance.qemu.cli",
     "appliance.update.cli",
+    "appliance.configcheck",
     "appliance.demo",
 )
 
@@ -57,9 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"infraspectre {__version__}")
     parser.add_argument(
         "--log-level",
-        default="INFO",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="logging threshold (default INFO)",
+        type=logformat.cli_level,
+        choices=logformat.LEVELS,
+        help="logging threshold, any case (default: $IS_LOG_LEVEL, else the config's "
+        "log.level, else INFO)",
+    )
+    parser.add_argument(
+        "--log-format",
+        type=logformat.cli_format,
+        choices=logformat.FORMATS,
+        help="text, or json: one object per line (default: $IS_LOG_FORMAT, else the "
+        "config's log.format, else text)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -76,13 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    args = parser.parse_args(hoist_global_options(sys.argv[1:] if argv is None else argv))
     try:
+        logformat.configure(
+            logformat.resolve(
+                args.log_level, args.log_format, getattr(args, "config", None), os.environ
+            )
+        )
         status = args.func(args)
         sys.stdout.flush()  # a reader that went away shows here, not at interpreter exit
     except BrokenPipeError:
@@ -102,6 +116,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
     return int(status or 0)
+
+
+#: Options of the top-level parser that a user may also put after the command.
+GLOBAL_OPTIONS = ("--log-level", "--log-format")
+
+
+def hoist_global_options(argv: Sequence[str]) -> list[str]:
+    """argv with GLOBAL_OPTIONS (and their values) moved in front of the command, so that
+    `infraspectre bus serve --log-level DEBUG` means what `infraspectre --log-level DEBUG bus
+    serve` does. Nothing after a `--` is touched."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest.extend(argv[i:])
+            break
+        if arg.split("=", 1)[0] in GLOBAL_OPTIONS:
+            takes_next = "=" not in arg and i + 1 < len(argv)
+            front.extend(argv[i : i + 2] if takes_next else [arg])
+            i += 2 if takes_next else 1
+            continue
+        rest.append(arg)
+        i += 1
+    return front + rest
 
 
 #: 128 + SIGPIPE: the status a shell shows for a tool that a closed pipe ended.

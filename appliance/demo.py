@@ -94,6 +94,9 @@ def _run(args: argparse.Namespace) -> int:
             bus.send_signal(signal.SIGTERM)
             bus_rc = bus.wait(timeout=30)
         ok = _report(root, ident, sent, stored, agent_rc, bus_rc, tap_tx)
+        print("== the fleet as the bus sees it (bus agents: each box's last record and health):")
+        fleet = subprocess.run([*CLI, "bus", "agents", "--config", str(config)], timeout=60)
+        ok = ok and fleet.returncode == 0
     print("== processes stopped, namespaces and workspace removed")
     return 0 if ok else 1
 

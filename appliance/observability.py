@@ -1,13 +1,15 @@
 """Small HTTP endpoints shared by the bus and the agent: Prometheus /metrics, /healthz, /ready.
 
 `serve_http` runs a threading HTTP server in a daemon thread with a fixed route table; each
-route is a function returning (status, content type, body). Only GET; anything else is 405,
+route is a function returning (status, content type, body). The host may be an IPv4 or IPv6
+address; "::" listens on both families. Only GET; anything else is 405,
 an unknown path 404. Request logging goes to DEBUG so that scrapes never flood the log.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -49,7 +51,7 @@ class HttpEndpoint:
             def log_message(self, format: str, *args: object) -> None:
                 log.debug("%s %s", name, format % args)
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server = _server_for(host)((host, port), Handler)
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, name=name, daemon=True)
@@ -58,6 +60,22 @@ class HttpEndpoint:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class _DualStackServer(ThreadingHTTPServer):
+    """An IPv6 listener; bound to "::" it takes IPv4 too (as ::ffff:a.b.c.d)."""
+
+    address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        # Linux defaults to dual-stack, but net.ipv6.bindv6only=1 would silently drop IPv4.
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
+def _server_for(host: str) -> type[ThreadingHTTPServer]:
+    """ThreadingHTTPServer is IPv4 only: an IPv6 literal host needs an AF_INET6 socket."""
+    return _DualStackServer if ":" in host else ThreadingHTTPServer
 
 
 def serve_http(host: str, port: int, routes: Mapping[str, Route], name: str) -> HttpEndpoint:

@@ -17,7 +17,11 @@ AGENT_ENV = {
     "AGENT_SEND_RATE": "send_rate",
     "IS_CLOCK_FROM_BUS": "clock_from_bus",
     "IS_CLOCK_FILE": "clock_file",
+    "IS_HEALTH_INTERVAL_S": "health_interval_s",
 }
+
+#: A day: a box heard from less often than that is indistinguishable from a dead one.
+MAX_HEALTH_INTERVAL_S = 86400.0
 
 
 @dataclass
@@ -66,6 +70,8 @@ class AgentConfig:
     clock_from_bus: bool = False
     #: After a step, save the time here (the device's boot floor, /data/clock); "" : nowhere.
     clock_file: str = ""
+    #: Seal a health record (agent/health.py) this often, the first soon after start; 0: never.
+    health_interval_s: float = 60.0
 
     def validate(self) -> None:
         if not self.bus:
@@ -86,3 +92,7 @@ class AgentConfig:
             raise ValueError("backoff_base_ms: need 0 < backoff_base_ms <= backoff_cap_ms")
         if self.shutdown_timeout_s <= 0:
             raise ValueError(f"shutdown_timeout_s: {self.shutdown_timeout_s} must be positive")
+        if self.health_interval_s != 0 and not 1 <= self.health_interval_s <= MAX_HEALTH_INTERVAL_S:
+            raise ValueError(
+                f"health_interval_s: {self.health_interval_s} must be 0 (off) or 1..86400 seconds"
+            )

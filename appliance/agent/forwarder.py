@@ -12,7 +12,8 @@ Per-envelope answers:
 - RETRY: left in the WAL; the forwarder pauses for the bus's hint plus full jitter over one more
   hint (`hint + U(0, hint)`), so a fleet told "come back in 250 ms" spreads out over 250-500 ms.
 
-Connection state machine (explicit, see TRANSITIONS):
+Connection state machine (appliance.fsm over TRANSITIONS; an illegal move raises
+fsm.IllegalTransition):
 
     CONNECTING --ok--> CONNECTED --ok--> CONNECTED
     CONNECTING/CONNECTED --unavailable|tls|denied|failed--> BACKING_OFF (next address)
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Protocol
 
 from appliance.agent.transport import Transport, TransportError
+from appliance.fsm import Machine
 from appliance.wire import PublishAck
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,8 @@ class Outbox(Protocol):
 
 
 class State(enum.Enum):
+    """Where the forwarder's connection to the bus stands."""
+
     CONNECTING = "connecting"
     CONNECTED = "connected"
     THROTTLED = "throttled"
@@ -75,6 +79,8 @@ class State(enum.Enum):
 
 
 class Event(enum.Enum):
+    """What moves the connection: the bus's answer to a batch, a timer, or stop()."""
+
     OK = "ok"
     RETRY = "retry"
     FAILURE = "failure"
@@ -212,6 +218,9 @@ class Forwarder:
         self._limiter = limiter or RateLimiter(config.send_rate, clock)
         self._on_state = on_state
         self._last_failure_kind = ""
+        self._machine = Machine(
+            "forwarder", TRANSITIONS, self.stats.state, on_change=self._state_changed
+        )
         # Batch size in use: halved while the bus rejects whole batches (to isolate the one
         # record it cannot decode), grown back after each success.
         self._limit = config.batch_size
@@ -220,17 +229,14 @@ class Forwarder:
 
     @property
     def state(self) -> State:
-        return self.stats.state
+        """The connection's state (stats.state is its copy for the exported statistics)."""
+        return self._machine.state
 
-    def _fire(self, event: Event) -> None:
-        new = TRANSITIONS.get((self.stats.state, event))
-        if new is None:
-            raise RuntimeError(f"forwarder: no transition from {self.stats.state} on {event}")
-        if new is not self.stats.state:
-            log.debug("forwarder %s -> %s on %s", self.stats.state.value, new.value, event.value)
-            self.stats.state = new
-            if self._on_state is not None:
-                self._on_state(new)
+    def _state_changed(self, before: State, event: Event, after: State) -> None:
+        log.debug("forwarder %s -> %s on %s", before.value, after.value, event.value)
+        self.stats.state = after
+        if self._on_state is not None:
+            self._on_state(after)
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -255,7 +261,7 @@ class Forwarder:
                 self.step()
         finally:
             self._close_transport()
-            self._fire(Event.STOP)
+            self._machine.move(Event.STOP)
 
     def step(self) -> None:
         """One iteration: wait out a pause, or send one batch (tests drive this directly)."""
@@ -286,11 +292,11 @@ class Forwarder:
 
     def _pause(self, seconds: float, event: Event) -> None:
         self.stats.backoff_s = self.stats.last_pause_s = seconds
-        self._fire(event)
+        self._machine.move(event)
         self._stop.wait(seconds)
         self.stats.backoff_s = 0.0
         if not self._stop.is_set():
-            self._fire(Event.TIMER)
+            self._machine.move(Event.TIMER)
 
     def _send(self, records: Sequence[OutRecord]) -> None:
         transport = self._connect()
@@ -325,7 +331,7 @@ class Forwarder:
             self.outbox.ack(done)
         if len(done) > 0 and retry_hint == 0:
             self.stats.last_success_unix = time.time()
-            self._fire(Event.OK)
+            self._machine.move(Event.OK)
         elif retry_hint:
             if done:
                 self.stats.last_success_unix = time.time()

@@ -10,11 +10,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from appliance.wal.metrics import COUNTERS as WAL_COUNTERS
-from appliance.wal.metrics import GAUGES as WAL_GAUGES
+from appliance.wal.metrics import METRICS as WAL_METRICS
+from appliance.wal.metrics import family as wal_family
 
 
 @dataclass
@@ -23,6 +23,7 @@ class AgentSnapshot:
 
     flows_sealed: int = 0
     counters_sealed: int = 0
+    health_sealed: int = 0
     wal_refused: int = 0
     capture: dict[str, float] = field(default_factory=dict)
     wal: dict[str, float] = field(default_factory=dict)
@@ -37,6 +38,20 @@ class AgentSnapshot:
     clock_slews: int = 0
 
 
+#: The capture source's counters (FlowSource.stats() keys), exported as agent_capture_<key>:
+#: kind and help, defined once here. A key missing from this table is still exported (as a
+#: counter, or a gauge if it ends in _active) with a generic help.
+CAPTURE_METRICS: dict[str, tuple[str, str]] = {
+    "kernel_packets": ("counter", "Packets the kernel's ring saw (PACKET_STATISTICS, accumulated)"),
+    "kernel_drops": ("counter", "Packets the kernel dropped before the ring"),
+    "packets_metered": ("counter", "Packets the flow meter counted"),
+    "bytes_metered": ("counter", "IP bytes (total length) the flow meter counted"),
+    "flows_started": ("counter", "Flows the meter opened"),
+    "flows_evicted": ("counter", "Flows the meter ended (timeouts, FIN/RST, table bound)"),
+    "flows_active": ("gauge", "Flows open in the meter now"),
+    "own_frames": ("counter", "Frames the box itself sent on its mirror port (never metered)"),
+}
+
 #: Kinds of failed publish calls, exported as 0 until they happen (absent is not zero).
 FAILURE_KINDS = ("unavailable", "tls", "denied", "exhausted", "rejected", "failed")
 STATES = ("connecting", "connected", "throttled", "backing_off", "stopped")
@@ -48,23 +63,28 @@ class AgentCollector(Collector):
     def __init__(self, snapshot: Callable[[], AgentSnapshot]) -> None:
         self._snapshot = snapshot
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         s = self._snapshot()
         yield CounterMetricFamily("agent_flows_sealed", "Flow records sealed", value=s.flows_sealed)
         yield CounterMetricFamily(
             "agent_counters_sealed", "Interface-counter records sealed", value=s.counters_sealed
         )
         yield CounterMetricFamily(
+            "agent_health_sealed", "Health records sealed", value=s.health_sealed
+        )
+        yield CounterMetricFamily(
             "agent_wal_refused", "Records the full WAL refused (policy refuse)", value=s.wal_refused
         )
         for name, value in sorted(s.capture.items()):
-            kind = GaugeMetricFamily if name.endswith("_active") else CounterMetricFamily
-            yield kind(f"agent_capture_{name}", f"Capture: {name.replace('_', ' ')}", value=value)
-        # the WAL's own metric names and help (appliance.wal.metrics), prefixed agent_
-        for table, family in ((WAL_COUNTERS, CounterMetricFamily), (WAL_GAUGES, GaugeMetricFamily)):
-            for name, field_name, doc in table:
-                if field_name in s.wal:
-                    yield family(f"agent_{name}", f"WAL: {doc}", value=s.wal[field_name])
+            kind_name, doc = CAPTURE_METRICS.get(
+                name, ("gauge" if name.endswith("_active") else "counter", name.replace("_", " "))
+            )
+            kind = GaugeMetricFamily if kind_name == "gauge" else CounterMetricFamily
+            yield kind(f"agent_capture_{name}", f"Capture: {doc}", value=value)
+        # the WAL's own metric definitions (appliance.wal.stats), prefixed agent_
+        for metric in WAL_METRICS:
+            if metric.field in s.wal:
+                yield wal_family(metric, s.wal[metric.field], prefix="agent_", doc_prefix="WAL: ")
         publish = CounterMetricFamily(
             "agent_publish", "Envelopes answered by the bus, by status", labels=["status"]
         )

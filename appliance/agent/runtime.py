@@ -2,7 +2,8 @@
 
 Threads and who owns what:
 - the *pipeline* thread owns the Sealer (the chain is a sequence): it polls the flow source,
-  samples interface counters on their interval, seals each record and appends it to the WAL;
+  samples interface counters and the box's health (health.py) on their intervals, seals each
+  record and appends it to the WAL;
 - the *forwarder* threads (`agent.max_in_flight` of them) drain the WAL to the bus, each
   with its own batch in flight (forwarder.py);
 - the HTTP endpoint thread serves /metrics, /healthz, /ready;
@@ -30,10 +31,19 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from nacl.signing import SigningKey
 
+from appliance import __version__
 from appliance.agent.chain import ChainState
 from appliance.agent.clock import ClockFollower, slew_system_clock
 from appliance.agent.config import AgentConfig
 from appliance.agent.forwarder import ForwarderConfig, ForwarderPool, OutRecord
+from appliance.agent.health import (
+    CaptureCounts,
+    HealthFacts,
+    HealthSchedule,
+    build_health,
+    read_boot_slot,
+    read_cert_not_after,
+)
 from appliance.agent.metrics import AgentSnapshot, agent_registry
 from appliance.agent.transport import GrpcTransport, Identity, Transport
 from appliance.crypto import Sealer, load_signing_key
@@ -41,7 +51,7 @@ from appliance.errors import CommandError
 from appliance.observability import HttpEndpoint, metrics_route, serve_http, text
 from appliance.sysclock import save_clock_floor, set_system_clock
 from appliance.wal import WalFull
-from appliance.wire import Envelope, FlowEvent, InterfaceCounters
+from appliance.wire import AgentHealth, Envelope, FlowEvent, InterfaceCounters
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +59,10 @@ log = logging.getLogger(__name__)
 class FlowSource(Protocol):
     """Metered flows. poll() returns the flows that ended since the last call, waiting at most
     timeout_s for packets; close() stops capturing and returns the flows still open, ended with
-    reason SHUTDOWN; stats() returns cumulative capture counters (packets, kernel drops, ...).
+    reason SHUTDOWN; stats() returns cumulative capture counters (packets, kernel drops, ...);
+    capture_counts() returns each capture interface's kernel counters, accumulated (for the
+    health sample). poll, close and capture_counts are called on the pipeline thread only;
+    stats from any thread.
     """
 
     def poll(self, timeout_s: float) -> Sequence[FlowEvent]: ...
@@ -57,6 +70,8 @@ class FlowSource(Protocol):
     def close(self) -> Sequence[FlowEvent]: ...
 
     def stats(self) -> dict[str, float]: ...
+
+    def capture_counts(self) -> Sequence[CaptureCounts]: ...
 
 
 class CounterSource(Protocol):
@@ -88,6 +103,8 @@ class LoadedIdentity:
     agent_id: str
     signing_key: SigningKey
     tls: Identity
+    #: The client certificate's notAfter, UNIX seconds (reported in every health sample).
+    cert_not_after_s: int = 0
 
 
 def load_identity(cfg: AgentConfig) -> LoadedIdentity:
@@ -95,7 +112,8 @@ def load_identity(cfg: AgentConfig) -> LoadedIdentity:
     tls = cfg.tls
     cert_path = tls.path(tls.cert)
     try:
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        cert_pem = cert_path.read_bytes()
+        cert = x509.load_pem_x509_certificate(cert_pem)
     except OSError as exc:
         raise CommandError(
             f"cannot read the agent certificate {cert_path} ({exc.strerror}): provision the box "
@@ -119,7 +137,7 @@ def load_identity(cfg: AgentConfig) -> LoadedIdentity:
         key=tls.path(tls.key),
         server_name=cfg.server_name or None,
     )
-    return LoadedIdentity(cn, key, identity)
+    return LoadedIdentity(cn, key, identity, read_cert_not_after(cert_pem))
 
 
 class Agent:
@@ -137,6 +155,7 @@ class Agent:
         counters_interval_s: float = 10.0,
         transport: Callable[[str], Transport] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        cmdline: Path = Path("/proc/cmdline"),
     ) -> None:
         self.cfg = cfg
         self.identity = identity
@@ -145,6 +164,12 @@ class Agent:
         self.counters = counters
         self.counters_interval_s = counters_interval_s
         self._clock = clock
+        self._started = clock()
+        self.health_facts = HealthFacts(
+            version=__version__,
+            slot=read_boot_slot(cmdline),
+            cert_not_after_s=identity.cert_not_after_s,
+        )
         self.chain = ChainState(data_dir / "agent" / "chain.json")
         start = self.chain.start()
         if not start.clean and start.seq:
@@ -185,6 +210,7 @@ class Agent:
         )
         self.flows_sealed = 0
         self.counters_sealed = 0
+        self.health_sealed = 0
         self.wal_refused = 0
         self._stopping = threading.Event()
         self._capture_running = False
@@ -257,9 +283,10 @@ class Agent:
         if self.endpoint is not None:
             self.endpoint.close()
         log.info(
-            "agent stopped: %d flows and %d counter samples sealed",
+            "agent stopped: %d flows, %d counter samples and %d health samples sealed",
             self.flows_sealed,
             self.counters_sealed,
+            self.health_sealed,
         )
         self._stopped.set()
 
@@ -267,6 +294,7 @@ class Agent:
 
     def _run_pipeline(self) -> None:
         next_counters = self._clock()
+        health = HealthSchedule(self.cfg.health_interval_s, started=self._clock())
         try:
             while not self._stopping.is_set():
                 for flow in self.flows.poll(0.1):
@@ -274,6 +302,8 @@ class Agent:
                 if self.counters is not None and self._clock() >= next_counters:
                     self._seal(counters=self.counters.sample())
                     next_counters = self._clock() + self.counters_interval_s
+                if health.due(self._clock()):
+                    self._seal(health=self.health_sample())
         except Exception:
             log.exception("capture pipeline failed; stopping capture")
             raise
@@ -283,10 +313,13 @@ class Agent:
                 self._seal(flow=flow)
 
     def _seal(
-        self, flow: FlowEvent | None = None, counters: InterfaceCounters | None = None
+        self,
+        flow: FlowEvent | None = None,
+        counters: InterfaceCounters | None = None,
+        health: AgentHealth | None = None,
     ) -> None:
         self.chain.reserve(self.sealer.seq + 1)
-        env: Envelope = self.sealer.seal(flow=flow, counters=counters)
+        env: Envelope = self.sealer.seal(flow=flow, counters=counters, health=health)
         try:
             self.wal.append(env.idempotency_key, env.SerializeToString())
         except WalFull:  # policy `refuse`: the record is lost here, counted and logged once
@@ -296,8 +329,25 @@ class Agent:
             return
         if flow is not None:
             self.flows_sealed += 1
-        else:
+        elif counters is not None:
             self.counters_sealed += 1
+        else:
+            self.health_sealed += 1
+
+    def health_sample(self) -> AgentHealth:
+        """The box's health now, from its parts (pipeline thread: the capture's kernel counters
+        are read there only)."""
+        f = self.forwarder.stats
+        return build_health(
+            self.health_facts,
+            sample_ns=time.time_ns(),
+            uptime_s=self._clock() - self._started,
+            capture=self.flows.capture_counts(),
+            wal=self.wal.stats(),
+            forwarder_state=f.state.value,
+            clock_offset_s=self.clock_follower.offset_s,
+            quarantined=f.invalid,
+        )
 
     # -- observability -------------------------------------------------------------------------
 
@@ -309,6 +359,7 @@ class Agent:
         return AgentSnapshot(
             flows_sealed=self.flows_sealed,
             counters_sealed=self.counters_sealed,
+            health_sealed=self.health_sealed,
             wal_refused=self.wal_refused,
             capture=self.flows.stats(),
             wal=wal,

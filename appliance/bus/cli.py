@@ -3,11 +3,15 @@
 Text output is for terminals: every field an agent supplied (its id, addresses, protocol) is
 printed through `terminal_safe`, so a hostile or broken box cannot send escape sequences to an
 operator's terminal. `--json` output is exact: json.dumps escapes every control character.
+`--csv` is RFC 4180: a header row, then one row per flow, CRLF line ends, a field quoted
+(quotes doubled) when it holds a comma, a quote or a line break; the same names and values as
+`--json`.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime as dt
 import json
 import re
@@ -16,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from appliance.bus.export.cli import register as register_export
 from appliance.errors import CommandError
 
 _REL = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -71,7 +76,15 @@ def register(sub: Any) -> None:
         )
         p.add_argument("--port", type=int, help="only flows with this source or destination port")
         p.add_argument("--proto", help="only this protocol (TCP, UDP, ICMP, ICMPV6, or a number)")
-        p.add_argument("--json", action="store_true", help="one JSON object per line")
+        p.add_argument(
+            "--where",
+            metavar="EXPR",
+            help="a filter expression, e.g. 'proto=TCP and dst_port=443 and not ip=10.0.0.0/8' "
+            "(docs/BUS.md); ANDed with the other filters",
+        )
+        output = p.add_mutually_exclusive_group()
+        output.add_argument("--json", action="store_true", help="one JSON object per line")
+        output.add_argument("--csv", action="store_true", help="CSV (RFC 4180) with a header row")
         if name == "query":
             p.add_argument("--since", help="ISO time, UNIX seconds, or a duration ago (10m, 2h)")
             p.add_argument("--until", help="ISO time, UNIX seconds, or a duration ago")
@@ -91,6 +104,8 @@ def register(sub: Any) -> None:
             p.add_argument("--timeout", type=float, help="stop after this many seconds")
             p.set_defaults(func=_tail)
 
+    register_export(bus_sub)  # `bus export ipfix`: appliance/bus/export/cli.py
+
 
 def _serve(args: argparse.Namespace) -> int:
     from appliance.bus.config import load_bus_settings
@@ -100,10 +115,10 @@ def _serve(args: argparse.Namespace) -> int:
     settings = load_bus_settings(args.config)
     pidfile = PidFile.acquire(settings.storage.data_dir / PIDFILE)  # before the store opens
     try:
-        server = BusServer(settings)
-        server.install_signal_handlers()
-        print(f"bus ready on port {server.port}", flush=True)
-        server.wait()
+        with BusServer(settings) as server:  # start(): the ports first, then the store
+            server.install_signal_handlers()
+            print(f"bus ready on port {server.port}", flush=True)
+            server.wait()
     finally:
         pidfile.release()
     return 0
@@ -156,7 +171,10 @@ def _db_path(args: argparse.Namespace) -> Path:
 
 
 def _query_of(args: argparse.Namespace) -> Any:
-    from appliance.bus.query import Query
+    from appliance.bus.query import Query, parse_where
+
+    if args.where is not None:
+        parse_where(args.where)  # refuse a bad expression before anything is opened or awaited
 
     return Query(
         agent=args.agent,
@@ -167,6 +185,7 @@ def _query_of(args: argparse.Namespace) -> Any:
         until_ns=parse_time(args.until) if getattr(args, "until", None) else None,
         limit=getattr(args, "limit", 1000),
         newest_first=getattr(args, "order", "oldest") == "newest",
+        where=args.where,
     )
 
 
@@ -220,8 +239,31 @@ def format_row(row: Any) -> str:
     )
 
 
-def _emit(row: Any, as_json: bool) -> None:
-    print(json.dumps(_record(row)) if as_json else format_row(row), flush=True)
+class _Output:
+    """Prints rows as the user asked: a text table (HEADER first), JSON lines or CSV."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.kind = "json" if args.json else "csv" if args.csv else "text"
+        self._csv = csv.writer(sys.stdout) if self.kind == "csv" else None
+
+    def header(self) -> None:
+        if self._csv is not None:
+            self._csv.writerow(_record_names())
+        elif self.kind == "text":
+            print(HEADER)
+        sys.stdout.flush()
+
+    def row(self, row: Any) -> None:
+        if self._csv is not None:
+            rec = _record(row)
+            self._csv.writerow(rec[name] for name in _record_names())
+        else:
+            print(json.dumps(_record(row)) if self.kind == "json" else format_row(row))
+        sys.stdout.flush()
+
+
+def _record_names() -> list[str]:
+    return [{"start_ms": "start_time", "end_ms": "end_time"}.get(k, k) for k in RECORD_KEYS]
 
 
 def _query(args: argparse.Namespace) -> int:
@@ -230,10 +272,10 @@ def _query(args: argparse.Namespace) -> int:
     conn = open_reader(_db_path(args))
     q = _query_of(args)
     rows = query(conn, q)
-    if not args.json:
-        print(HEADER)
+    output = _Output(args)
+    output.header()
     for row in rows:
-        _emit(row, args.json)
+        output.row(row)
     order = f"{args.order} stored first"
     matched = count_matching(conn, q) if q.limit is not None and len(rows) >= q.limit else 0
     if matched > len(rows):
@@ -252,6 +294,7 @@ def _tail(args: argparse.Namespace) -> int:
     from appliance.bus.query import follow, open_reader
 
     path = _db_path(args)
+    q = _query_of(args)
     deadline = time.monotonic() + args.timeout if args.timeout else None
     if not path.parent.is_dir():
         raise CommandError(f"no folder {path.parent} for the bus store: is storage.data_dir right?")
@@ -266,7 +309,6 @@ def _tail(args: argparse.Namespace) -> int:
             raise CommandError(f"no bus store appeared at {path} within {args.timeout:g} s")
         time.sleep(0.2)
     conn = open_reader(path)
-    q = _query_of(args)
     q.limit = 1000
     if not args.from_start:
         q.after_id = int(conn.execute("SELECT coalesce(max(id), 0) FROM records").fetchone()[0])
@@ -275,12 +317,12 @@ def _tail(args: argparse.Namespace) -> int:
         timer = threading.Timer(max(0.0, deadline - time.monotonic()), stop.set)
         timer.daemon = True  # must not keep the process alive once --count is reached
         timer.start()
-    if not args.json:
-        print(HEADER, flush=True)
+    output = _Output(args)
+    output.header()
     seen = 0
     try:
         for row in follow(conn, q, poll_s=0.25, stop=stop):
-            _emit(row, args.json)
+            output.row(row)
             seen += 1
             if args.count is not None and seen >= args.count:
                 break

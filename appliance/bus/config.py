@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from appliance.bus.export.config import ExportConfig
 from appliance.config import (
     STORAGE_ENV,
     CertFiles,
@@ -29,6 +30,13 @@ EVENTBUS_ENV = {
     "IS_TRUST_MAP": "trust_map",
     "BUS_DB_SYNC": "db_sync",
 }
+
+
+#: Hard ceiling on any gRPC message the bus accepts, whatever max_batch and max_env_bytes say.
+#: Every call admitted may hold one message of this size (plus its parsed form) while it is
+#: received and verified, and the agent's own channel refuses to send more than 64 MiB
+#: (appliance/wire/channel.py): a larger cap could only be reached by a client that is not ours.
+RECEIVE_CEILING = 64 * 1024 * 1024
 
 
 def _port(name: str, value: int, allow_zero: bool = False) -> None:
@@ -58,7 +66,10 @@ class EventBusConfig:
     hard_max: int = 128
     backoff_hint_ms: int = 250
     max_backoff_hint_ms: int = 5000
-    max_env_bytes: int = 65536
+    #: Largest envelope accepted. 8 KiB is 16-25 flow envelopes' worth (~300-500 bytes each)
+    #: and an interface-counters sample of about 40 interfaces with every counter at 64 bits;
+    #: with max_batch 5000 it keeps the largest legal batch (39 MiB) under RECEIVE_CEILING.
+    max_env_bytes: int = 8192
     max_batch: int = 5000
     max_future_skew_s: float = 300.0
     #: How old an envelope (and its flow) may be: a box's WAL can hold days of backlog.
@@ -84,6 +95,22 @@ class EventBusConfig:
     #: record survives a power cut at the bus), "normal" survives a process crash only.
     db_sync: Literal["full", "normal"] = "full"
     db_name: str = "bus.sqlite"
+    # -- the gate: identity and resource bounds before a message is read (appliance/bus/gate.py)
+    #: Certificates refused even when their CN is trusted again (`pki revoke` writes it);
+    #: relative paths are taken against the trust map's folder; a missing file revokes nothing.
+    revocation_list: Path = Path("revoked.yaml")
+    #: Publish calls open at once, whether waiting for, receiving or processing their message.
+    max_open_calls: int = 128
+    #: Of those, calls from one certificate name (an agent runs at most 16: max_in_flight).
+    max_calls_per_peer: int = 16
+    #: Time from a call's opening to its one message fully received; then it is cancelled.
+    message_deadline_s: float = 20.0
+    #: A TLS handshake not finished by then is dropped (gRPC core's default is 120 s).
+    handshake_timeout_s: float = 10.0
+    #: A connection with no call for this long is closed with GOAWAY (the agent reconnects).
+    max_connection_idle_s: float = 300.0
+    # -- export: stored flows sent on to collectors (appliance/bus/export/, docs/EXPORT.md)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     def validate(self) -> None:
         _port("port", self.port, allow_zero=True)
@@ -123,6 +150,38 @@ class EventBusConfig:
             )
         if self.silent_after_s <= 0:
             raise ValueError(f"silent_after_s: {self.silent_after_s} must be positive")
+        if self.receive_cap() > RECEIVE_CEILING:
+            raise ValueError(
+                f"max_batch: {self.max_batch} envelopes of max_env_bytes {self.max_env_bytes} "
+                f"make a legal batch of up to {self.receive_cap()} bytes, over the "
+                f"{RECEIVE_CEILING >> 20} MiB receive ceiling: lower max_batch or max_env_bytes"
+            )
+        if self.max_open_calls < self.hard_max:
+            raise ValueError(
+                f"max_open_calls: {self.max_open_calls} is below hard_max {self.hard_max}"
+            )
+        if not 1 <= self.max_calls_per_peer <= self.max_open_calls:
+            raise ValueError(
+                f"max_calls_per_peer: {self.max_calls_per_peer} must be 1..max_open_calls "
+                f"({self.max_open_calls})"
+            )
+        for name in ("message_deadline_s", "handshake_timeout_s", "max_connection_idle_s"):
+            value = getattr(self, name)
+            if not 0 < value <= 3600:
+                raise ValueError(f"{name}: {value} must be more than 0 and at most 3600 seconds")
+
+    def receive_cap(self) -> int:
+        """The largest gRPC message accepted: the largest legal PublishBatchRequest.
+
+        Each envelope is framed as field 1 (one tag byte) plus its length as a varint.
+        """
+        framing = 1 + (self.max_env_bytes.bit_length() + 6) // 7
+        return self.max_batch * (self.max_env_bytes + framing)
+
+    def revocation_list_path(self) -> Path:
+        if self.revocation_list.is_absolute():
+            return self.revocation_list
+        return self.trust_map_path().parent / self.revocation_list
 
     def trust_map_path(self) -> Path:
         return (

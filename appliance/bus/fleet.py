@@ -115,9 +115,11 @@ class AgentCollector(Collector):
         self,
         summaries: Callable[[], list[AgentSummary]],
         trusted: Callable[[], Collection[str]],
+        refused: Callable[[], dict[str, int]] = dict,
     ) -> None:
         self._summaries = summaries
         self._trusted = trusted
+        self._refused = refused
 
     def describe(self) -> list[Metric]:
         return []  # computed at collect time; nothing to check at registration
@@ -165,6 +167,10 @@ class AgentCollector(Collector):
             "bus_agent_certificate_expiry_timestamp_seconds", "When the box's certificate expires"
         )
         quarantined = counter("bus_agent_quarantined", "Records the bus refused, as the box counts")
+        invalid = counter("bus_agent_invalid", "Envelopes of the agent the bus answered INVALID")
+        refused = self._refused()
+        for agent in sorted(a for a in refused if a in trusted):
+            invalid.add_metric([agent], refused[agent])
         for s in agents:
             a = [s.agent_id]
             last_seen.add_metric(a, s.last_seen_ns / NS)
@@ -192,4 +198,5 @@ class AgentCollector(Collector):
         yield from (
             info, last_seen, records, last_seq, gaps, restarts, health_ts, uptime, packets,
             drops, own, backlog, backlog_bytes, oldest, connected, offset, cert, quarantined,
+            invalid,
         )  # fmt: skip

@@ -8,6 +8,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from appliance.bus.chain import EventKind
+from appliance.bus.export.metrics import ExportMetrics
 from appliance.bus.validate import Reject
 
 
@@ -25,7 +26,11 @@ class BusMetrics:
             buckets=(0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000),
             registry=r,
         )
-        self.inflight = Gauge("bus_inflight_requests", "Publish calls in progress", registry=r)
+        self.inflight = Gauge(
+            "bus_inflight_requests",
+            "Publish calls open past the gate (awaiting, receiving or processing a message)",
+            registry=r,
+        )
         self.invalid_total = Counter("bus_invalid", "Envelopes answered INVALID", registry=r)
         self.retry_total = Counter("bus_retry", "Envelopes answered RETRY", registry=r)
         self.rejected_total = Counter(
@@ -60,6 +65,12 @@ class BusMetrics:
             "1 while the store commits, 0 while it cannot (disk full, ...)",
             registry=r,
         )
+        self.calls_awaiting_message = Gauge(
+            "bus_calls_awaiting_message",
+            "Open publish calls whose one message has not fully arrived yet",
+            registry=r,
+        )
+        self.export = ExportMetrics(r)  # bus_export_*: appliance/bus/export/
         for status in ("OK", "RETRY", "INVALID"):
             self.publish_total.labels(status)
         for reason in Reject:  # every class visible at 0, so an alert can use rate()

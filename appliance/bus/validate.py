@@ -72,7 +72,17 @@ MAX_CLOCK_OFFSET_MS = 10 * 365 * 86400 * 1000
 class Reject(enum.Enum):
     """Why the bus refused something. The value is the `bus_rejected_total{reason}` label."""
 
-    # the call as a whole
+    # the call, at the gate (appliance/bus/gate.py), before its message is read
+    NO_IDENTITY = "no_identity"
+    REVOKED = "revoked"
+    UNTRUSTED = "untrusted"
+    PEER_LIMIT = "peer_limit"
+    OPEN_CALLS_LIMIT = "open_calls_limit"
+    DEADLINE = "deadline"
+    NO_MESSAGE = "no_message"
+    EXTRA_MESSAGE = "extra_message"
+    CANCELLED = "cancelled"
+    # the call's message as a whole
     UNDECODABLE = "undecodable"
     BATCH_TOO_LARGE = "batch_too_large"
     # the envelope

@@ -3,21 +3,28 @@
 The device has no tcpdump/libpcap compiler, so the filter is compiled here, in Python, to a
 classic BPF program the kernel runs (SO_ATTACH_FILTER) before a frame reaches the ring.
 
-Language (a documented subset of pcap-filter(7)); words are case-sensitive like tcpdump's:
+Language (a documented subset of pcap-filter(7)); words are case-sensitive like tcpdump's.
+Every filter in it means what libpcap's compiler makes of the same text, frame for frame
+(tests/unit/capture/test_bpf_against_libpcap.py holds the two to that), except "vlan":
 
-    expr      := term { ("or" | "||") term }
-    term      := factor { ("and" | "&&") factor }
+    expr      := factor { ("and" | "&&" | "or" | "||") factor }   one precedence, left to right
     factor    := ("not" | "!") factor | "(" expr ")" | primitive
-    primitive := "ip" | "ip6" | "arp" | "tcp" | "udp" | "sctp" | "icmp" | "icmp6"
+    primitive := "ip" | "ip6" | "arp"
+               | "tcp" | "udp" | "sctp"                IPv4 or IPv6
+               | "icmp" | "icmp6"                      IPv4 only / IPv6 only
                | "proto" NUMBER                        IPv4 protocol / IPv6 next header
-               | ["src" | "dst"] "host" ADDRESS        IPv4 or IPv6
-               | ["src" | "dst"] "net" ADDRESS "/" LEN
+               | ["src" | "dst"] "host" ADDRESS        IPv4 (also ARP/RARP sender, target) or IPv6
+               | ["src" | "dst"] "net" ADDRESS "/" LEN   the same
                | ["src" | "dst"] "port" NUMBER         TCP, UDP or SCTP; IPv4 first fragments
                | "vlan" [NUMBER]                       tag reported by the kernel (ancillary)
+    NUMBER    := decimal | 0x hexadecimal | 0 octal    (as libpcap reads them: 010 is 8)
 
-Limits, as with libpcap's own code: IPv6 protocol and port tests look at the header right after
-the fixed IPv6 header (no extension-header walk); frames are untagged on this path (the kernel
-strips 802.1Q and reports it out of band, hence "vlan" uses the ancillary field).
+Limits, as with libpcap's own code: IPv6 protocol tests look at the header right after the fixed
+IPv6 header or after a fragment header there, port tests only right after the fixed header (no
+extension-header walk). Frames are untagged on this path: the kernel strips 802.1Q and reports
+it out of band, hence "vlan" reads the ancillary field and never moves the offsets of the
+other primitives (libpcap's "vlan" reads an in-band tag and moves the offsets of everything
+after it, so libpcap's `vlan 10 and tcp` is ours too, but its `not vlan and tcp` is not).
 
 `capture_program` builds the program the capture uses: the default filter (IPv4 and IPv6 only,
 unless accept_non_ip, and never frames to or from the box's own uplink addresses) AND the user
@@ -66,11 +73,17 @@ class FilterSyntaxError(ValueError):
 
 @dataclass(frozen=True)
 class Prim:
-    """A primitive: kind in ip, ip6, arp, proto, host, net, port, vlan."""
+    """A primitive: kind in ip, ip6, arp, proto, host, net, port, vlan.
+
+    family narrows proto, host and net like libpcap's protocol qualifier ("ip proto 1"): ""
+    is libpcap's default (proto: IPv4 and IPv6; an IPv4 host or net: IPv4, ARP and RARP
+    addresses), "ip" IPv4 only, "ip6" IPv6 only.
+    """
 
     kind: str
     direction: str = ""  # "", "src", "dst"
     value: object = None
+    family: str = ""
 
 
 @dataclass(frozen=True)
@@ -92,7 +105,15 @@ class Or:
 
 Node = Prim | Not | And | Or
 
-_PROTO_WORDS = {"tcp": 6, "udp": 17, "sctp": 132, "icmp": 1, "icmp6": 58}
+#: word -> (protocol number, family), as libpcap defines the abbreviations.
+_PROTO_WORDS = {
+    "tcp": (6, ""),
+    "udp": (17, ""),
+    "sctp": (132, ""),
+    "icmp": (1, "ip"),
+    "icmp6": (58, "ip6"),
+}
+_NUMBER = re.compile(r"0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*")
 _TOKEN = re.compile(r"\s*(\(|\)|&&|\|\||!|[^\s()!&|]+)")
 
 
@@ -125,17 +146,12 @@ class _Parser:
         return tok
 
     def expr(self) -> Node:
-        node = self.term()
-        while self.peek() in ("or", "||"):
-            self.take()
-            node = Or(node, self.term())
-        return node
-
-    def term(self) -> Node:
+        # pcap-filter(7): "Alternation and concatenation have equal precedence and associate
+        # left to right", so "tcp or udp and port 53" is "(tcp or udp) and port 53".
         node = self.factor()
-        while self.peek() in ("and", "&&"):
+        while (tok := self.peek()) in ("and", "&&", "or", "||"):
             self.take()
-            node = And(node, self.factor())
+            node = And(node, self.factor()) if tok in ("and", "&&") else Or(node, self.factor())
         return node
 
     def factor(self) -> Node:
@@ -153,12 +169,13 @@ class _Parser:
         if tok in ("ip", "ip6", "arp"):
             return Prim(tok)
         if tok in _PROTO_WORDS:
-            return Prim("proto", value=_PROTO_WORDS[tok])
+            proto, family = _PROTO_WORDS[tok]
+            return Prim("proto", value=proto, family=family)
         if tok == "proto":
             return Prim("proto", value=self.number(255))
         if tok == "vlan":
             nxt = self.peek()
-            if nxt is not None and nxt.isdigit():
+            if nxt is not None and _number(nxt) is not None:
                 return Prim("vlan", value=self.number(4095))
             return Prim("vlan")
         direction = ""
@@ -182,9 +199,19 @@ class _Parser:
 
     def number(self, limit: int) -> int:
         word = self.take()
-        if not word.isdigit() or int(word) > limit:
+        value = _number(word)
+        if value is None or value > limit:
             raise FilterSyntaxError(f"{word!r}: expected a number up to {limit}")
-        return int(word)
+        return value
+
+
+def _number(word: str) -> int | None:
+    """libpcap's reading of a number: 0x... hexadecimal, a leading 0 octal ("010" is 8)."""
+    if not _NUMBER.fullmatch(word):
+        return None
+    if word[:2] in ("0x", "0X"):
+        return int(word, 16)
+    return int(word, 8 if word[0] == "0" else 10)
 
 
 def parse_filter(text: str) -> Node | None:
@@ -262,51 +289,85 @@ class _Compiler:
                 self.emit(ALU | AND_ | K, 0x0FFF)
                 self.emit(JMP | JEQ | K, int(p.value), yes, no)  # type: ignore[call-overload]
         elif p.kind == "proto":
-            v4, v6 = _Label(), _Label()
-            proto = int(p.value)  # type: ignore[call-overload]
-            self.emit(LD | H | ABS, 12)
-            self.emit(JMP | JEQ | K, 0x0800, v4, 0)
-            self.emit(JMP | JEQ | K, 0x86DD, v6, no)
-            self.mark(v4)
-            self.emit(LD | B | ABS, 23)
-            self.emit(JMP | JEQ | K, proto, yes, no)
-            self.mark(v6)
-            self.emit(LD | B | ABS, 20)
-            self.emit(JMP | JEQ | K, proto, yes, no)
+            self.proto(int(p.value), p.family, yes, no)  # type: ignore[call-overload]
         elif p.kind == "host":
             addr = p.value
             assert isinstance(addr, ipaddress.IPv4Address | ipaddress.IPv6Address)
             net = ipaddress.ip_network(f"{addr}/{addr.max_prefixlen}")
-            self.net(net, p.direction, yes, no)
+            self.net(net, p.direction, p.family, yes, no)
         elif p.kind == "net":
             assert isinstance(p.value, ipaddress.IPv4Network | ipaddress.IPv6Network)
-            self.net(p.value, p.direction, yes, no)
+            self.net(p.value, p.direction, p.family, yes, no)
         elif p.kind == "port":
             self.port(int(p.value), p.direction, yes, no)  # type: ignore[call-overload]
+
+    def proto(self, proto: int, family: str, yes: _Label, no: _Label) -> None:
+        v4, v6 = _Label(), _Label()
+        self.emit(LD | H | ABS, 12)
+        if family == "":
+            self.emit(JMP | JEQ | K, 0x0800, v4, 0)
+        if family in ("", "ip6"):
+            self.emit(JMP | JEQ | K, 0x86DD, v6, no)
+        else:
+            self.emit(JMP | JEQ | K, 0x0800, v4, no)
+        if family in ("", "ip"):
+            self.mark(v4)
+            self.emit(LD | B | ABS, 23)
+            self.emit(JMP | JEQ | K, proto, yes, no)
+        if family in ("", "ip6"):
+            # As libpcap does: the header after the fixed one, or after a fragment header
+            # right there (the first fragment of a TCP segment is "tcp"; so are the others).
+            after_frag = _Label()
+            self.mark(v6)
+            self.emit(LD | B | ABS, 20)
+            self.emit(JMP | JEQ | K, proto, yes, 0)
+            self.emit(JMP | JEQ | K, 44, after_frag, no)
+            self.mark(after_frag)
+            self.emit(LD | B | ABS, 54)
+            self.emit(JMP | JEQ | K, proto, yes, no)
 
     def net(
         self,
         net: ipaddress.IPv4Network | ipaddress.IPv6Network,
         direction: str,
+        family: str,
         yes: _Label,
         no: _Label,
     ) -> None:
+        # (ethertypes, offsets of the source and destination address) per frame layout.
+        layouts: list[tuple[tuple[int, ...], list[int], list[int]]]
         if net.version == 4:
-            offsets = {"src": [26], "dst": [30], "": [26, 30]}[direction]
-            words = [(int(net.network_address), int(net.netmask))]
-            etype = 0x0800
+            layouts = [((0x0800,), [26], [30])]
+            if family == "":  # libpcap: an IPv4 host is also an ARP/RARP sender or target
+                layouts.append(((0x0806, 0x8035), [28], [38]))
+            a, m = int(net.network_address), int(net.netmask)
+            words = [(a, m)]
         else:
-            offsets = {"src": [22], "dst": [38], "": [22, 38]}[direction]
-            a = int(net.network_address).to_bytes(16, "big")
-            m = int(net.netmask).to_bytes(16, "big")
+            layouts = [((0x86DD,), [22], [38])]
+            a16 = int(net.network_address).to_bytes(16, "big")
+            m16 = int(net.netmask).to_bytes(16, "big")
             words = [
-                (int.from_bytes(a[i : i + 4], "big"), int.from_bytes(m[i : i + 4], "big"))
+                (int.from_bytes(a16[i : i + 4], "big"), int.from_bytes(m16[i : i + 4], "big"))
                 for i in range(0, 16, 4)
             ]
-            etype = 0x86DD
-        is_ip = _Label()
-        self.ethertype(etype, is_ip, no)
-        self.mark(is_ip)
+        for n_layout, (etypes, src, dst) in enumerate(layouts):
+            last_layout = n_layout == len(layouts) - 1
+            layout_no = no if last_layout else _Label()
+            offsets = {"src": src, "dst": dst, "": src + dst}[direction]
+            matched = _Label()
+            self.emit(LD | H | ABS, 12)
+            for i, etype in enumerate(etypes):
+                self.emit(JMP | JEQ | K, etype, matched, layout_no if i == len(etypes) - 1 else 0)
+            self.mark(matched)
+            self.addresses(words, offsets, yes, layout_no)
+            if not last_layout:
+                assert isinstance(layout_no, _Label)
+                self.mark(layout_no)
+
+    def addresses(
+        self, words: list[tuple[int, int]], offsets: list[int], yes: _Label, no: _Label
+    ) -> None:
+        """Jump to yes when the address at any of offsets matches words (value, mask)."""
         for n_off, base in enumerate(offsets):
             last_side = n_off == len(offsets) - 1
             side_no = no if last_side else _Label()
@@ -413,7 +474,9 @@ def default_filter(own_addresses: Sequence[str], accept_non_ip: bool = False) ->
     """IPv4/IPv6 only (unless accept_non_ip), minus frames to or from own_addresses."""
     node: Node | None = None
     for addr in own_addresses:
-        host = Prim("host", "", ipaddress.ip_address(addr))
+        # family "ip": the box's own IP traffic only. ARP naming its address is not IP
+        # traffic and is left to accept_non_ip, as it always was.
+        host = Prim("host", "", ipaddress.ip_address(addr), family="ip")
         node = host if node is None else Or(node, host)
     base: Node | None = Not(node) if node is not None else None
     if not accept_non_ip:

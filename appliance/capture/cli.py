@@ -1,19 +1,33 @@
 """`infraspectre flows --pcap FILE [--json]`: offline metering of a capture file.
 
-Output: one line per flow on stdout (JSON lines with FlowEvent's field names under --json,
-otherwise a readable table row), then a one-line summary on stderr. Flows are printed as they
-end, in the order the meter ends them.
+Output: one line per flow on stdout, in the order the flows ended (their last packet, then
+their first), as nfdump lists a capture's flows: under --json one JSON object per flow with
+FlowEvent's field names (docs/FLOWS.md); otherwise a header line, then a table row per flow:
+first-seen time (UTC, milliseconds), duration, protocol, source and destination (ICMP as
+type.code in the destination port's place, as nfdump writes it), TCP flags as letters in
+nfdump's layout (`...AP.SF`), packets and bytes each way, VLAN and why the flow ended. Then a
+one-line summary on stderr, and a warning there when the file ends in a cut record.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.errors import CommandError
+
+if TYPE_CHECKING:
+    from appliance.capture.flows import FlowRecord
+
+HEADER = (
+    f"{'Date first seen (UTC)':<23} {'Duration':>12} {'Proto':<6} {'Src IP Addr:Port':>21}"
+    f"    {'Dst IP Addr:Port':<21} {'Flags':<8} {'Packets tx/rx':>13} {'Bytes tx/rx':>17}"
+    f" {'VLAN':>4} End"
+)
 
 
 def register(sub: Any) -> None:
@@ -24,6 +38,12 @@ def register(sub: Any) -> None:
     p.add_argument("--config", type=Path, help="YAML config; its capture.meter section applies")
     p.add_argument("--idle-timeout", type=float, metavar="S", help="override idle_timeout_s")
     p.add_argument("--active-timeout", type=float, metavar="S", help="override active_timeout_s")
+    p.add_argument(
+        "--close-delay",
+        type=float,
+        metavar="S",
+        help="override close_linger_s: how long a closed TCP connection keeps its late packets",
+    )
     p.add_argument("--max-flows", type=int, metavar="N", help="override max_flows")
     p.set_defaults(func=_flows)
 
@@ -32,7 +52,7 @@ def _flows(args: argparse.Namespace) -> int:
     import os
 
     from appliance.capture.config import load_capture_config
-    from appliance.capture.offline import OfflineSummary, iter_pcap_flows
+    from appliance.capture.offline import OfflineSummary, iter_pcap_records
     from appliance.config import load_document
 
     cfg = load_capture_config(load_document(args.config), dict(os.environ)).meter
@@ -40,6 +60,8 @@ def _flows(args: argparse.Namespace) -> int:
         cfg.idle_timeout_s = args.idle_timeout
     if args.active_timeout is not None:
         cfg.active_timeout_s = args.active_timeout
+    if args.close_delay is not None:
+        cfg.close_linger_s = args.close_delay
     if args.max_flows is not None:
         cfg.max_flows = args.max_flows
     try:
@@ -50,10 +72,13 @@ def _flows(args: argparse.Namespace) -> int:
         raise CommandError(f"{args.pcap}: no such file")
     out = sys.stdout
     flows = 0
-    for item in iter_pcap_flows(args.pcap, cfg):
+    if not args.json:
+        out.write(HEADER + "\n")
+    for item in iter_pcap_records(args.pcap, cfg):
         if isinstance(item, OfflineSummary):
             d, m = item.decode, item.meter
             non_ip = ", ".join(f"0x{k:04x}: {v}" for k, v in sorted(d.non_ip.items()))
+            out.flush()
             print(
                 f"flows: {flows} flows, {item.frames} frames, {m.packets} IP packets, "
                 f"{m.bytes} IP bytes; non-IP {d.non_ip_total} ({non_ip or 'none'}), "
@@ -61,21 +86,44 @@ def _flows(args: argparse.Namespace) -> int:
                 f"peak table {m.peak_flows}",
                 file=sys.stderr,
             )
-            continue
-        for rec in item.records():
-            flows += 1
-            if args.json:
-                out.write(json.dumps(rec.to_json_dict()) + "\n")
-            else:
-                out.write(
-                    f"{rec.proto:<6} {_ep(rec.src_ip, rec.src_port)}"
-                    f" -> {_ep(rec.dst_ip, rec.dst_port)}"
-                    f" vlan {rec.vlan} pkts {rec.packets_tx}/{rec.packets_rx}"
-                    f" bytes {rec.bytes_tx}/{rec.bytes_rx} flags {rec.flags:#04x}"
-                    f" {rec.duration_ms} ms {rec.end_reason.name}\n"
+            if item.cut_bytes:
+                print(
+                    f"flows: warning: {args.pcap} ends in a cut record ({item.cut_bytes} bytes "
+                    f"after frame {item.frames}): the capture was cut short (disk full, or "
+                    "copied while being written); the flows above end there",
+                    file=sys.stderr,
                 )
+            continue
+        for rec in item:
+            flows += 1
+            out.write((json.dumps(rec.to_json_dict()) if args.json else format_flow(rec)) + "\n")
     return 0
 
 
-def _ep(addr: str, port: int) -> str:
+def format_flow(rec: FlowRecord) -> str:
+    """One flow as a table row under HEADER (nfdump's `-o line` columns, both directions)."""
+    from appliance.capture.flows import tcp_flag_letters
+
+    first = dt.datetime.fromtimestamp(rec.start_ns // 1_000_000 / 1000, dt.UTC)
+    if rec.icmp_type or rec.icmp_code or rec.proto in ("ICMP", "ICMPV6"):
+        dst = _ep(rec.dst_ip, f"{rec.icmp_type}.{rec.icmp_code}")
+    else:
+        dst = _ep(rec.dst_ip, rec.dst_port)
+    return (
+        f"{first:%Y-%m-%d %H:%M:%S}.{first.microsecond // 1000:03d} {_duration(rec):>12} "
+        f"{rec.proto:<6} {_ep(rec.src_ip, rec.src_port):>21} -> {dst:<21} "
+        f"{tcp_flag_letters(rec.flags):<8} {f'{rec.packets_tx}/{rec.packets_rx}':>13} "
+        f"{f'{rec.bytes_tx}/{rec.bytes_rx}':>17} {rec.vlan:>4} {rec.end_reason.name}"
+    )
+
+
+def _duration(rec: FlowRecord) -> str:
+    """HH:MM:SS.mmm, as nfdump prints a duration."""
+    ms = max(rec.end_ns // 1_000_000 - rec.start_ns // 1_000_000, 0)
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    return f"{hours:02d}:{minutes:02d}:{rest // 1000:02d}.{rest % 1000:03d}"
+
+
+def _ep(addr: str, port: object) -> str:
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"

@@ -2,7 +2,8 @@
 
 ```yaml
 capture:
-  interface: eth1            # the mirror port
+  interface: eth1            # the mirror port; several: "eth1,eth2" (each metered, flows
+                             # labelled with their port)
   uplink_interface: eth0     # the box's own uplink: its addresses are filtered out by default
   promiscuous: true
   filter: ""                 # user filter, subset of the pcap filter language (docs/FLOWS.md)
@@ -16,7 +17,7 @@ capture:
   meter:
     idle_timeout_s: 60
     active_timeout_s: 1800
-    close_linger_s: 2
+    close_linger_s: 5         # the close delay: a closed TCP connection's late packets
     max_flows: 200000
   counters_interval_s: 10
   counters_interfaces: []    # empty: every interface
@@ -68,7 +69,11 @@ class MeterConfig:
 
     idle_timeout_s: float = 60.0
     active_timeout_s: float = 1800.0
-    close_linger_s: float = 2.0
+    #: The TCP close delay: a connection closed by an RST or by FINs both ways stays in the
+    #: table this long, so that its own last packets (the final ACK, a retransmitted FIN) join
+    #: it instead of starting a one-packet flow. Zeek's tcp_close_delay is 5 s; softflowd's
+    #: tcp.fin timeout 300 s (it counts from the last packet, so it absorbs them too).
+    close_linger_s: float = 5.0
     max_flows: int = 200_000
 
     def validate(self) -> None:
@@ -100,7 +105,19 @@ class CaptureConfig:
     #: (/run/netns/NAME), while the agent itself stays in its own: tests, demos, containers.
     netns: str = ""
 
+    @property
+    def interfaces(self) -> list[str]:
+        """The mirror ports `interface` names (comma-separated), in order."""
+        return [name.strip() for name in self.interface.split(",")]
+
     def validate(self) -> None:
+        names = self.interfaces
+        for name in names:
+            # Linux interface names: 1-15 bytes, no '/', no whitespace (dev_valid_name).
+            if not name or len(name.encode()) > 15 or "/" in name or any(c.isspace() for c in name):
+                raise ValueError(f"interface: {name!r} is not an interface name")
+        if len(set(names)) != len(names):
+            raise ValueError(f"interface: {self.interface!r} names a port twice")
         if not 0 <= self.fanout_group < 65536:
             raise ValueError(f"fanout_group: {self.fanout_group} is not in 0..65535")
         if self.counters_interval_s <= 0:

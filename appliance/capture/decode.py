@@ -13,8 +13,11 @@ Two paths, same results:
   DCCP, UDP-Lite, ICMP, ICMPv6 and portless protocols;
 - every other frame (IPv4 options, IPv6 extension headers, fragments, QinQ, truncated or
   malformed headers, frames at the very end of a buffer) goes through `decode_frame`, a
-  per-frame Python decoder. It also owns the fragment rule (below), the only state the
-  decoder keeps.
+  per-frame Python decoder that returns a `DecodedPacket`. It also owns the fragment rule
+  (below), the only state the decoder keeps.
+
+Both paths read header fields through one table of named offsets (ETH_*, VLAN_*, IP4_*, IP6_*,
+L4_*, ...); the vectorised path places them in its header window with WIN_IP and `_col`.
 
 Flow key rules (docs/FLOWS.md):
 - key = (VLAN id, IP version, protocol, endpoint A, endpoint B), endpoints (address, key port)
@@ -41,7 +44,7 @@ from __future__ import annotations
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -55,6 +58,8 @@ Bools = npt.NDArray[np.bool_]
 
 LINKTYPE_ETHERNET = 1
 LINKTYPE_RAW = 101  # raw IPv4/IPv6, no link layer
+LINKTYPE_LINUX_SLL = 113  # Linux "cooked" capture v1: what `tcpdump -i any` writes
+LINKTYPE_LINUX_SLL2 = 276  # Linux cooked capture v2 (`tcpdump -i any -y LINUX_SLL2`)
 
 ETH_IPV4 = 0x0800
 ETH_IPV6 = 0x86DD
@@ -71,16 +76,76 @@ IPV6_EXT = frozenset({0, 43, 44, 51, 60, 135, 139, 140, 253, 254})
 FRAG_MEMORY_S = 30.0
 FRAG_MEMORY_MAX = 4096
 
+# -- header layouts --------------------------------------------------------------------
+# Byte offsets of the fields the decoder reads, each from the first byte of its own header
+# (IEEE 802.3 and 802.1Q, RFC 791, RFC 8200, the transport RFCs). Both paths read through
+# these names; nothing below spells a header offset as a bare number.
+
+ETH_TYPE = 12  # EtherType, or the TPID of an 802.1Q / 802.1ad tag
+ETH_LEN = 14
+SLL_PROTOCOL = 14  # Linux cooked v1: packet type, ARPHRD, address length, address, protocol
+SLL_LEN = 16
+SLL2_PROTOCOL = 0  # Linux cooked v2: protocol first, then reserved, ifindex, ARPHRD, ...
+SLL2_LEN = 20
+VLAN_TCI = 0  # inside a tag: PCP, DEI, VLAN id (low 12 bits)
+VLAN_TYPE = 2  # the EtherType after the tag
+VLAN_LEN = 4
+VLAN_ID_MASK = 0x0FFF
+
+#: Link layers with an EtherType: where it is, and where the link header ends (an 802.1Q tag,
+#: when the type says so, starts there). In cooked captures the protocol field is the
+#: EtherType, and libpcap puts a VLAN tag the kernel stripped back behind the SLL header.
+LINK_LAYERS = {
+    LINKTYPE_ETHERNET: (ETH_TYPE, ETH_LEN),
+    LINKTYPE_LINUX_SLL: (SLL_PROTOCOL, SLL_LEN),
+    LINKTYPE_LINUX_SLL2: (SLL2_PROTOCOL, SLL2_LEN),
+}
+
+IP4_VER_IHL = 0  # version << 4 | header length in 32-bit words
+IP4_TOTAL_LEN = 2
+IP4_ID = 4
+IP4_FRAG = 6  # flags (MF = 0x2000) and fragment offset (low 13 bits, 8-byte units)
+IP4_PROTO = 9
+IP4_SRC = 12
+IP4_DST = 16
+IP4_MIN_LEN = 20
+IP4_MF = 0x2000
+IP4_FRAG_OFFSET_MASK = 0x1FFF
+IP4_NO_OPTIONS = 0x45  # version 4, header length 5 words
+
+IP6_PAYLOAD_LEN = 4
+IP6_NEXT = 6
+IP6_SRC = 8
+IP6_DST = 24
+IP6_LEN = 40
+EXT_NEXT = 0  # every IPv6 extension header: next header, then its length
+EXT_LEN = 1
+FRAG6_OFFSET = 2  # fragment header: offset << 3 | M
+FRAG6_ID = 4
+FRAG6_LEN = 8
+IPV6_FRAGMENT, IPV6_AH = 44, 51
+
+L4_SPORT = 0  # TCP, UDP, SCTP, DCCP, UDP-Lite: the ports come first
+L4_DPORT = 2
+TCP_FLAGS_AT = 13
+ICMP_TYPE_AT = 0
+ICMP_CODE_AT = 1
+ICMP_ECHO_ID = 4  # echo request / reply identifier
+
+#: The vectorised path's header window (see byte_windows): WINDOW bytes per frame with the IP
+#: header at WIN_IP, so a tagged frame's TCI and an option-less TCP header both fit.
+WINDOW = 64
+WIN_IP = 8
 #: Bytes beyond a frame's start that the vectorised path may read: its header window starts
-#: at most 10 bytes in and is WINDOW (64) bytes wide (see byte_windows), rounded up.
+#: at most SLL2_LEN + VLAN_LEN - WIN_IP (16) bytes in and is WINDOW bytes wide, rounded up.
 MAX_REACH = 96
 
 _PORT_PROTOS = (TCP, UDP, SCTP, DCCP, UDPLITE)
 #: Transport header bytes the key needs, per protocol number.
 _L4_NEED = np.zeros(256, dtype=np.int64)
-_L4_NEED[[UDP, SCTP, DCCP, UDPLITE]] = 4
-_L4_NEED[TCP] = 14
-_L4_NEED[[ICMP, ICMPV6]] = 6
+_L4_NEED[[UDP, SCTP, DCCP, UDPLITE]] = L4_DPORT + 2
+_L4_NEED[TCP] = TCP_FLAGS_AT + 1
+_L4_NEED[[ICMP, ICMPV6]] = ICMP_ECHO_ID + 2
 _HAS_PORTS = np.zeros(256, dtype=np.bool_)
 _HAS_PORTS[list(_PORT_PROTOS)] = True
 _IPV6_EXT_LUT = np.zeros(256, dtype=np.bool_)
@@ -141,6 +206,32 @@ class PacketColumns:
         return PacketColumns(**{k: np.concatenate([getattr(p, k) for p in parts]) for k in names})
 
 
+class DecodedPacket(NamedTuple):
+    """One IP packet as the per-frame decoder reads it (endpoints not yet ordered)."""
+
+    vlan: int
+    ipver: int
+    proto: int
+    src: bytes
+    dst: bytes
+    port_src: int  # key ports: transport ports, the ICMP rule, or 0 (module docstring)
+    port_dst: int
+    nbytes: int  # IP length
+    tcp_flags: int
+    icmp_type: int
+    icmp_code: int
+
+
+#: decode_frame's answer for a frame it cannot read (truncated or malformed headers).
+MALFORMED = -1
+#: What decode_frame returns: the packet, or an int: the EtherType of a non-IP frame (>= 0)
+#: or MALFORMED.
+FrameResult = DecodedPacket | int
+#: A DecodedPacket as a plain tuple (same fields, same order), which is what the per-frame
+#: path builds: constructing a NamedTuple costs ~0.4 us more per packet, ~8% of that path.
+_Row = tuple[int, int, int, bytes, bytes, int, int, int, int, int, int]
+
+
 @dataclass
 class DecodeStats:
     """What the decoder saw, cumulative; frames = metered + non_ip + malformed."""
@@ -186,35 +277,34 @@ class Decoder:
         off = batch.offsets
         caplen = batch.caplen
         raw = batch.linktype == LINKTYPE_RAW
-        # Ethertype first (two byte gathers), then one 64-byte header window per IP frame,
-        # starting 8 bytes before the IP header: untagged Ethernet at frame + 6, tagged at
-        # frame + 10, raw IP at frame - 8.
+        # Ethertype first (two byte gathers), then one header window per IP frame, starting
+        # WIN_IP bytes before the IP header.
         if raw:
-            safe = (off >= 8) & (off <= len(data) - MAX_REACH)
-            o = np.where(safe, off, 8)
-            ver = data[o] >> 4
+            safe = (off >= WIN_IP) & (off <= len(data) - MAX_REACH)
+            o = np.where(safe, off, WIN_IP)
+            ver = data[o + IP4_VER_IHL] >> 4
             et2 = np.where(ver == 4, ETH_IPV4, np.where(ver == 6, ETH_IPV6, 0))
             tagged = np.zeros(n, dtype=np.bool_)
             tagged_bad = tagged
-            start = o - 8
+            start = o - WIN_IP
             non_ip = tagged
         else:
+            type_at, link_len = LINK_LAYERS[batch.linktype]
             safe = off <= len(data) - MAX_REACH
             o = np.where(safe, off, 0)
-            et = (data[o + 12].astype(np.uint16) << 8) | data[o + 13]
+            et = _be16(data, o + type_at)
             tagged = et == ETH_VLAN
             et2 = et
             tagged_rows = np.flatnonzero(tagged)
             if len(tagged_rows):
                 et2 = et.copy()
-                to = o[tagged_rows]
-                et2[tagged_rows] = (data[to + 16].astype(np.uint16) << 8) | data[to + 17]
+                et2[tagged_rows] = _be16(data, o[tagged_rows] + link_len + VLAN_TYPE)
             # QinQ or a second tag: the slow path walks it.
             tagged_bad = (et == ETH_QINQ) | (tagged & ((et2 == ETH_VLAN) | (et2 == ETH_QINQ)))
-            start = o + 6 + 4 * tagged
+            start = o + (link_len - WIN_IP) + VLAN_LEN * tagged
         is_ip = (et2 == ETH_IPV4) | (et2 == ETH_IPV6)
         if not raw:
-            non_ip = safe & ~tagged_bad & ~is_ip & (caplen >= 14)
+            non_ip = safe & ~tagged_bad & ~is_ip & (caplen >= link_len)
             if non_ip.any():
                 counted = self.stats.non_ip
                 for t in et2[non_ip].tolist():  # a handful per batch: cheaper than np.unique
@@ -229,17 +319,25 @@ class Decoder:
         w16 = win.view(">u2")
         is6 = sub(et2) == ETH_IPV6
         tagged_c = sub(tagged)
-        b0 = win[:, 8]
+        b0 = win[:, WIN_IP + IP4_VER_IHL]
         # The vectorised IPv4 path takes option-less, unfragmented headers only.
-        ok4 = ~is6 & (b0 == 0x45) & ((w16[:, 7] & 0x3FFF) == 0) & (w16[:, 5] >= 20)
-        nh6 = win[:, 14]
-        ok6 = is6 & ((b0 >> 4) == 6) & ~_IPV6_EXT_LUT[nh6] & (w16[:, 6] > 0)
-        proto = np.where(is6, nh6, win[:, 17])
-        need = np.where(is6, 54, 34) + 4 * tagged_c + _L4_NEED[proto] - (14 if raw else 0)
+        ok4 = (
+            ~is6
+            & (b0 == IP4_NO_OPTIONS)
+            & ((w16[:, _col(WIN_IP + IP4_FRAG, 2)] & (IP4_MF | IP4_FRAG_OFFSET_MASK)) == 0)
+            & (w16[:, _col(WIN_IP + IP4_TOTAL_LEN, 2)] >= IP4_MIN_LEN)
+        )
+        nh6 = win[:, WIN_IP + IP6_NEXT]
+        plen6 = w16[:, _col(WIN_IP + IP6_PAYLOAD_LEN, 2)]
+        ok6 = is6 & ((b0 >> 4) == 6) & ~_IPV6_EXT_LUT[nh6] & (plen6 > 0)
+        proto = np.where(is6, nh6, win[:, WIN_IP + IP4_PROTO])
+        ip_end = np.where(is6, IP6_LEN, IP4_MIN_LEN) + (0 if raw else link_len)
+        need = ip_end + VLAN_LEN * tagged_c + _L4_NEED[proto]
         fast_c = (ok4 | ok6) & (need <= sub(caplen))
         meta = None if batch.vlan is None else sub(batch.vlan)
         if tagged_c.any():
-            vlan = np.where(tagged_c, w16[:, 2] & 0x0FFF, 0 if meta is None else meta)
+            tci = w16[:, _col(WIN_IP - VLAN_LEN + VLAN_TCI, 2)]
+            vlan = np.where(tagged_c, tci & VLAN_ID_MASK, 0 if meta is None else meta)
             vlan = vlan.astype(np.uint16)
         else:
             vlan = np.zeros(len(win), dtype=np.uint16) if meta is None else meta.astype(np.uint16)
@@ -267,129 +365,130 @@ class Decoder:
         slow_rows: npt.NDArray[np.intp],
     ) -> PacketColumns:
         """Decode slow_rows one by one and merge them with the fast rows in arrival order."""
-        rows: list[tuple[int, ...]] = []
+        packets: list[_Row] = []
         where: list[int] = []
         for i in slow_rows.tolist():
             start = int(batch.offsets[i])
             frame = batch.data[start : start + int(batch.caplen[i])].tobytes()
             meta_vlan = 0 if batch.vlan is None else int(batch.vlan[i])
-            res = self.decode_frame(frame, meta_vlan, int(batch.ts_ns[i]), batch.linktype)
+            res = self._frame_row(frame, meta_vlan, int(batch.ts_ns[i]), batch.linktype)
             if isinstance(res, int):
                 if res >= 0:
                     self.stats.non_ip[res] = self.stats.non_ip.get(res, 0) + 1
                 else:
                     self.stats.malformed += 1
                 continue
-            vlan_i, ipver_i, proto_i, src, dst, ksrc_i, kdst_i, nb, fl, itype, icode = res
-            key = (*_addr_words(src), *_addr_words(dst), ksrc_i, kdst_i)
-            rows.append((int(batch.ts_ns[i]), vlan_i, ipver_i, proto_i, *key, nb, fl, itype, icode))
+            packets.append(res)
             where.append(i)
-        if not rows:
+        if not packets:
             return cols
-        c = list(zip(*rows, strict=True))
+        # One tuple per DecodedPacket field (the rows' positions), by name.
+        c = dict(zip(DecodedPacket._fields, zip(*packets, strict=True), strict=True))
+        s_hi, s_lo = zip(*map(_addr_words, c["src"]), strict=True)
+        d_hi, d_lo = zip(*map(_addr_words, c["dst"]), strict=True)
+        rows = np.array(where, dtype=np.intp)
         u64 = np.uint64
         slow = _canonical(
-            ts_ns=np.array(c[0], dtype=np.int64),
-            vlan=np.array(c[1], dtype=np.uint16),
-            ipver=np.array(c[2], dtype=np.uint8),
-            proto=np.array(c[3], dtype=np.uint8),
-            s_hi=np.array(c[4], dtype=u64),
-            s_lo=np.array(c[5], dtype=u64),
-            d_hi=np.array(c[6], dtype=u64),
-            d_lo=np.array(c[7], dtype=u64),
-            ksrc=np.array(c[8], dtype=np.uint32),
-            kdst=np.array(c[9], dtype=np.uint32),
-            nbytes=np.array(c[10], dtype=np.int64),
-            tcp_flags=np.array(c[11], dtype=np.uint8),
-            icmp_type=np.array(c[12], dtype=np.uint8),
-            icmp_code=np.array(c[13], dtype=np.uint8),
+            ts_ns=batch.ts_ns[rows],
+            vlan=np.array(c["vlan"], dtype=np.uint16),
+            ipver=np.array(c["ipver"], dtype=np.uint8),
+            proto=np.array(c["proto"], dtype=np.uint8),
+            s_hi=np.array(s_hi, dtype=u64),
+            s_lo=np.array(s_lo, dtype=u64),
+            d_hi=np.array(d_hi, dtype=u64),
+            d_lo=np.array(d_lo, dtype=u64),
+            ksrc=np.array(c["port_src"], dtype=np.uint32),
+            kdst=np.array(c["port_dst"], dtype=np.uint32),
+            nbytes=np.array(c["nbytes"], dtype=np.int64),
+            tcp_flags=np.array(c["tcp_flags"], dtype=np.uint8),
+            icmp_type=np.array(c["icmp_type"], dtype=np.uint8),
+            icmp_code=np.array(c["icmp_code"], dtype=np.uint8),
         )
         fast_idx = np.arange(len(cols)) if fast_rows is None else fast_rows
-        arrival = np.concatenate((fast_idx, np.array(where, dtype=np.intp)))
+        arrival = np.concatenate((fast_idx, rows))
         return PacketColumns.concat([cols, slow]).take(np.argsort(arrival, kind="stable"))
 
     # -- the per-frame path -------------------------------------------------------------
 
     def decode_frame(
         self, frame: bytes, meta_vlan: int, ts_ns: int, linktype: int = LINKTYPE_ETHERNET
-    ) -> tuple[int, int, int, bytes, bytes, int, int, int, int, int, int] | int:
-        """Decode one frame the slow, general way.
+    ) -> FrameResult:
+        """Decode one frame the slow, general way: a DecodedPacket, or an int for a frame
+        that is not metered (the EtherType of a non-IP frame, or MALFORMED)."""
+        row = self._frame_row(frame, meta_vlan, ts_ns, linktype)
+        return row if isinstance(row, int) else DecodedPacket._make(row)
 
-        Returns (vlan, ipver, proto, src, dst, key port src, key port dst, IP bytes, TCP
-        flags, ICMP type, ICMP code), or an int: the ethertype of a non-IP frame (>= 0), or -1
-        for a malformed or truncated one.
-        """
+    def _frame_row(
+        self, frame: bytes, meta_vlan: int, ts_ns: int, linktype: int = LINKTYPE_ETHERNET
+    ) -> _Row | int:
+        """decode_frame, with the packet as a plain _Row."""
         vlan = meta_vlan
         pos = 0
         if linktype == LINKTYPE_RAW:
             if not frame:
-                return -1
-            et = {4: ETH_IPV4, 6: ETH_IPV6}.get(frame[0] >> 4, -1)
+                return MALFORMED
+            et = {4: ETH_IPV4, 6: ETH_IPV6}.get(frame[IP4_VER_IHL] >> 4, MALFORMED)
         else:
-            if len(frame) < 14:
-                return -1
-            et = int.from_bytes(frame[12:14], "big")
-            pos = 14
+            type_at, link_len = LINK_LAYERS[linktype]
+            if len(frame) < link_len:
+                return MALFORMED
+            et = int.from_bytes(frame[type_at : type_at + 2], "big")
+            pos = link_len
             while et in (ETH_VLAN, ETH_QINQ):
-                if len(frame) < pos + 4:
-                    return -1
+                if len(frame) < pos + VLAN_LEN:
+                    return MALFORMED
                 # The innermost tag names the VLAN the flow belongs to.
-                vlan = int.from_bytes(frame[pos : pos + 2], "big") & 0x0FFF
-                et = int.from_bytes(frame[pos + 2 : pos + 4], "big")
-                pos += 4
+                tci, et = struct.unpack_from(">HH", frame, pos + VLAN_TCI)
+                vlan = tci & VLAN_ID_MASK
+                pos += VLAN_LEN
         if et == ETH_IPV4:
             return self._ipv4(frame, pos, vlan, ts_ns)
         if et == ETH_IPV6:
             return self._ipv6(frame, pos, vlan, ts_ns)
-        return et if et >= 0 else -1
+        return et if et >= 0 else MALFORMED
 
-    def _ipv4(
-        self, frame: bytes, pos: int, vlan: int, ts_ns: int
-    ) -> tuple[int, int, int, bytes, bytes, int, int, int, int, int, int] | int:
-        if len(frame) < pos + 20 or frame[pos] >> 4 != 4:
-            return -1
-        ihl = (frame[pos] & 0x0F) * 4
-        total, ident, fragf = struct.unpack_from(">HHH", frame, pos + 2)
-        proto = frame[pos + 9]
-        if ihl < 20 or total < ihl:
-            return -1
-        src = frame[pos + 12 : pos + 16]
-        dst = frame[pos + 16 : pos + 20]
-        frag_off = fragf & 0x1FFF
-        more = bool(fragf & 0x2000)
+    def _ipv4(self, frame: bytes, pos: int, vlan: int, ts_ns: int) -> _Row | int:
+        if len(frame) < pos + IP4_MIN_LEN or frame[pos + IP4_VER_IHL] >> 4 != 4:
+            return MALFORMED
+        ihl = (frame[pos + IP4_VER_IHL] & 0x0F) * 4
+        total, ident, fragf = struct.unpack_from(">HHH", frame, pos + IP4_TOTAL_LEN)
+        proto = frame[pos + IP4_PROTO]
+        if ihl < IP4_MIN_LEN or total < ihl:
+            return MALFORMED
+        src = frame[pos + IP4_SRC : pos + IP4_SRC + 4]
+        dst = frame[pos + IP4_DST : pos + IP4_DST + 4]
+        frag_off = fragf & IP4_FRAG_OFFSET_MASK
+        more = bool(fragf & IP4_MF)
         return self._transport(
             frame, pos + ihl, vlan, 4, proto, src, dst, total, ts_ns, frag_off, more, ident
         )
 
-    def _ipv6(
-        self, frame: bytes, pos: int, vlan: int, ts_ns: int
-    ) -> tuple[int, int, int, bytes, bytes, int, int, int, int, int, int] | int:
-        if len(frame) < pos + 40 or frame[pos] >> 4 != 6:
-            return -1
-        plen = int.from_bytes(frame[pos + 4 : pos + 6], "big")
+    def _ipv6(self, frame: bytes, pos: int, vlan: int, ts_ns: int) -> _Row | int:
+        if len(frame) < pos + IP6_LEN or frame[pos] >> 4 != 6:
+            return MALFORMED
+        plen = int.from_bytes(frame[pos + IP6_PAYLOAD_LEN : pos + IP6_PAYLOAD_LEN + 2], "big")
         if plen == 0:
-            return -1  # jumbogram: out of scope, counted as malformed
-        nh = frame[pos + 6]
-        src = frame[pos + 8 : pos + 24]
-        dst = frame[pos + 24 : pos + 40]
-        p = pos + 40
+            return MALFORMED  # jumbogram: out of scope, counted as malformed
+        nh = frame[pos + IP6_NEXT]
+        src = frame[pos + IP6_SRC : pos + IP6_SRC + 16]
+        dst = frame[pos + IP6_DST : pos + IP6_DST + 16]
+        p = pos + IP6_LEN
         frag_off, more, ident = 0, False, -1
         while nh in IPV6_EXT:
             if len(frame) < p + 8:
-                return -1
-            if nh == 44:  # fragment header: fixed 8 bytes
-                fo = int.from_bytes(frame[p + 2 : p + 4], "big")
+                return MALFORMED
+            if nh == IPV6_FRAGMENT:  # fixed size
+                fo, ident = struct.unpack_from(">HI", frame, p + FRAG6_OFFSET)
                 frag_off, more = fo >> 3, bool(fo & 1)
-                ident = int.from_bytes(frame[p + 4 : p + 8], "big")
-                nh, p = frame[p], p + 8
+                nh, p = frame[p + EXT_NEXT], p + FRAG6_LEN
                 if frag_off:
                     break  # no transport header in a non-first fragment
-            elif nh == 51:  # AH: length in 4-octet units, minus 2
-                nh, p = frame[p], p + (frame[p + 1] + 2) * 4
-            else:
-                nh, p = frame[p], p + (frame[p + 1] + 1) * 8
+            elif nh == IPV6_AH:  # length in 4-octet units, minus 2
+                nh, p = frame[p + EXT_NEXT], p + (frame[p + EXT_LEN] + 2) * 4
+            else:  # length in 8-octet units, not counting the first 8
+                nh, p = frame[p + EXT_NEXT], p + (frame[p + EXT_LEN] + 1) * 8
         return self._transport(
-            frame, p, vlan, 6, nh, src, dst, plen + 40, ts_ns, frag_off, more, ident
+            frame, p, vlan, 6, nh, src, dst, plen + IP6_LEN, ts_ns, frag_off, more, ident
         )
 
     def _transport(
@@ -406,30 +505,31 @@ class Decoder:
         frag_off: int,
         more: bool,
         ident: int,
-    ) -> tuple[int, int, int, bytes, bytes, int, int, int, int, int, int]:
+    ) -> _Row:
         is_frag = frag_off != 0 or more
         fkey = (ipver, src, dst, proto, ident)
         if is_frag:
             self.stats.fragments += 1
         if frag_off:
+            ports = 0, 0
             remembered = self._frags.get(fkey)
             if remembered is not None and ts_ns - remembered[2] <= FRAG_MEMORY_S * 1e9:
                 ports = remembered[0], remembered[1]
-                return (vlan, ipver, proto, src, dst, *ports, nbytes, 0, 0, 0)
-            return (vlan, ipver, proto, src, dst, 0, 0, nbytes, 0, 0, 0)
+            return (vlan, ipver, proto, src, dst, *ports, nbytes, 0, 0, 0)
         ksrc = kdst = flags = itype = icode = 0
         icmp = (proto == ICMP and ipver == 4) or (proto == ICMPV6 and ipver == 6)
         need = int(_L4_NEED[proto])
         if len(frame) >= p + need:
             if proto in _PORT_PROTOS:
-                ksrc, kdst = struct.unpack_from(">HH", frame, p)
+                ksrc, kdst = struct.unpack_from(">HH", frame, p + L4_SPORT)
                 if proto == TCP:
-                    flags = frame[p + 13]
+                    flags = frame[p + TCP_FLAGS_AT]
             elif icmp:
-                itype, icode = frame[p], frame[p + 1]
+                itype, icode = frame[p + ICMP_TYPE_AT], frame[p + ICMP_CODE_AT]
                 echo = itype in ((8, 0) if ipver == 4 else (128, 129))
                 if echo:
-                    ksrc = kdst = int.from_bytes(frame[p + 4 : p + 6], "big")
+                    (ksrc,) = struct.unpack_from(">H", frame, p + ICMP_ECHO_ID)
+                    kdst = ksrc
                 else:
                     ksrc = kdst = ICMP_KEY_BIT | itype << 8 | icode
         if more and not frag_off:
@@ -443,9 +543,6 @@ class Decoder:
         self._frags.move_to_end(fkey)
         while len(self._frags) > FRAG_MEMORY_MAX:
             self._frags.popitem(last=False)
-
-
-WINDOW = 64
 
 
 def byte_windows(data: U8, start: I64, width: int = WINDOW) -> U8:
@@ -467,7 +564,7 @@ def _fast_columns(
     ts_all: I64,
     rows: npt.NDArray[np.intp] | None,
 ) -> PacketColumns:
-    """Key columns from header windows (layout: IP header at byte 8 of each window).
+    """Key columns from header windows (layout: IP header at byte WIN_IP of each window).
 
     Everything is first read as IPv4 (column views of the window matrix), then the IPv6 rows,
     a minority, are overwritten.
@@ -475,25 +572,34 @@ def _fast_columns(
     w16 = win.view(">u2")
     w32 = win.view(">u4")
     n = len(win)
-    s_lo = w32[:, 5].astype(np.uint64)
-    d_lo = w32[:, 6].astype(np.uint64)
+    l4 = WIN_IP + IP4_MIN_LEN
+    s_lo = w32[:, _col(WIN_IP + IP4_SRC, 4)].astype(np.uint64)
+    d_lo = w32[:, _col(WIN_IP + IP4_DST, 4)].astype(np.uint64)
     s_hi = np.zeros(n, dtype=np.uint64)
     d_hi = np.zeros(n, dtype=np.uint64)
-    ports = w32[:, 7].astype(np.uint32)
-    flags_b = win[:, 41].copy()
-    echo_id = w16[:, 16].astype(np.uint32)
-    nbytes = w16[:, 5].astype(np.int64)
+    ports = w32[:, _col(l4 + L4_SPORT, 4)].astype(np.uint32)  # sport << 16 | dport
+    flags_b = win[:, l4 + TCP_FLAGS_AT].copy()
+    echo_id = w16[:, _col(l4 + ICMP_ECHO_ID, 2)].astype(np.uint32)
+    nbytes = w16[:, _col(WIN_IP + IP4_TOTAL_LEN, 2)].astype(np.int64)
     ipver = np.full(n, 4, dtype=np.uint8)
     v6 = np.flatnonzero(is6)
     if len(v6):
         w6 = win[v6]
         w64_6 = w6.view(">u8")
-        s_hi[v6], s_lo[v6] = w64_6[:, 2], w64_6[:, 3]
-        d_hi[v6], d_lo[v6] = w64_6[:, 4], w64_6[:, 5]
-        ports[v6] = w6.view(">u4")[:, 12]
-        flags_b[v6] = w6[:, 61]
-        echo_id[v6] = w6.view(">u2")[:, 26]
-        nbytes[v6] = w6.view(">u2")[:, 6].astype(np.int64) + 40
+        l4 = WIN_IP + IP6_LEN
+        s_hi[v6], s_lo[v6] = (
+            w64_6[:, _col(WIN_IP + IP6_SRC, 8)],
+            w64_6[:, _col(WIN_IP + IP6_SRC + 8, 8)],
+        )
+        d_hi[v6], d_lo[v6] = (
+            w64_6[:, _col(WIN_IP + IP6_DST, 8)],
+            w64_6[:, _col(WIN_IP + IP6_DST + 8, 8)],
+        )
+        ports[v6] = w6.view(">u4")[:, _col(l4 + L4_SPORT, 4)]
+        flags_b[v6] = w6[:, l4 + TCP_FLAGS_AT]
+        echo_id[v6] = w6.view(">u2")[:, _col(l4 + ICMP_ECHO_ID, 2)]
+        plen = w6.view(">u2")[:, _col(WIN_IP + IP6_PAYLOAD_LEN, 2)]
+        nbytes[v6] = plen.astype(np.int64) + IP6_LEN
         ipver[v6] = 6
     sport = ports >> np.uint32(16)
     dport = ports & np.uint32(0xFFFF)
@@ -578,6 +684,17 @@ def _canonical(
         icmp_type=icmp_type,
         icmp_code=icmp_code,
     )
+
+
+def _col(offset: int, width: int) -> int:
+    """The column of a field at byte offset of a header window viewed as width-byte words."""
+    assert offset % width == 0, "the field is not aligned to the view"
+    return offset // width
+
+
+def _be16(data: U8, at: I64) -> U16:
+    """The big-endian 16-bit words at offsets `at` of data."""
+    return (data[at].astype(np.uint16) << np.uint16(8)) | data[at + 1]
 
 
 def _addr_words(addr: bytes) -> tuple[int, int]:

@@ -24,6 +24,18 @@ if TYPE_CHECKING:
 PROTO_NAMES = {TCP: "TCP", 17: "UDP", ICMP: "ICMP", ICMPV6: "ICMPV6", 132: "SCTP", 47: "GRE"}
 
 
+#: TCP flag letters, most significant bit first, in nfdump's (1.7) order and layout.
+TCP_FLAG_LETTERS = "CEUAPRSF"
+
+
+def tcp_flag_letters(flags: int) -> str:
+    """TCP flags as nfdump prints them: a letter per flag set, a dot per flag not set
+    (CWR ECE URG ACK PSH RST SYN FIN): 0x1b -> "...AP.SF"."""
+    return "".join(
+        letter if flags & (0x80 >> i) else "." for i, letter in enumerate(TCP_FLAG_LETTERS)
+    )
+
+
 class EndReason(enum.IntEnum):
     """Why a flow record was ended; values equal the wire's FlowEvent.EndReason."""
 

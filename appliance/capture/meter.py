@@ -47,34 +47,35 @@ hash index; nothing grows with traffic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 from appliance.capture.config import MeterConfig
-from appliance.capture.decode import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, PacketColumns
+from appliance.capture.decode import (
+    I64,
+    TCP_ACK,
+    TCP_FIN,
+    TCP_RST,
+    TCP_SYN,
+    U8,
+    U16,
+    U32,
+    U64,
+    Bools,
+    PacketColumns,
+)
 from appliance.capture.flows import FLOW_COLUMNS, EndReason, FlowBatch
 
 NONE_NS = np.iinfo(np.int64).max
-I64 = npt.NDArray[np.int64]
-U64 = npt.NDArray[np.uint64]
 
 _C1 = np.uint64(0xFF51AFD7ED558CCD)
 _C2 = np.uint64(0xC4CEB9FE1A85EC53)
 _S33 = np.uint64(33)
 _SEED1 = np.uint64(0x9E3779B97F4A7C15)
 _SEED2 = np.uint64(0xD6E8FEB86659FD93)
-
-#: Table columns besides FLOW_COLUMNS' (reason and end_ns are export-only).
-_STATE_COLUMNS: dict[str, type[np.generic]] = {
-    "h1": np.uint64,
-    "h2": np.uint64,
-    "fin_ab": np.int64,
-    "fin_ba": np.int64,
-    "rst": np.int64,
-}
 
 
 def _fmix(x: U64) -> U64:
@@ -109,6 +110,68 @@ def key_hashes(pk: PacketColumns) -> tuple[U64, U64]:
     return h1, h2
 
 
+@dataclass(slots=True)
+class FlowTable:
+    """The flow table: one preallocated column per field, indexed by slot.
+
+    The first block is what an ended flow exports (FlowBatch's columns, FLOW_COLUMNS, less the
+    end reason); the second is meter state. Times are ns; "ab" is endpoint A -> B.
+    """
+
+    # The key, set when the flow starts.
+    vlan: U16
+    ipver: U8
+    proto: U8
+    a_hi: U64
+    a_lo: U64
+    b_hi: U64
+    b_lo: U64
+    port_a: U32
+    port_b: U32
+    init_b: Bools  # B initiated the flow
+    icmp_type: U8
+    icmp_code: U8
+    # Counters and times.
+    pkts_ab: I64
+    pkts_ba: I64
+    bytes_ab: I64
+    bytes_ba: I64
+    flags_ab: U8  # TCP flags seen, ORed
+    flags_ba: U8
+    start_ns: I64
+    end_ns: I64  # the latest packet
+    # Meter state.
+    h1: U64  # the key's hashes (the index holds h1; h2 catches h1 collisions)
+    h2: U64
+    fin_ab: I64  # first FIN each way, first RST; NONE_NS until seen
+    fin_ba: I64
+    rst: I64
+
+    @staticmethod
+    def allocate(capacity: int) -> FlowTable:
+        """A zeroed table of capacity slots."""
+        return FlowTable(**{name: np.zeros(capacity, dtype=t) for name, t in _TABLE_DTYPES.items()})
+
+    def export(self, slots: I64, reason: U8) -> FlowBatch:
+        """The flows in slots as ended flows, with their end reasons."""
+        cols = {name: getattr(self, name)[slots] for name in _EXPORTED}
+        cols["reason"] = reason
+        return FlowBatch(cols)
+
+
+#: The table's columns and dtypes: FlowBatch's (less the end reason), then the meter state.
+_EXPORTED = tuple(name for name in FLOW_COLUMNS if name != "reason")
+_TABLE_DTYPES: dict[str, type[np.generic]] = {
+    **{name: FLOW_COLUMNS[name] for name in _EXPORTED},
+    "h1": np.uint64,
+    "h2": np.uint64,
+    "fin_ab": np.int64,
+    "fin_ba": np.int64,
+    "rst": np.int64,
+}
+assert [f.name for f in fields(FlowTable)] == list(_TABLE_DTYPES), "FlowTable != FLOW_COLUMNS"
+
+
 @dataclass
 class MeterStats:
     """Cumulative counters of one meter."""
@@ -123,16 +186,93 @@ class MeterStats:
     peak_flows: int = 0
 
 
+@dataclass(slots=True)
+class _Groups:
+    """A batch grouped by key hash h1: packets in key order, arrival order within a key.
+
+    Per-packet arrays (ts, flags) are in that grouped order; per-group arrays have one entry
+    per key. collided marks groups whose packets do not all share h2 (two keys, one h1).
+    """
+
+    order: npt.NDArray[np.intp]  # packet index at each grouped position
+    starts: I64  # each group's first grouped position
+    ends: I64  # one past its last
+    first: npt.NDArray[np.intp]  # packet index of each group's first packet
+    h1: U64
+    h2: U64  # of each group's first packet
+    ts: I64
+    flags: U8
+    t_first: I64
+    t_last: I64
+    collided: Bools
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    @staticmethod
+    def of(pk: PacketColumns, ts: I64, h1: U64, h2: U64) -> _Groups:
+        """Group a batch (ts: its monotonic packet times)."""
+        n = len(h1)
+        # Two stable 16-bit radix passes over the hash's top 32 bits keep the arrival order
+        # within a key (several times faster than sorting 64-bit words). Two keys sharing
+        # those 32 bits (rare) fall back to a full stable sort of the hash.
+        h32 = h1 >> np.uint64(32)
+        by_low = np.argsort((h32 & np.uint64(0xFFFF)).astype(np.uint16), kind="stable")
+        by_high = np.argsort((h32[by_low] >> np.uint64(16)).astype(np.uint16), kind="stable")
+        order = by_low[by_high]
+        sh1 = h1[order]
+        change = sh1[1:] != sh1[:-1]
+        if (change & ((sh1[1:] ^ sh1[:-1]) < np.uint64(1 << 32))).any():
+            order = np.argsort(h1, kind="stable")
+            sh1 = h1[order]
+            change = sh1[1:] != sh1[:-1]
+        brk = np.flatnonzero(change) + 1
+        starts = np.concatenate((np.zeros(1, dtype=np.int64), brk))
+        ends = np.append(brk, n)
+        first = order[starts]
+        sts = ts[order]
+        # Groups whose packets do not all share h2: keys collide on h1.
+        sh2 = h2[order]
+        inner = np.ones(max(n - 1, 0), dtype=np.bool_)
+        inner[brk - 1] = False
+        odd = np.flatnonzero((sh2[1:] != sh2[:-1]) & inner)
+        collided = np.zeros(len(starts), dtype=np.bool_)
+        if len(odd):
+            collided[np.searchsorted(starts, odd, side="right") - 1] = True
+        return _Groups(
+            order=order,
+            starts=starts,
+            ends=ends,
+            first=first,
+            h1=sh1[starts],
+            h2=h2[first],
+            ts=sts,
+            flags=pk.tcp_flags[order],
+            t_first=sts[starts],
+            t_last=sts[ends - 1],
+            collided=collided,
+        )
+
+    def group_of(self, pos: I64) -> I64:
+        """The group of each grouped position in pos."""
+        return np.searchsorted(self.starts, pos, side="right") - 1
+
+
+class _Resident(NamedTuple):
+    """Per group: the flow already in the table under its key (if found), at the batch's start."""
+
+    split: Bools  # it ends before the group's first packet (that packet starts a new flow)
+    reason: U8  # why it would end (its earliest deadline)
+    start_ns: I64
+    close_ns: I64  # when FIN/RST closed it, NONE_NS if open
+
+
 class FlowMeter:
     """Bidirectional flow table with idle/active/FIN-RST expiry (module docstring)."""
 
     #: Bytes per table slot (columns + hash index entry), for the memory bound.
     SLOT_BYTES = (
-        sum(np.dtype(t).itemsize for t in FLOW_COLUMNS.values())
-        + sum(np.dtype(t).itemsize for t in _STATE_COLUMNS.values())
-        + 8
-        + 8
-        + 1
+        sum(np.dtype(t).itemsize for t in _TABLE_DTYPES.values()) + 8 + 8 + 1
     )  # index hash, index slot, used flag
 
     def __init__(self, config: MeterConfig | None = None) -> None:
@@ -142,9 +282,7 @@ class FlowMeter:
         self._idle = int(self.config.idle_timeout_s * 1e9)
         self._active = int(self.config.active_timeout_s * 1e9)
         self._linger = int(self.config.close_linger_s * 1e9)
-        self.t: dict[str, npt.NDArray[Any]] = {
-            k: np.zeros(cap, dtype=v) for k, v in {**FLOW_COLUMNS, **_STATE_COLUMNS}.items()
-        }
+        self.t = FlowTable.allocate(cap)
         self._used = np.zeros(cap, dtype=np.bool_)
         # Free slots: a stack, _free[:_n_free].
         self._free = np.arange(cap - 1, -1, -1, dtype=np.int64)
@@ -161,6 +299,14 @@ class FlowMeter:
     def clock_ns(self) -> int:
         """The latest packet time seen (the offline clock); 0 before the first packet."""
         return max(self._clock, 0)
+
+    @property
+    def oldest_open_ns(self) -> int | None:
+        """The earliest last-packet time of the open flows (None when none is open): no flow
+        the meter ends from now on has a last packet before it (flows_in_end_order uses it)."""
+        if not len(self._idx_slot):
+            return None
+        return int(self.t.end_ns[self._idx_slot].min())
 
     @property
     def active_flows(self) -> int:
@@ -187,7 +333,7 @@ class FlowMeter:
         self._expire_into_pending(now_ns, self._used)
         return self._take_pending()
 
-    def _expire_into_pending(self, now_ns: int, candidates: npt.NDArray[np.bool_]) -> None:
+    def _expire_into_pending(self, now_ns: int, candidates: Bools) -> None:
         slots = np.flatnonzero(candidates)
         if len(slots):
             deadline, reason = self._deadlines(slots)
@@ -210,8 +356,8 @@ class FlowMeter:
         slots = np.flatnonzero(self._used)
         if len(slots):
             t = self.t
-            rst = t["rst"][slots]
-            closed = _close_ns(rst, t["fin_ab"][slots], t["fin_ba"][slots]) != NONE_NS
+            rst = t.rst[slots]
+            closed = _close_ns(rst, t.fin_ab[slots], t.fin_ba[slots]) != NONE_NS
             reason = np.where(
                 closed,
                 np.where(rst != NONE_NS, EndReason.TCP_RST, EndReason.TCP_FIN),
@@ -223,158 +369,150 @@ class FlowMeter:
     # -- the batch path -------------------------------------------------------------------
 
     def _add(self, pk: PacketColumns) -> None:
-        n = len(pk)
-        t = self.t
+        """Meter one batch: group it by key, then per group either aggregate it with numpy
+        (no rule can fire inside it) or replay it packet by packet."""
+        ts = self._advance_clock(pk)
+        h1, h2 = key_hashes(pk)
+        g = _Groups.of(pk, ts, h1, h2)
+        found, slot = self._lookup(g.h1)
+        slow = g.collided
+        slow[found] |= self.t.h2[slot[found]] != g.h2[found]
+        resident = self._resident(g, found, slot)
+        closers = np.flatnonzero((g.flags & (TCP_FIN | TCP_RST)) != 0)
+        slow |= self._may_end_inside(g, found, resident, closers)
+        split = resident.split & ~slow
+        if split.any():
+            self._export(slot[split], resident.reason[split])
+        self._take_slots(g.h1, found, slot, int(ts[0]))
+        fresh = ~found | split
+        if fresh.any():
+            self._reset(slot[fresh], pk, g.first[fresh], g.h2[fresh], g.t_first[fresh])
+        if not slow.all():
+            self._accumulate(g, pk, slot, ~slow, closers)
+        if slow.any():
+            self._replay(g, pk, slot, slow, ts, h2)
+
+    def _advance_clock(self, pk: PacketColumns) -> I64:
+        """The batch's packet times made monotonic (rule 1), and the clock moved to the last."""
         ts = np.maximum.accumulate(pk.ts_ns)
         if ts[0] < self._clock:
             ts = np.maximum(ts, self._clock)
         self._clock = int(ts[-1])
-        self.stats.packets += n
+        self.stats.packets += len(pk)
         self.stats.bytes += int(pk.nbytes.sum())
+        return ts
 
-        h1, h2 = key_hashes(pk)
-        # Group by key: two stable 16-bit radix passes over the hash's top 32 bits keep the
-        # arrival order within a key (several times faster than sorting 64-bit words). Two
-        # keys sharing those 32 bits (rare) fall back to a full stable sort of the hash.
-        h32 = h1 >> np.uint64(32)
-        by_low = np.argsort((h32 & np.uint64(0xFFFF)).astype(np.uint16), kind="stable")
-        by_high = np.argsort((h32[by_low] >> np.uint64(16)).astype(np.uint16), kind="stable")
-        order = by_low[by_high]
-        sh1 = h1[order]
-        change = sh1[1:] != sh1[:-1]
-        if (change & ((sh1[1:] ^ sh1[:-1]) < np.uint64(1 << 32))).any():
-            order = np.argsort(h1, kind="stable")
-            sh1 = h1[order]
-            change = sh1[1:] != sh1[:-1]
-        brk = np.flatnonzero(change) + 1
-        starts = np.concatenate((np.zeros(1, dtype=np.int64), brk))
-        ends = np.append(brk, n)
-        ngroups = len(starts)
-        first = order[starts]
-        gh1 = sh1[starts]
-        gh2 = h2[first]
-        sts = ts[order]
-        t_first = sts[starts]
-        t_last = sts[ends - 1]
+    def _lookup(self, gh1: U64) -> tuple[Bools, I64]:
+        """Per group: is its key in the table, and in which slot (-1: not found)."""
+        if not len(self._idx_h1):
+            return np.zeros(len(gh1), dtype=np.bool_), np.full(len(gh1), -1, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self._idx_h1, gh1), len(self._idx_h1) - 1)
+        found = self._idx_h1[pos] == gh1
+        return found, np.where(found, self._idx_slot[pos], -1)
 
-        # Groups whose packets do not all share h2: keys collide on h1 (per-packet path).
-        sh2 = h2[order]
-        inner = np.ones(max(n - 1, 0), dtype=np.bool_)
-        inner[brk - 1] = False
-        odd = np.flatnonzero((sh2[1:] != sh2[:-1]) & inner)
-        slow = np.zeros(ngroups, dtype=np.bool_)
-        if len(odd):
-            slow[np.searchsorted(starts, odd, side="right") - 1] = True
-
-        # Table lookup.
-        if len(self._idx_h1):
-            pos = np.minimum(np.searchsorted(self._idx_h1, gh1), len(self._idx_h1) - 1)
-            found = self._idx_h1[pos] == gh1
-            slot = np.where(found, self._idx_slot[pos], -1)
-        else:
-            found = np.zeros(ngroups, dtype=np.bool_)
-            slot = np.full(ngroups, -1, dtype=np.int64)
+    def _resident(self, g: _Groups, found: Bools, slot: I64) -> _Resident:
+        """The found flows' start, close and earliest deadline; split if it is before the
+        group's first packet (rules 1-3)."""
+        n = len(g)
         fs = slot[found]
-        slow[found] |= t["h2"][fs] != gh2[found]
+        start = np.zeros(n, dtype=np.int64)
+        close = np.full(n, NONE_NS, dtype=np.int64)
+        deadline = np.full(n, NONE_NS, dtype=np.int64)
+        reason = np.zeros(n, dtype=np.uint8)
+        start[found] = self.t.start_ns[fs]
+        close[found] = _close_ns(self.t.rst[fs], self.t.fin_ab[fs], self.t.fin_ba[fs])
+        deadline[found], reason[found] = self._deadlines(fs)
+        return _Resident(found & (deadline < g.t_first), reason, start, close)
 
-        # Would the resident flow end at this batch's first packet (rules 1-3)?
-        s_start = np.zeros(ngroups, dtype=np.int64)
-        s_close = np.full(ngroups, NONE_NS, dtype=np.int64)
-        s_deadline = np.full(ngroups, NONE_NS, dtype=np.int64)
-        s_reason = np.zeros(ngroups, dtype=np.uint8)
-        s_start[found] = t["start_ns"][fs]
-        s_close[found] = _close_ns(t["rst"][fs], t["fin_ab"][fs], t["fin_ba"][fs])
-        s_deadline[found], s_reason[found] = self._deadlines(fs)
-        presplit = found & (s_deadline < t_first)
-        has_close = s_close != NONE_NS
-        eff_start = np.where(found & ~presplit, s_start, t_first)
+    def _may_end_inside(self, g: _Groups, found: Bools, resident: _Resident, closers: I64) -> Bools:
+        """Groups in which a rule could fire between two of their packets: an idle gap, the
+        active timeout, or a packet later than close_linger after a FIN/RST."""
+        gap = np.zeros(len(g.ts), dtype=np.int64)
+        gap[1:] = g.ts[1:] - g.ts[:-1]
+        gap[g.starts] = 0
+        crosses = np.maximum.reduceat(gap, g.starts) > self._idle
+        continued = found & ~resident.split
+        start = np.where(continued, resident.start_ns, g.t_first)
+        crosses |= (g.t_last - start) >= self._active
+        closing = continued & (resident.close_ns != NONE_NS)
+        after_close = g.t_last - np.minimum(resident.close_ns, g.t_last)
+        crosses |= closing & (after_close > self._linger)
+        if len(closers):
+            first_close = np.full(len(g), NONE_NS, dtype=np.int64)
+            np.minimum.at(first_close, g.group_of(closers), g.ts[closers])
+            after = g.t_last - np.minimum(first_close, g.t_last)
+            crosses |= (first_close != NONE_NS) & (after > self._linger)
+        return crosses
 
-        # Could a rule fire inside the batch? Then the group replays packet by packet.
-        gap = np.zeros(n, dtype=np.int64)
-        gap[1:] = sts[1:] - sts[:-1]
-        gap[starts] = 0
-        slow |= np.maximum.reduceat(gap, starts) > self._idle
-        slow |= (t_last - eff_start) >= self._active
-        cont_closing = found & ~presplit & has_close
-        slow |= cont_closing & ((t_last - np.minimum(s_close, t_last)) > self._linger)
-        sflags = pk.tcp_flags[order]
-        finrst = (sflags & (TCP_FIN | TCP_RST)) != 0
-        fr_pos = np.flatnonzero(finrst)
-        if len(fr_pos):
-            g_fr = np.searchsorted(starts, fr_pos, side="right") - 1
-            first_fr = np.full(ngroups, NONE_NS, dtype=np.int64)
-            np.minimum.at(first_fr, g_fr, sts[fr_pos])
-            slow |= (first_fr != NONE_NS) & ((t_last - np.minimum(first_fr, t_last)) > self._linger)
-        presplit &= ~slow
+    def _take_slots(self, gh1: U64, found: Bools, slot: I64, first_ns: int) -> None:
+        """Give the new keys (not found) slots, in place in slot, and enter them in the index.
 
-        # End resident flows that the first packet splits off.
-        if presplit.any():
-            self._export(slot[presplit], s_reason[presplit])
-
-        # New keys get slots (evicting if the table is full) and enter the index.
+        A full table first ends what is already due at the batch's first packet (so the
+        reason stays right), then evicts the least recently active flows the batch does not
+        touch.
+        """
         new = ~found
         n_new = int(new.sum())
-        if n_new:
-            short = n_new - self._n_free
-            if short > 0:
-                # Table full: first end what is already due at this batch's first packet (the
-                # reason stays right), then evict the least recently active.
-                untouched = self._used.copy()
-                untouched[slot[found]] = False
-                self._expire_into_pending(int(ts[0]), untouched)
-                short = n_new - self._n_free
-            if short > 0:
-                self._evict(short, slot[found])
-            self._n_free -= n_new
-            new_slots = self._free[self._n_free : self._n_free + n_new].copy()
-            slot[new] = new_slots
-            self._used[new_slots] = True
-            ins = np.searchsorted(self._idx_h1, gh1[new])
-            self._idx_h1 = np.insert(self._idx_h1, ins, gh1[new])
-            self._idx_slot = np.insert(self._idx_slot, ins, new_slots)
-            t["h1"][new_slots] = gh1[new]
-            self.stats.peak_flows = max(self.stats.peak_flows, len(self._idx_h1))
+        if not n_new:
+            return
+        if n_new > self._n_free:
+            untouched = self._used.copy()
+            untouched[slot[found]] = False
+            self._expire_into_pending(first_ns, untouched)
+        if n_new > self._n_free:
+            self._evict(n_new - self._n_free, slot[found])
+        self._n_free -= n_new
+        new_slots = self._free[self._n_free : self._n_free + n_new].copy()
+        slot[new] = new_slots
+        self._used[new_slots] = True
+        ins = np.searchsorted(self._idx_h1, gh1[new])
+        self._idx_h1 = np.insert(self._idx_h1, ins, gh1[new])
+        self._idx_slot = np.insert(self._idx_slot, ins, new_slots)
+        self.t.h1[new_slots] = gh1[new]
+        self.stats.peak_flows = max(self.stats.peak_flows, len(self._idx_h1))
 
-        fresh = new | presplit
-        if fresh.any():
-            self._reset(slot[fresh], pk, first[fresh], gh2[fresh], t_first[fresh])
+    def _accumulate(
+        self, g: _Groups, pk: PacketColumns, slot: I64, fast: Bools, closers: I64
+    ) -> None:
+        """Add the fast groups' packets to their flows with numpy reductions."""
+        t = self.t
+        rev = pk.rev[g.order]
+        nbytes = pk.nbytes[g.order]
+        flags = g.flags
+        cnt = g.ends - g.starts
+        p_ba = np.add.reduceat(rev.astype(np.int64), g.starts)
+        b_all = np.add.reduceat(nbytes, g.starts)
+        b_ba = np.add.reduceat(np.where(rev, nbytes, 0), g.starts)
+        f_ab = np.bitwise_or.reduceat(np.where(rev, 0, flags), g.starts)
+        f_ba = np.bitwise_or.reduceat(np.where(rev, flags, 0), g.starts)
+        fsl = slot[fast]
+        t.pkts_ab[fsl] += (cnt - p_ba)[fast]
+        t.pkts_ba[fsl] += p_ba[fast]
+        t.bytes_ab[fsl] += (b_all - b_ba)[fast]
+        t.bytes_ba[fsl] += b_ba[fast]
+        t.flags_ab[fsl] |= f_ab[fast].astype(np.uint8)
+        t.flags_ba[fsl] |= f_ba[fast].astype(np.uint8)
+        t.end_ns[fsl] = g.t_last[fast]
+        if len(closers):
+            groups = g.group_of(closers)
+            keep = fast[groups]
+            pos, cslot = closers[keep], slot[groups[keep]]
+            cts, cf, cr = g.ts[pos], flags[pos], rev[pos]
+            rst = (cf & TCP_RST) != 0
+            fin = (cf & TCP_FIN) != 0
+            np.minimum.at(t.rst, cslot[rst], cts[rst])
+            np.minimum.at(t.fin_ab, cslot[fin & ~cr], cts[fin & ~cr])
+            np.minimum.at(t.fin_ba, cslot[fin & cr], cts[fin & cr])
 
-        # Vectorised accumulation for the fast groups.
-        fast = ~slow
-        if fast.any():
-            srev = pk.rev[order]
-            sbytes = pk.nbytes[order]
-            cnt = ends - starts
-            p_ba = np.add.reduceat(srev.astype(np.int64), starts)
-            b_all = np.add.reduceat(sbytes, starts)
-            b_ba = np.add.reduceat(np.where(srev, sbytes, 0), starts)
-            f_ab = np.bitwise_or.reduceat(np.where(srev, 0, sflags), starts)
-            f_ba = np.bitwise_or.reduceat(np.where(srev, sflags, 0), starts)
-            fsl = slot[fast]
-            t["pkts_ab"][fsl] += (cnt - p_ba)[fast]
-            t["pkts_ba"][fsl] += p_ba[fast]
-            t["bytes_ab"][fsl] += (b_all - b_ba)[fast]
-            t["bytes_ba"][fsl] += b_ba[fast]
-            t["flags_ab"][fsl] |= f_ab[fast].astype(np.uint8)
-            t["flags_ba"][fsl] |= f_ba[fast].astype(np.uint8)
-            t["end_ns"][fsl] = t_last[fast]
-            if len(fr_pos):
-                keep = fast[g_fr]
-                fpos, fslot = fr_pos[keep], slot[g_fr[keep]]
-                fts, ff, fr = sts[fpos], sflags[fpos], srev[fpos]
-                rst = (ff & TCP_RST) != 0
-                fin = (ff & TCP_FIN) != 0
-                np.minimum.at(t["rst"], fslot[rst], fts[rst])
-                np.minimum.at(t["fin_ab"], fslot[fin & ~fr], fts[fin & ~fr])
-                np.minimum.at(t["fin_ba"], fslot[fin & fr], fts[fin & fr])
-
-        # The per-packet path for the rest.
+    def _replay(
+        self, g: _Groups, pk: PacketColumns, slot: I64, slow: Bools, ts: I64, h2: U64
+    ) -> None:
+        """The per-packet path for the slow groups, in arrival order within each."""
         slow_groups = np.flatnonzero(slow)
-        if len(slow_groups):
-            self.stats.slow_groups += len(slow_groups)
-            for g in slow_groups.tolist():
-                for i in order[starts[g] : ends[g]].tolist():
-                    self._step(int(slot[g]), pk, i, int(ts[i]), int(h2[i]))
+        self.stats.slow_groups += len(slow_groups)
+        for grp in slow_groups.tolist():
+            for i in g.order[g.starts[grp] : g.ends[grp]].tolist():
+                self._step(int(slot[grp]), pk, i, int(ts[i]), int(h2[i]))
 
     # -- the per-packet reference path ----------------------------------------------------
 
@@ -383,46 +521,48 @@ class FlowMeter:
         t = self.t
         one = np.array([s], dtype=np.int64)
         idx = np.array([i], dtype=np.int64)
-        if int(t["h2"][s]) != h2:
+        if int(t.h2[s]) != h2:
             self.stats.hash_collisions += 1
             self._export(one, np.array([EndReason.EVICTED], dtype=np.uint8))
             self.stats.evicted += 1
             self._reset(one, pk, idx, np.array([h2], dtype=np.uint64), np.array([ts]))
-        elif int(t["pkts_ab"][s]) + int(t["pkts_ba"][s]) > 0:
+        elif int(t.pkts_ab[s]) + int(t.pkts_ba[s]) > 0:
             reason = self._split_reason(s, ts)
             if reason is not None:
                 self._export(one, np.array([reason], dtype=np.uint8))
                 self._reset(one, pk, idx, np.array([h2], dtype=np.uint64), np.array([ts]))
-        rev = bool(pk.rev[i])
         flags = int(pk.tcp_flags[i])
-        d = "ba" if rev else "ab"
-        t["pkts_" + d][s] += 1
-        t["bytes_" + d][s] += int(pk.nbytes[i])
-        t["flags_" + d][s] |= flags
-        t["end_ns"][s] = ts
-        if flags & TCP_RST and int(t["rst"][s]) == NONE_NS:
-            t["rst"][s] = ts
-        if flags & TCP_FIN and int(t["fin_" + d][s]) == NONE_NS:
-            t["fin_" + d][s] = ts
+        if pk.rev[i]:
+            pkts, nbytes, seen, fin = t.pkts_ba, t.bytes_ba, t.flags_ba, t.fin_ba
+        else:
+            pkts, nbytes, seen, fin = t.pkts_ab, t.bytes_ab, t.flags_ab, t.fin_ab
+        pkts[s] += 1
+        nbytes[s] += int(pk.nbytes[i])
+        seen[s] |= flags
+        t.end_ns[s] = ts
+        if flags & TCP_RST and int(t.rst[s]) == NONE_NS:
+            t.rst[s] = ts
+        if flags & TCP_FIN and int(fin[s]) == NONE_NS:
+            fin[s] = ts
 
     def _split_reason(self, s: int, ts: int) -> EndReason | None:
         """The reason flow s ends before a packet at ts, or None (scalar `_deadlines`)."""
         t = self.t
-        rst = int(t["rst"][s])
-        close = min(rst, max(int(t["fin_ab"][s]), int(t["fin_ba"][s])))
+        rst = int(t.rst[s])
+        close = min(rst, max(int(t.fin_ab[s]), int(t.fin_ba[s])))
         candidates = [
-            (int(t["end_ns"][s]) + self._idle, 0, EndReason.IDLE_TIMEOUT),
+            (int(t.end_ns[s]) + self._idle, 0, EndReason.IDLE_TIMEOUT),
             (
                 close + self._linger if close != NONE_NS else NONE_NS,
                 1,
                 EndReason.TCP_RST if rst != NONE_NS else EndReason.TCP_FIN,
             ),
-            (int(t["start_ns"][s]) + self._active - 1, 2, EndReason.ACTIVE_TIMEOUT),
+            (int(t.start_ns[s]) + self._active - 1, 2, EndReason.ACTIVE_TIMEOUT),
         ]
         deadline, _, reason = min(candidates)
         return reason if deadline < ts else None
 
-    def _deadlines(self, slots: I64) -> tuple[I64, npt.NDArray[np.uint8]]:
+    def _deadlines(self, slots: I64) -> tuple[I64, U8]:
         """When each flow in slots ends unless... and why: the earliest of its three deadlines.
 
         A flow ends at time T > deadline. Idle: last + idle_timeout; close: closing packet +
@@ -431,11 +571,11 @@ class FlowMeter:
         idle, then close, then active.
         """
         t = self.t
-        rst = t["rst"][slots]
-        close = _close_ns(rst, t["fin_ab"][slots], t["fin_ba"][slots])
-        d_idle = t["end_ns"][slots] + self._idle
+        rst = t.rst[slots]
+        close = _close_ns(rst, t.fin_ab[slots], t.fin_ba[slots])
+        d_idle = t.end_ns[slots] + self._idle
         d_close = np.where(close != NONE_NS, close + self._linger, NONE_NS)
-        d_active = t["start_ns"][slots] + (self._active - 1)
+        d_active = t.start_ns[slots] + (self._active - 1)
         close_reason = np.where(rst != NONE_NS, EndReason.TCP_RST, EndReason.TCP_FIN)
         deadline = np.minimum(np.minimum(d_idle, d_close), d_active)
         reason = np.where(
@@ -457,38 +597,43 @@ class FlowMeter:
     ) -> None:
         """Start a new, empty flow in slots, keyed like packets `first`."""
         t = self.t
-        for k in ("vlan", "ipver", "proto", "a_hi", "a_lo", "b_hi", "b_lo", "port_a", "port_b"):
-            t[k][slots] = getattr(pk, k)[first]
-        t["icmp_type"][slots] = pk.icmp_type[first]
-        t["icmp_code"][slots] = pk.icmp_code[first]
+        t.vlan[slots] = pk.vlan[first]
+        t.ipver[slots] = pk.ipver[first]
+        t.proto[slots] = pk.proto[first]
+        t.a_hi[slots] = pk.a_hi[first]
+        t.a_lo[slots] = pk.a_lo[first]
+        t.b_hi[slots] = pk.b_hi[first]
+        t.b_lo[slots] = pk.b_lo[first]
+        t.port_a[slots] = pk.port_a[first]
+        t.port_b[slots] = pk.port_b[first]
+        t.icmp_type[slots] = pk.icmp_type[first]
+        t.icmp_code[slots] = pk.icmp_code[first]
         fl = pk.tcp_flags[first]
         synack = (fl & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK)
-        t["init_b"][slots] = pk.rev[first] ^ synack
-        t["h2"][slots] = h2
-        for k in ("pkts_ab", "pkts_ba", "bytes_ab", "bytes_ba", "flags_ab", "flags_ba"):
-            t[k][slots] = 0
-        t["start_ns"][slots] = start_ns
-        t["end_ns"][slots] = start_ns
-        for k in ("fin_ab", "fin_ba", "rst"):
-            t[k][slots] = NONE_NS
+        t.init_b[slots] = pk.rev[first] ^ synack
+        t.h2[slots] = h2
+        for counter in (t.pkts_ab, t.pkts_ba, t.bytes_ab, t.bytes_ba, t.flags_ab, t.flags_ba):
+            counter[slots] = 0
+        t.start_ns[slots] = start_ns
+        t.end_ns[slots] = start_ns
+        for when in (t.fin_ab, t.fin_ba, t.rst):
+            when[slots] = NONE_NS
         self.stats.flows_started += len(slots)
 
-    def _export(self, slots: I64, reason: npt.NDArray[np.uint8]) -> None:
+    def _export(self, slots: I64, reason: U8) -> None:
         """Snapshot slots as ended flows (the slots stay in use: callers reset or free them)."""
-        cols = {k: self.t[k][slots] for k in FLOW_COLUMNS if k != "reason"}
-        cols["reason"] = reason
-        self._pending.append(FlowBatch(cols))
+        self._pending.append(self.t.export(slots, reason))
         for r, c in zip(*np.unique(reason, return_counts=True), strict=True):
             name = EndReason(int(r)).name
             self.stats.flows_ended[name] = self.stats.flows_ended.get(name, 0) + int(c)
 
-    def _end(self, slots: I64, reason: npt.NDArray[np.uint8]) -> None:
+    def _end(self, slots: I64, reason: U8) -> None:
         """Export slots and free them."""
         self._export(slots, reason)
         self._used[slots] = False
         self._free[self._n_free : self._n_free + len(slots)] = slots
         self._n_free += len(slots)
-        pos = np.searchsorted(self._idx_h1, self.t["h1"][slots])
+        pos = np.searchsorted(self._idx_h1, self.t.h1[slots])
         keep = np.ones(len(self._idx_h1), dtype=np.bool_)
         keep[pos] = False
         self._idx_h1 = self._idx_h1[keep]
@@ -499,7 +644,7 @@ class FlowMeter:
         cand_mask = self._used.copy()
         cand_mask[touched] = False
         cand = np.flatnonzero(cand_mask)
-        last = self.t["end_ns"][cand]
+        last = self.t.end_ns[cand]
         pick = cand[np.argpartition(last, count - 1)[:count]] if count < len(cand) else cand
         self.stats.evicted += len(pick)
         self._end(pick, np.full(len(pick), EndReason.EVICTED, dtype=np.uint8))

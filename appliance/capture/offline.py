@@ -2,18 +2,26 @@
 
 The clock is the capture's own: after every batch the meter expires what the last packet's
 time allows, and at the end of the file every open flow is ended (SHUTDOWN).
+
+`iter_pcap_flows` yields FlowBatches as the meter ends them (a batch is in table order, which
+is what the benches and totals want); `iter_pcap_records` yields FlowRecords in the order the
+flows ended, by last packet (then first packet), which is what a person reading `flows`
+output expects, as from nfdump. It holds back a flow until no flow still open could end
+earlier: at most about idle_timeout_s of capture time's flows.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.capture.config import MeterConfig
 from appliance.capture.decode import Decoder, DecodeStats, PacketColumns
-from appliance.capture.flows import FlowBatch
-from appliance.capture.meter import FlowMeter, MeterStats
+from appliance.capture.flows import FlowBatch, FlowRecord
+from appliance.capture.meter import NONE_NS, FlowMeter, MeterStats
 from appliance.capture.pcap import DEFAULT_BATCH, PcapReader
 
 EXPIRE_EVERY_NS = 5_000_000_000
@@ -28,12 +36,45 @@ class OfflineSummary:
     frames: int
     decode: DecodeStats
     meter: MeterStats
+    #: Bytes of a record cut short at the end of the file (0: the file ends cleanly).
+    cut_bytes: int = 0
 
 
 def iter_pcap_flows(
     path: Path, config: MeterConfig | None = None, batch_size: int = DEFAULT_BATCH
 ) -> Iterator[FlowBatch | OfflineSummary]:
     """Yield FlowBatches as flows end, then one OfflineSummary as the last item."""
+    for item in _meter_file(path, config, batch_size):
+        yield item if isinstance(item, OfflineSummary) else item[0]
+
+
+def iter_pcap_records(
+    path: Path, config: MeterConfig | None = None, batch_size: int = DEFAULT_BATCH
+) -> Iterator[list[FlowRecord] | OfflineSummary]:
+    """Yield lists of FlowRecords in the order the flows ended (last packet, then first
+    packet, then the order the meter ended them), then one OfflineSummary as the last item."""
+    held: list[tuple[int, int, int, FlowRecord]] = []
+    seq = itertools.count()
+    for item in _meter_file(path, config, batch_size):
+        if isinstance(item, OfflineSummary):
+            yield [heapq.heappop(held)[3] for _ in range(len(held))]
+            yield item
+            return
+        batch, watermark = item
+        for rec in batch.records():
+            heapq.heappush(held, (rec.end_ns, rec.start_ns, next(seq), rec))
+        ready = []
+        while held and held[0][0] < watermark:
+            ready.append(heapq.heappop(held)[3])
+        if ready:
+            yield ready
+
+
+def _meter_file(
+    path: Path, config: MeterConfig | None, batch_size: int
+) -> Iterator[tuple[FlowBatch, int] | OfflineSummary]:
+    """(ended flows, watermark) as flows end, then the summary. No flow ended later has a last
+    packet before the watermark (FlowMeter.oldest_open_ns, else the clock)."""
     decoder = Decoder()
     meter = FlowMeter(config)
     last_expire = 0
@@ -48,24 +89,27 @@ def iter_pcap_flows(
                 continue
             ended = meter.add(PacketColumns.concat(pending) if len(pending) > 1 else cols)
             pending, pending_n = [], 0
-            if len(ended):
-                yield ended
             # Expiry timing never changes a record (meter docstring); a full table expires
             # what is due by itself. So: once every EXPIRE_EVERY_NS of capture time.
             if meter.clock_ns - last_expire >= EXPIRE_EVERY_NS:
                 last_expire = meter.clock_ns
-                expired = meter.expire(last_expire)
-                if len(expired):
-                    yield expired
+                ended = FlowBatch.concat([ended, meter.expire(last_expire)])
+            if len(ended):
+                yield ended, _watermark(meter)
         if pending:
             ended = meter.add(PacketColumns.concat(pending))
             if len(ended):
-                yield ended
-        frames = reader.frames
+                yield ended, _watermark(meter)
+        frames, cut = reader.frames, reader.cut_bytes
     last = meter.flush()
     if len(last):
-        yield last
-    yield OfflineSummary(frames=frames, decode=decoder.stats, meter=meter.stats)
+        yield last, NONE_NS
+    yield OfflineSummary(frames=frames, decode=decoder.stats, meter=meter.stats, cut_bytes=cut)
+
+
+def _watermark(meter: FlowMeter) -> int:
+    oldest = meter.oldest_open_ns
+    return meter.clock_ns if oldest is None else oldest
 
 
 def meter_pcap(

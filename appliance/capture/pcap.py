@@ -8,8 +8,13 @@ block by block. Either way a batch is valid until the next one is requested.
 
 Supported: classic pcap, microsecond (a1b2c3d4) and nanosecond (a1b23c4d) magic, either byte
 order; pcapng with Enhanced and Simple Packet Blocks, the first Interface Description Block's
-link type and if_tsresol; link types Ethernet (1) and raw IP (101). Anything else is refused
-with a one-line PcapError.
+link type and if_tsresol; link types Ethernet (1), raw IP (101) and the Linux cooked captures
+SLL (113) and SLL2 (276), what `tcpdump -i any` writes. Anything else is refused with a
+one-line PcapError.
+
+A file that ends inside a record (a capture cut short: the disk filled up, the file was copied
+while being written, a transfer broke off) is read up to its last whole record;
+`PcapReader.cut_bytes` then says how many bytes the cut record left, for a warning.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import numpy as np
 
 from appliance.capture.decode import (
     LINKTYPE_ETHERNET,
+    LINKTYPE_LINUX_SLL,
+    LINKTYPE_LINUX_SLL2,
     LINKTYPE_RAW,
     MAX_REACH,
     FrameBatch,
@@ -37,7 +44,7 @@ DEFAULT_BATCH = 1 << 20
 CHUNK_BYTES = 4 << 20
 #: Largest record body accepted (libpcap's own maximum snaplen).
 MAX_CAPLEN = 262144
-_SUPPORTED_LINKTYPES = (LINKTYPE_ETHERNET, LINKTYPE_RAW)
+_SUPPORTED_LINKTYPES = (LINKTYPE_ETHERNET, LINKTYPE_RAW, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2)
 
 
 class PcapError(CommandError):
@@ -62,6 +69,8 @@ class PcapReader:
         self.data = np.frombuffer(self._map, dtype=np.uint8)
         magic = bytes(self._map[0:4])
         self.frames = 0
+        #: Bytes after the last whole record: a record cut short at the end of the file.
+        self.cut_bytes = 0
         if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
             self.format, self._endian = "pcap", "<"
         elif magic in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d"):
@@ -82,7 +91,8 @@ class PcapReader:
         if self.linktype not in _SUPPORTED_LINKTYPES:
             self.close()
             raise PcapError(
-                f"{path}: link type {self.linktype} is not supported (Ethernet 1, raw IP 101)"
+                f"{path}: link type {self.linktype} is not supported "
+                "(Ethernet 1, raw IP 101, Linux cooked SLL 113 and SLL2 276)"
             )
 
     def __enter__(self) -> PcapReader:
@@ -159,6 +169,7 @@ class PcapReader:
                 # Keep the unwalked tail (a partial record) at the front of the buffer.
                 buf[0 : have - pos] = buf[pos:have]
                 have -= pos
+            self.cut_bytes = have  # what is left unwalked at the end of the file
         finally:
             del data
             mv.release()
@@ -246,6 +257,7 @@ class PcapReader:
         while pos + 12 <= end:
             btype, blen = unpack2(self._map, pos)
             if blen < 12 or pos + blen > end:
+                self.cut_bytes = end - pos
                 break
             if btype == 6:  # Enhanced Packet Block
                 _iface, hi, lo, cap, _orig = unpack_epb(self._map, pos + 8)
@@ -265,6 +277,8 @@ class PcapReader:
                 offs, caps, tss = [], [], []
         if offs:
             yield self._ng_batch(offs, caps, tss)
+        if not self.cut_bytes and 0 < end - pos < 12:
+            self.cut_bytes = end - pos
 
     def _ng_batch(self, offs: list[int], caps: list[int], tss: list[int]) -> FrameBatch:
         self.frames += len(offs)

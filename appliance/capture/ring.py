@@ -307,16 +307,19 @@ def interface_addresses(ifname: str, netns: str | None = None) -> list[str]:
         return [str(m.get_attr("IFA_ADDRESS")) for m in ipr.get_addr(index=links[0])]
 
 
-def open_capture(config: CaptureConfig, netns: str | None = None) -> PacketRing:
-    """The ring the `capture` section describes: default filter (minus the uplink's own
-    addresses) AND the user filter, promiscuous, fanout if configured."""
+def open_capture(
+    config: CaptureConfig, netns: str | None = None, interface: str | None = None
+) -> PacketRing:
+    """The ring the `capture` section describes on one mirror port (interface, default: the
+    first configured): default filter (minus the uplink's own addresses) AND the user filter,
+    promiscuous, fanout if configured."""
     own = interface_addresses(config.uplink_interface, netns)
     program = capture_program(
         config.filter, own, accept_non_ip=config.accept_non_ip, snaplen=config.ring.snaplen
     )
     return PacketRing(
         RingOptions(
-            interface=config.interface,
+            interface=interface or config.interfaces[0],
             ring=config.ring,
             program=program,
             promiscuous=config.promiscuous,

@@ -1,8 +1,9 @@
 """Typed, strict configuration: YAML file + environment overrides + embedded defaults.
 
 One YAML document (config/infraspectre.yaml by convention) holds a section per component:
-`eventbus`, `agent`, `storage`, `capture`, `wal`. Each component owns the dataclass of its own
-section and builds it with `build_section`; this module owns only the mechanism:
+`eventbus`, `agent`, `storage`, `capture`, `wal`, `log` (appliance/logformat.py). Each component
+owns the dataclass of its own section and builds it with `build_section`; this module owns only
+the mechanism:
 
 - every field has a default, so every command runs with no file at all;
 - an unknown key anywhere is an error naming its full key path (`eventbus.tls.kye`);

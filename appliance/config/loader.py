@@ -16,7 +16,7 @@ from appliance.errors import CommandError
 T = TypeVar("T")
 
 #: Top-level sections a configuration file may contain.
-KNOWN_SECTIONS = frozenset({"eventbus", "agent", "storage", "capture", "wal"})
+KNOWN_SECTIONS = frozenset({"eventbus", "agent", "storage", "capture", "wal", "log"})
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -34,6 +34,8 @@ def load_document(path: Path | None) -> dict[str, Any]:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not a YAML text file (not UTF-8)") from None
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -16,6 +16,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from nacl.bindings import crypto_core_ed25519_is_valid_point
 from nacl.signing import SigningKey, VerifyKey
 
 from appliance.errors import CommandError
@@ -113,6 +114,24 @@ def parse_verify_key(data: bytes | str, where: str) -> VerifyKey:
         if len(decoded) == 32:
             return VerifyKey(decoded)
     raise KeyFileError(f"{where}: not an Ed25519 public key (PEM, 32 raw bytes, base64 or hex)")
+
+
+def require_prime_order(key: VerifyKey, where: str) -> VerifyKey:
+    """key itself, if it is a canonical encoding of a point in the prime-order subgroup.
+
+    A key of small order, or with a small-order (torsion) component, is refused: for such a key
+    the cofactored batch equation (crypto/_ed25519_batch.c) accepts signatures that libsodium's
+    single verification refuses, so which of them passes would depend on batch mates. No honest
+    key is affected: a key derived from a secret scalar is always in the subgroup. The check is
+    libsodium's crypto_core_ed25519_is_valid_point: canonical, on the curve, not of small order,
+    and L * key == identity.
+    """
+    if not crypto_core_ed25519_is_valid_point(bytes(key)):
+        raise KeyFileError(
+            f"{where}: not a usable Ed25519 public key (small order, a torsion component, "
+            "or a non-canonical encoding)"
+        )
+    return key
 
 
 def load_verify_key(path: Path) -> VerifyKey:

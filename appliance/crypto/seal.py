@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from appliance.wire import ENVELOPE_VERSION, Envelope, FlowEvent, InterfaceCounters
+from appliance.wire import ENVELOPE_VERSION, AgentHealth, Envelope, FlowEvent, InterfaceCounters
 
 
 def canonical_bytes(env: Envelope) -> bytes:
@@ -107,9 +107,13 @@ class Sealer:
         self._clock_ns = clock_ns
 
     def seal(
-        self, flow: FlowEvent | None = None, counters: InterfaceCounters | None = None
+        self,
+        flow: FlowEvent | None = None,
+        counters: InterfaceCounters | None = None,
+        health: AgentHealth | None = None,
     ) -> Envelope:
-        """Build, sign and chain the next envelope carrying flow and/or counters."""
+        """Build, sign and chain the next envelope carrying a flow, counters or a health
+        sample."""
         self.seq += 1
         env = Envelope(
             version=ENVELOPE_VERSION,
@@ -123,6 +127,8 @@ class Sealer:
             env.flow.CopyFrom(flow)
         if counters is not None:
             env.counters.CopyFrom(counters)
+        if health is not None:
+            env.health.CopyFrom(health)
         sign_envelope(env, self._key)
         self.prev_sig = env.sig
         return env

@@ -216,9 +216,23 @@ def _client_cert(
     agent_id: str, public_key: ec.EllipticCurvePublicKey, directory: Path, days: int
 ) -> x509.Certificate:
     ca_cert, ca_key = load_ca(directory)
-    return _leaf_builder(
+    cert = _leaf_builder(
         _name(agent_id), public_key, ca_cert, ExtendedKeyUsageOID.CLIENT_AUTH, days
     ).sign(ca_key, hashes.SHA256())
+    # The CA's record of what it signed: a certificate from sign-csr leaves the host on the
+    # serial line, so without this copy it could not be revoked by agent id later.
+    record = issued_dir(directory, agent_id)
+    try:
+        record.mkdir(parents=True, exist_ok=True)
+        _write_cert(record / f"{cert.serial_number:x}.crt", cert)
+    except OSError as exc:
+        raise PkiError(f"cannot record the issued certificate in {record}: {exc.strerror}") from exc
+    return cert
+
+
+def issued_dir(directory: Path, agent_id: str) -> Path:
+    """Where the CA keeps a copy of every client certificate it signed for agent_id."""
+    return directory / "issued" / agent_id
 
 
 def issue_agent(
@@ -282,6 +296,7 @@ __all__ = [
     "PkiError",
     "init_pki",
     "issue_agent",
+    "issued_dir",
     "load_ca",
     "sign_csr",
 ]

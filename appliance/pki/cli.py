@@ -52,6 +52,28 @@ def register(sub: Any) -> None:
     csr.set_defaults(func=_sign_csr)
     updatekey.register(pki_sub)  # `pki init-update-key` (appliance/pki/updatekey.py)
 
+    revoke = pki_sub.add_parser(
+        "revoke",
+        help="remove an agent from the trust map and revoke its certificates (bus: kill -HUP)",
+    )
+    revoke.add_argument("dir", type=Path)
+    revoke.add_argument("agent_id")
+    revoke.add_argument(
+        "--trust-map",
+        type=Path,
+        help="the trust map to edit (default DIR/trust_map.yaml); revoked.yaml is written "
+        "next to it",
+    )
+    revoke.add_argument(
+        "--cert",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="also revoke this certificate (one the CA has no record of; repeatable)",
+    )
+    revoke.set_defaults(func=_revoke)
+
 
 def _init(args: argparse.Namespace) -> int:
     from appliance.pki import init_pki
@@ -71,23 +93,38 @@ def _issue(args: argparse.Namespace) -> int:
 
 def _sign_csr(args: argparse.Namespace) -> int:
     from appliance.crypto import load_verify_key, parse_verify_key
+    from appliance.crypto.keys import require_prime_order
     from appliance.pki import add_trust_entry, sign_csr
 
     try:
         data = sys.stdin.buffer.read() if str(args.csr) == "-" else args.csr.read_bytes()
     except OSError as exc:
         raise CommandError(f"cannot read CSR {args.csr}: {exc.strerror}") from exc
-    cert = sign_csr(args.dir, data, args.agent_id)
-    if args.signing_pub:
+    key = None
+    if args.signing_pub:  # checked before anything is signed: a refused key issues nothing
         candidate = Path(args.signing_pub)
-        key = (
+        key = require_prime_order(
             load_verify_key(candidate)
             if candidate.exists()
-            else parse_verify_key(args.signing_pub, "--signing-pub")
+            else parse_verify_key(args.signing_pub, "--signing-pub"),
+            "--signing-pub",
         )
+    cert = sign_csr(args.dir, data, args.agent_id)
+    if key is not None:
         add_trust_entry(args.dir / "trust_map.yaml", args.agent_id, bytes(key).hex())
     if args.out:
         args.out.write_bytes(cert)
     else:
         sys.stdout.buffer.write(cert)
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    from appliance.pki.revocation import revoke_agent
+
+    done = revoke_agent(args.dir, args.agent_id, trust_map=args.trust_map, extra_certs=args.cert)
+    serials = ", ".join(f"{s:x}" for s in done.serials) or "none on record"
+    where = "removed from the trust map" if done.left_trust_map else "not in the trust map"
+    print(f"revoked {done.agent_id}: {where}; certificates revoked: {serials}")
+    print("send SIGHUP to the bus (or restart it) for this to take effect")
     return 0

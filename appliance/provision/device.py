@@ -8,9 +8,12 @@ Dialogue (the host drives it; see frames.py for the framing):
     INSTALL {certificate, ca}         ->   DONE  {agent_id, certificate_sha256}
     anything refused                  ->   ERROR {reason}
 
-States (an explicit machine, TRANSITIONS below): UNPROVISIONED -> ENROLLING on ENROLL;
+States (appliance.fsm over TRANSITIONS below): UNPROVISIONED -> ENROLLING on ENROLL;
 ENROLLING -> PROVISIONED on a valid INSTALL; PROVISIONED -> ENROLLING only on ENROLL with
-`replace` (a technician re-keying a box on purpose). HELLO is answered in every state.
+`replace` (a technician re-keying a box on purpose). HELLO is answered in every state and moves
+nothing. A request is checked against the table before it is acted on, and the state moves only
+once the request has succeeded (a refused request changes nothing); a move the table does not
+allow after that check would be a bug here, and raises fsm.IllegalTransition.
 
 Invariants:
 - Both private keys (the TLS client key, ECDSA P-256, and the Ed25519 record-signing key) are
@@ -48,6 +51,7 @@ from cryptography.x509.oid import NameOID
 from nacl.signing import SigningKey
 
 from appliance.crypto.keys import write_private_file, write_signing_key
+from appliance.fsm import Machine
 from appliance.pki import PkiError, validate_agent_id
 from appliance.provision.frames import Frame, Reader, encode
 from appliance.provision.link import Link
@@ -58,17 +62,29 @@ CERT, KEY, SIGNING_KEY, CA = "client.crt", "client.key", "ed25519.key", "ca.crt"
 
 
 class State(enum.Enum):
+    """Whether the box has an identity, or is being given one."""
+
     UNPROVISIONED = "unprovisioned"
     ENROLLING = "enrolling"
     PROVISIONED = "provisioned"
 
 
-#: (state, request kind) -> the states the request may lead to (HELLO changes nothing)
-TRANSITIONS: dict[tuple[State, str], frozenset[State]] = {
-    (State.UNPROVISIONED, "ENROLL"): frozenset({State.ENROLLING}),
-    (State.ENROLLING, "ENROLL"): frozenset({State.ENROLLING}),
-    (State.ENROLLING, "INSTALL"): frozenset({State.PROVISIONED}),
-    (State.PROVISIONED, "ENROLL"): frozenset({State.ENROLLING}),  # with replace only
+class Event(enum.Enum):
+    """A request that succeeded (HELLO is not one: it moves nothing)."""
+
+    ENROLL = "enroll"
+    #: ENROLL with `replace`: the technician means to re-key a provisioned box
+    ENROLL_REPLACE = "enroll_replace"
+    INSTALL = "install"
+
+
+TRANSITIONS: dict[tuple[State, Event], State] = {
+    (State.UNPROVISIONED, Event.ENROLL): State.ENROLLING,
+    (State.UNPROVISIONED, Event.ENROLL_REPLACE): State.ENROLLING,  # nothing to replace: enrol
+    (State.ENROLLING, Event.ENROLL): State.ENROLLING,
+    (State.ENROLLING, Event.ENROLL_REPLACE): State.ENROLLING,
+    (State.ENROLLING, Event.INSTALL): State.PROVISIONED,
+    (State.PROVISIONED, Event.ENROLL_REPLACE): State.ENROLLING,
 }
 
 
@@ -117,9 +133,18 @@ class Responder:
     def __init__(self, edges: DeviceEdges) -> None:
         self.edges = edges
         self.agent_id = installed_agent_id(edges.keys_dir)
-        self.state = State.PROVISIONED if self.agent_id else State.UNPROVISIONED
+        self._machine = Machine(
+            "provisioning",
+            TRANSITIONS,
+            State.PROVISIONED if self.agent_id else State.UNPROVISIONED,
+        )
         self._staged: _Staged | None = None
         self._last: tuple[str, int, bytes] | None = None
+
+    @property
+    def state(self) -> State:
+        """Where the dialogue stands."""
+        return self._machine.state
 
     def handle(self, frame: Frame) -> bytes:
         """The reply line to one request frame."""
@@ -136,18 +161,13 @@ class Responder:
     def _dispatch(self, frame: Frame) -> tuple[str, dict[str, Any]]:
         if frame.kind == "HELLO":
             return "INFO", self._hello(frame.body)
-        if (self.state, frame.kind) not in TRANSITIONS:
-            if frame.kind == "INSTALL":
+        if frame.kind == "ENROLL":
+            return "CSR", self._enroll(frame.body)
+        if frame.kind == "INSTALL":
+            if not self._machine.can(Event.INSTALL):
                 raise Refused("no enrollment in progress: send ENROLL first")
-            raise Refused(f"{frame.kind} is not a request this device answers")
-        before = self.state
-        kind, body = (
-            ("CSR", self._enroll(frame.body))
-            if frame.kind == "ENROLL"
-            else ("DONE", self._install(frame.body))
-        )
-        assert self.state in TRANSITIONS[(before, frame.kind)], (before, self.state)
-        return kind, body
+            return "DONE", self._install(frame.body)
+        raise Refused(f"{frame.kind} is not a request this device answers")
 
     # -- requests -------------------------------------------------------------------------------
 
@@ -183,12 +203,14 @@ class Responder:
                 f"this box's settings name it {expected}: enroll it as {expected} or change "
                 "agent_id in the boot partition's infraspectre.txt"
             )
-        if self.state is State.PROVISIONED and body.get("replace") is not True:
+        event = Event.ENROLL_REPLACE if body.get("replace") is True else Event.ENROLL
+        if not self._machine.can(event):  # a provisioned box, and no `replace`
             raise Refused(
                 f"already provisioned as {self.agent_id}: replace its identity on purpose "
                 "(provision --replace)"
             )
         if self._staged is not None and self._staged.agent_id == agent_id:
+            self._machine.move(event)
             return self._staged.reply  # a new ENROLL for the same id: same keys, same CSR
         tls_key = ec.generate_private_key(ec.SECP256R1())
         signing_key = SigningKey.generate()
@@ -202,7 +224,7 @@ class Responder:
             "signing_public": bytes(signing_key.verify_key).hex(),
         }
         self._staged = _Staged(agent_id, tls_key, signing_key, reply)
-        self.state = State.ENROLLING
+        self._machine.move(event)
         return reply
 
     def _install(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -241,7 +263,7 @@ class Responder:
             self.edges.save_clock()
         self._staged = None
         self.agent_id = staged.agent_id
-        self.state = State.PROVISIONED
+        self._machine.move(Event.INSTALL)
         self.edges.wake_agent()
         return {
             "agent_id": staged.agent_id,

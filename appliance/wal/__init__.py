@@ -1,31 +1,23 @@
 """The bounded, flash-friendly write-ahead log (see appliance.wal.format for the disk format).
 
 Public surface: `Wal` (append / read / ack / flush / close / stats, recovery on open),
-`WalConfig` (the `wal` config section), `EnvelopeQueue` (the seed's store/drain/mark_sent),
-the `Storage` protocol with `FileStorage` (real files) and, for tests, `SimDisk`.
+`WalConfig` (the `wal` config section), the `Storage` protocol with `FileStorage` (real files)
+and, for tests, `SimDisk`. How the package is cut is in the docstring of appliance.wal.log.
 """
 
 from appliance.wal.config import WalConfig, load_wal_config
-from appliance.wal.log import (
-    Record,
-    RecoveryReport,
-    RecoveryState,
-    Wal,
-    WalFull,
-    WalLocked,
-    WalStats,
-    WalUnavailable,
-)
-from appliance.wal.queue import EnvelopeQueue, Storable
+from appliance.wal.errors import WalFull, WalLocked, WalUnavailable
+from appliance.wal.index import Record
+from appliance.wal.log import Wal
+from appliance.wal.recovery import RecoveryReport, RecoveryState
+from appliance.wal.stats import WalStats
 from appliance.wal.storage import FileStorage, Storage, StorageFile
 
 __all__ = [
-    "EnvelopeQueue",
     "FileStorage",
     "Record",
     "RecoveryReport",
     "RecoveryState",
-    "Storable",
     "Storage",
     "StorageFile",
     "Wal",

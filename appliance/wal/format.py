@@ -55,6 +55,7 @@ import bisect
 import struct
 import zlib
 from dataclasses import dataclass
+from zlib import crc32
 
 PAGE = 4096
 VERSION = 1
@@ -69,6 +70,8 @@ RECORD_KIND = 0xA7
 _REC_HEAD = struct.Struct("<IIIB")
 RECORD_HEADER = _REC_HEAD.size  # 13
 _REC_BODY_HEAD = struct.Struct("<IIB")  # the header after the crc field
+_CRC = struct.Struct("<I")
+_KIND_WORD = RECORD_KIND << 24
 KIND_BYTE_OFFSET = 7  # the top byte of the little-endian length word
 MAX_KEY = 255
 MAX_PAYLOAD = 16 * 1024 * 1024 - 1
@@ -134,17 +137,27 @@ class SegmentHeader:
         return cls(number, order_key, first_seq, created, kind, replaces_to)
 
 
+def frame_into(buf: bytearray, epoch: int, delta: int, key: bytes, payload: bytes) -> int:
+    """Append one framed record to buf; returns its framed length (header + key + payload).
+
+    The one implementation of the record layout, shaped for the append path: it appends to
+    the caller's buffer, and the crc is chained over header, key and payload, so nothing is
+    concatenated or copied twice. delta is seq - first_seq; the caller keeps key and payload
+    within MAX_KEY and MAX_PAYLOAD (struct.error otherwise for the key and the delta).
+    """
+    body = _REC_BODY_HEAD.pack(len(payload) | _KIND_WORD, delta, len(key))
+    buf += _CRC.pack(crc32(payload, crc32(key, crc32(body, epoch & 0xFFFFFFFF))))
+    buf += body
+    buf += key
+    buf += payload
+    return RECORD_HEADER + len(key) + len(payload)
+
+
 def frame_record(epoch: int, seq: int, key: bytes, payload: bytes, base: int = 0) -> bytes:
     """One record's bytes for a segment of this epoch (number) and first_seq (base)."""
-    body = (
-        _REC_BODY_HEAD.pack(len(payload) | RECORD_KIND << 24, seq - base, len(key)) + key + payload
-    )
-    return struct.pack("<I", zlib.crc32(body, epoch & 0xFFFFFFFF)) + body
-
-
-def record_size(key: bytes, payload: bytes) -> int:
-    """Framed size of a record on disk."""
-    return RECORD_HEADER + len(key) + len(payload)
+    out = bytearray()
+    frame_into(out, epoch, seq - base, key, payload)
+    return bytes(out)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Prometheus view of the WAL: a collector reading Wal.stats() at scrape time.
 
 Nothing is registered at import; the agent calls register_metrics(registry, wal) with its own
-registry. Each scrape takes one consistent stats() snapshot.
+registry. Each scrape takes one consistent stats() snapshot. The metrics themselves (name,
+kind, help) are defined once, on the fields of appliance.wal.stats.WalStats.
 """
 
 from __future__ import annotations
@@ -12,30 +13,18 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from appliance.wal.stats import METRICS, MetricDef
+
 if TYPE_CHECKING:
     from appliance.wal.log import Wal
 
-#: (metric name, stats field, help); counters get the _total suffix from the client.
-COUNTERS = (
-    ("wal_records_appended", "records_appended", "Records appended since start"),
-    ("wal_payload_bytes", "payload_bytes", "Payload bytes appended since start"),
-    ("wal_bytes_written", "bytes_written", "Bytes written to storage (data, cursor, compaction)"),
-    ("wal_fsyncs", "fsyncs", "fdatasync calls"),
-    ("wal_dropped_records", "dropped_records", "Records dropped by the full policy or errors"),
-    ("wal_refused_records", "refused_records", "Appends refused when full (policy refuse)"),
-    ("wal_corrupt_records", "corrupt_records", "Records skipped for a failed checksum"),
-    ("wal_compaction_bytes", "compaction_bytes", "Bytes rewritten by compaction"),
-    ("wal_cursor_writes", "cursor_writes", "Ack cursor writes"),
-    ("wal_write_errors", "write_errors", "Failed writes or syncs (ENOSPC, EIO)"),
-)
-GAUGES = (
-    ("wal_write_amplification", "write_amplification", "bytes_written / payload_bytes"),
-    ("wal_backlog_records", "backlog_records", "Records not yet acked"),
-    ("wal_backlog_bytes", "backlog_bytes", "Framed bytes of records not yet acked"),
-    ("wal_oldest_age_seconds", "oldest_age_s", "Age of the oldest record not yet acked"),
-    ("wal_disk_bytes", "disk_bytes", "Bytes of WAL files on disk (bounded by max_wal_bytes)"),
-    ("wal_recovery_seconds", "recovery_s", "How long recovery took when the WAL was opened"),
-)
+__all__ = ["METRICS", "WalCollector", "family", "register_metrics"]
+
+
+def family(metric: MetricDef, value: float, *, prefix: str = "", doc_prefix: str = "") -> Metric:
+    """metric as a Prometheus family holding value (prefix: the agent's `agent_`)."""
+    kind = CounterMetricFamily if metric.kind == "counter" else GaugeMetricFamily
+    return kind(prefix + metric.name, doc_prefix + metric.help, value=value)
 
 
 class WalCollector(Collector):
@@ -46,10 +35,8 @@ class WalCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         stats = self._wal.stats()
-        for name, field, doc in COUNTERS:
-            yield CounterMetricFamily(name, doc, value=getattr(stats, field))
-        for name, field, doc in GAUGES:
-            yield GaugeMetricFamily(name, doc, value=getattr(stats, field))
+        for metric in METRICS:
+            yield family(metric, getattr(stats, metric.field))
 
 
 def register_metrics(registry: CollectorRegistry, wal: Wal) -> WalCollector:

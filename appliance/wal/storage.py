@@ -1,7 +1,7 @@
 """The WAL's edge to the disk: a small file-operations protocol and its real implementation.
 
-The log core (appliance.wal.log) does all its I/O through a `Storage`, so tests can pass a
-simulated disk that loses unsynced writes, tears pages, flips bits or runs out of space
+The log (appliance.wal.log and its parts) does all its I/O through a `Storage`, so tests can
+pass a simulated disk that loses unsynced writes, tears pages, flips bits or runs out of space
 (appliance.wal.simdisk), and the real `FileStorage` stays a thin layer over os.pwrite and
 os.fdatasync.
 """

@@ -205,6 +205,19 @@ def test_clock_never_runs_earlier_than_the_image_build(pi: Machine, rpi_build: R
     assert int(pi.run("date +%s").output) >= epoch
 
 
+def test_unprovisioned_box_runs_the_agent_which_asks_for_its_identity(pi: Machine) -> None:
+    # The supervisor starts the real agent; without an identity in /data/keys it refuses with
+    # one line and the supervisor retries with backoff (imports are slow on an emulated Pi).
+    # Service output goes to /run/log/agent.log, never to the console.
+    log = pi.run(
+        "i=0; while ! grep -q 'provision the box' /run/log/agent.log 2>/dev/null "
+        "&& [ $i -lt 480 ]; do sleep 0.5; i=$((i+1)); done; cat /run/log/agent.log",
+        timeout=300,
+    ).output
+    assert "infraspectre: cannot read the agent certificate /data/keys/client.crt" in log
+    assert "supervise: starting agent" in log
+
+
 def test_supervisor_restarts_a_crashing_service_with_doubling_capped_backoff(
     pi: Machine,
 ) -> None:
@@ -231,23 +244,12 @@ def test_supervisor_woken_by_usr1_restarts_the_service_without_waiting(pi: Machi
     )
     pi.run(wait_for.format("restarting in 300s", 1), timeout=90)
     assert pi.run("kill -USR1 $(cat /run/appliance/sleepy.supervise)").status == 0
-    log = pi.run(wait_for.format("starting sleepy", 2), timeout=90).output
+    # the exact start line: "woken: starting sleepy now" comes first and must not end the wait
+    # (the console's shell may restart after this test: no test after it uses that console)
+    log = pi.run(wait_for.format("supervise: starting sleepy", 2), timeout=90).output
     pi.run("kill $(cat /tmp/s.pid)")
     assert "supervise: woken: starting sleepy now" in log, log
     assert log.count("supervise: starting sleepy") >= 2, log
-
-
-def test_unprovisioned_box_runs_the_agent_which_asks_for_its_identity(pi: Machine) -> None:
-    # The supervisor starts the real agent; without an identity in /data/keys it refuses with
-    # one line and the supervisor retries with backoff (imports are slow on an emulated Pi).
-    # Service output goes to /run/log/agent.log, never to the console.
-    log = pi.run(
-        "i=0; while ! grep -q 'provision the box' /run/log/agent.log 2>/dev/null "
-        "&& [ $i -lt 480 ]; do sleep 0.5; i=$((i+1)); done; cat /run/log/agent.log",
-        timeout=300,
-    ).output
-    assert "infraspectre: cannot read the agent certificate /data/keys/client.crt" in log
-    assert "supervise: starting agent" in log
 
 
 def test_data_survives_a_power_cut_and_a_reboot(boot_board, rpi_image: Path) -> None:  # type: ignore[no-untyped-def]

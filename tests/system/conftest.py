@@ -58,7 +58,7 @@ def bus_factory(pki: Path, tmp_path: Path) -> Iterator[object]:
             # paths in the copied map are relative to the PKI folder: make them absolute
             trust.write_text(trust.read_text().replace("agents/", f"{pki_dir}/agents/"))
         overrides.setdefault("trust_map", trust)
-        server = BusServer(bus_settings(pki_dir, tmp_path / "data", **overrides))
+        server = BusServer(bus_settings(pki_dir, tmp_path / "data", **overrides)).start()
         started.append(server)
         return server
 

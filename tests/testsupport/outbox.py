@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 
 @dataclass
@@ -47,4 +48,9 @@ class MemWal(MemOutbox):
         self.closed = True
 
     def stats(self) -> object:
-        return type("Stats", (), {"backlog_records": len(self.pending)})()
+        """The backlog part of appliance.wal.WalStats (what /metrics and health read)."""
+        return SimpleNamespace(
+            backlog_records=len(self.pending),
+            backlog_bytes=sum(len(r.payload) for r in list(self.pending.values())),
+            oldest_age_s=0.0,
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+from appliance.agent.health import CaptureCounts
 from appliance.wire import FlowEvent, InterfaceCounters, InterfaceStats
 
 
@@ -32,6 +33,9 @@ class ScriptedFlows:
 
     def stats(self) -> dict[str, float]:
         return {"packets": 10.0, "kernel_drops": 0.0, "flows_active": float(len(self.open_flows))}
+
+    def capture_counts(self) -> Sequence[CaptureCounts]:
+        return [CaptureCounts("mirror0", packets=10, drops=0, own_frames=0)]
 
 
 class FixedCounters:

@@ -85,6 +85,11 @@ def _broken_inputs(tmp: Path) -> dict[str, list[str]]:
         "image configure a pcap": ["image", "configure", str(pcap), "--agent-id", "a"],
         "image configure bad id": ["image", "configure", str(card), "--agent-id", "a;b"],
         "image build bad epoch": ["image", "build", "--board", "rpi", "--out", str(tmp / "o")],
+        "config check a pcap": ["config", "check", str(pcap)],
+        "config check no file": ["config", "check", str(tmp / "none.yaml")],
+        "bus query bad where": ["bus", "query", "--db", str(pcap), "--where", "port >"],
+        "bus tail bad where": ["bus", "tail", "--db", str(pcap), "--where", "ip < 1.2.3.4"],
+        "flows on a card image": ["flows", "--pcap", str(card)],
     }
 
 
@@ -95,7 +100,8 @@ def _broken_inputs(tmp: Path) -> dict[str, list[str]]:
         "bus query bad address", "bus query bad time", "bus tail no folder", "bus reload no bus",
         "wal inspect no wal", "wal inspect a file", "image flash a pcap",
         "image flash bad bus", "image configure a pcap", "image configure bad id",
-        "image build bad epoch",
+        "image build bad epoch", "config check a pcap", "config check no file",
+        "bus query bad where", "bus tail bad where", "flows on a card image",
     ],
 )  # fmt: skip
 def test_every_touched_subcommand_fails_in_one_line_on_broken_input(

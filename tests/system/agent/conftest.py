@@ -2,78 +2,14 @@
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from testsupport.agentproc import AgentProc, agent_proc
 
 from appliance.capture.lab import MirrorLab
-from appliance.localprocs import free_port
-
-
-class AgentProc:
-    """`infraspectre agent run` as a child process; killed at teardown whatever happened."""
-
-    def __init__(self, config: Path, metrics_port: int) -> None:
-        self.config = config
-        self.metrics_port = metrics_port
-        self.proc: subprocess.Popen[str] | None = None
-        self.logs: list[str] = []
-
-    def start(self) -> AgentProc:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "appliance", "agent", "run", "--config", str(self.config)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if "ready" not in line:
-            err = self.proc.stderr.read() if self.proc.stderr else ""
-            raise AssertionError(f"agent did not start: {line!r} {err[-2000:]}")
-        return self
-
-    def metrics(self) -> dict[str, float]:
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        body = urllib.request.urlopen(url, timeout=5).read().decode()
-        out = {}
-        for line in body.splitlines():
-            m = re.match(r"^([a-zA-Z_:][\w:]*(?:\{[^}]*\})?) (\S+)$", line)
-            if m:
-                out[m.group(1)] = float(m.group(2))
-        return out
-
-    def wait_metric(self, name: str, at_least: float, timeout: float = 30) -> float:
-        deadline = time.monotonic() + timeout
-        value = 0.0
-        while time.monotonic() < deadline:
-            value = self.metrics().get(name, 0.0)
-            if value >= at_least:
-                return value
-            time.sleep(0.1)
-        raise AssertionError(f"{name} stayed at {value} < {at_least}")
-
-    def stop(self, sig: str = "TERM") -> int:
-        assert self.proc is not None
-        if sig == "KILL":
-            self.proc.kill()
-        else:
-            self.proc.terminate()
-        rc = self.proc.wait(timeout=30)
-        if self.proc.stderr:
-            self.logs.append(self.proc.stderr.read())
-        return rc
-
-    def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 @pytest.fixture
@@ -87,27 +23,11 @@ def agent_factory(pki: Path, lab: MirrorLab, tmp_path: Path) -> Iterator[Any]:
     made: list[AgentProc] = []
 
     def make(bus_port: int, **agent_overrides: Any) -> AgentProc:
-        metrics_port = free_port()
-        agent = {
-            "bus": [f"127.0.0.1:{bus_port}"], "server_name": "localhost",
-            "tls": {"cert_dir": str(pki / "agents/branch-1"), "ca": str(pki / "ca.crt")},
-            "metrics_host": "127.0.0.1", "metrics_port": metrics_port,
-            "backoff_base_ms": 100, "backoff_cap_ms": 1000,
-        }  # fmt: skip
-        agent.update(agent_overrides)
-        doc = {
-            "agent": agent,
-            "capture": {
-                "interface": "m1", "netns": lab.ns["T"], "uplink_interface": "none0",
-                "meter": {"idle_timeout_s": 1.0, "close_linger_s": 0.5, "active_timeout_s": 60},
-                "counters_interval_s": 2.0,
-            },
-            "wal": {"path": str(tmp_path / "wal"), "flush_interval_ms": 200},
-            "storage": {"data_dir": str(tmp_path / "data")},
-        }  # fmt: skip
-        config = tmp_path / f"agent-{len(made)}.yaml"
-        config.write_text(yaml.safe_dump(doc))
-        proc = AgentProc(config, metrics_port)
+        # agents of one test share the WAL and data folder: a second one continues the first's
+        proc = agent_proc(
+            pki, lab, tmp_path, bus_port, config=tmp_path / f"agent-{len(made)}.yaml",
+            **agent_overrides,
+        )  # fmt: skip
         made.append(proc)
         return proc
 

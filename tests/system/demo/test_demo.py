@@ -25,4 +25,7 @@ def test_demo_captures_real_traffic_end_to_end_and_tears_down() -> None:
         line for line in out.stdout.splitlines() if line[:2] == "20" and "demo-branch-1" in line
     ]
     assert any(" UDP " in r and ":30000 " in r for r in rows)  # the tail showed the flows
+    fleet = out.stdout[out.stdout.index("the fleet as the bus sees it") :].splitlines()
+    box = next(line for line in fleet if line.startswith("demo-branch-1"))
+    assert " ok " in box and "0.1.0" in box  # seen, with a health record (its version)
     assert _netns() == before

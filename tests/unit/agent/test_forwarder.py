@@ -7,6 +7,7 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
 from testsupport.outbox import MemOutbox
 
 from appliance.agent.forwarder import (
@@ -18,6 +19,7 @@ from appliance.agent.forwarder import (
     State,
 )
 from appliance.agent.transport import TransportError
+from appliance.fsm import IllegalTransition
 from appliance.wire import Envelope, PublishAck, PublishBatchRequest
 from appliance.wire.framing import frame_batch
 
@@ -128,6 +130,16 @@ def test_send_rate_limits_envelopes_per_second() -> None:
 def test_every_state_can_stop_and_transitions_are_explicit() -> None:
     assert all(TRANSITIONS[(s, Event.STOP)] is State.STOPPED for s in State)
     assert TRANSITIONS[(State.CONNECTED, Event.FAILURE)] is State.BACKING_OFF
+
+
+def test_a_stopped_forwarder_refuses_to_move_again(tmp_path: Path) -> None:
+    f = _fwd(_box(0), [Script("a", [])], tmp_path)
+    f.stop()
+    f.run()
+    assert f.state is State.STOPPED and f.stats.state is State.STOPPED
+    with pytest.raises(IllegalTransition, match="forwarder: no transition from STOPPED on OK"):
+        f._machine.move(Event.OK)
+    assert f.state is State.STOPPED
 
 
 def test_frame_batch_is_a_valid_publish_batch_request() -> None:

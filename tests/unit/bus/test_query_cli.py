@@ -176,3 +176,138 @@ def test_json_output_keeps_agent_fields_exact_and_escaped(
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out and "\x00" not in out
     assert json.loads(out)["agent_id"] == HOSTILE
+
+
+def _csv_rows(out: str) -> list[dict[str, str]]:
+    import csv
+    import io
+
+    return list(csv.DictReader(io.StringIO(out, newline="")))
+
+
+@pytest.mark.parametrize(
+    ("expr", "srcs"),
+    [
+        ("proto=TCP and dst_port=443", ["2001:db8::1", "192.0.2.1", "10.1.2.3"]),
+        ("proto = udp", ["192.0.2.1"]),
+        ("PROTO != 6", ["192.0.2.1"]),
+        ("ip=10.0.0.0/8", ["192.0.2.1", "10.1.2.3"]),
+        ("src_ip = 192.0.2.1 AND dst_ip = 198.51.100.7", ["192.0.2.1"]),
+        ("not ip = 10.0.0.0/8 and not ip=2001:db8::/32", ["192.0.2.1"]),
+        ("dst_ip=2001:db8:1::/48 or (proto=udp and port=5000)", ["2001:db8::1", "192.0.2.1"]),
+        ("bytes >= 30 and packets < 4 and vlan = 0", ["2001:db8::1", "192.0.2.1", "192.0.2.1",
+                                                      "10.1.2.3"]),
+        ("bytes > 30", []),
+        ("agent = 'a' and src_port = 5000", ["2001:db8::1", "192.0.2.1", "192.0.2.1", "10.1.2.3"]),
+        ('agent = "b"', []),
+    ],
+)  # fmt: skip
+def test_where_expressions_select_like_the_options_do(
+    db: Path, capsys: pytest.CaptureFixture[str], expr: str, srcs: list[str]
+) -> None:
+    assert main(["bus", "query", "--db", str(db), "--json", "--where", expr]) == 0
+    assert _srcs(capsys.readouterr().out) == srcs
+
+
+def test_where_is_anded_with_the_other_filters(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["bus", "query", "--db", str(db), "--json", "--proto", "TCP", "--where", "ip=10.0.0.0/8"]
+    assert main(argv) == 0
+    assert _srcs(capsys.readouterr().out) == ["10.1.2.3"]
+
+
+@pytest.mark.parametrize(
+    ("expr", "message"),
+    [
+        ("proto", "expected an operator after 'proto'"),
+        ("port = tcp", "port takes a whole number, not 'tcp'"),
+        ("colour = red", "expected a field"),
+        ("port = 1 and", "expected a field"),
+        ("(port = 1", "expected ')' at the end"),
+        ("ip < 10.0.0.1", "ip takes = or !=, not <"),
+        ("ip = 10.0.0.1/8", "has host bits set"),
+        ("src_ip = 999.1.1.1", "src_ip '999.1.1.1' is not an IP address or network"),
+        ("proto = FOO", "unknown protocol 'FOO'"),
+        ("port = 1; DROP TABLE records", "cannot read '; DROP TAB' at 8"),
+        ("agent = 'x' or 1=1", "expected a field"),
+        ("port = 1 port = 2", "expected 'and', 'or' or the end, found 'port' at 9"),
+        ("(" * 40 + "port=1" + ")" * 40, "nested deeper than 32"),
+    ],
+)
+def test_a_bad_where_expression_is_one_line_saying_what_was_expected(
+    db: Path, capsys: pytest.CaptureFixture[str], expr: str, message: str
+) -> None:
+    assert main(["bus", "query", "--db", str(db), "--where", expr]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--where: " in err and message in err, err
+
+
+def test_where_values_never_become_sql(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import sqlite3
+
+    from appliance.bus.query import parse_where
+
+    sql, args = parse_where("agent = \"a' OR '1'='1\" or agent = 'x\"; DROP TABLE records; --'")
+    assert (
+        "DROP" not in sql
+        and "'" not in sql
+        and args
+        == [
+            "a' OR '1'='1",
+            'x"; DROP TABLE records; --',
+        ]
+    )
+    assert (
+        main(["bus", "query", "--db", str(db), "--json", "--where", "agent = \"a' OR 'a'='a\""])
+        == 0
+    )
+    assert _srcs(capsys.readouterr().out) == []
+    assert sqlite3.connect(db).execute("SELECT count(*) FROM records").fetchone()[0] == 4
+
+
+def test_a_bad_where_on_tail_fails_before_waiting_for_a_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["bus", "tail", "--db", str(tmp_path / "bus.sqlite"), "--where", "port ="]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--where" in err and "waiting" not in err
+
+
+def test_csv_is_rfc4180_with_a_header_row_and_the_json_values(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bus", "query", "--db", str(db), "--csv", "--order", "oldest"]) == 0
+    out = capsys.readouterr().out
+    lines = out.split("\r\n")
+    assert lines[0].split(",") == [
+        "agent_id", "seq", "src_ip", "src_port", "dst_ip", "dst_port", "proto", "bytes_tx",
+        "bytes_rx", "packets_tx", "packets_rx", "vlan", "start_time", "end_time", "ts_ns",
+    ]  # fmt: skip
+    assert lines[-1] == "" and len(lines) == 6 and "\n" not in out.replace("\r\n", "")
+    assert main(["bus", "query", "--db", str(db), "--json", "--order", "oldest"]) == 0
+    as_json = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    rows = _csv_rows(out)
+    assert [{k: str(v) for k, v in r.items()} for r in as_json] == rows
+
+
+def test_csv_quotes_commas_quotes_and_line_breaks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bus.sqlite"
+    store = FlowStore(path, sync="normal")
+    odd = 'branch "7", hall\r\nB'
+    store.submit([_row("1", 10**9, "192.0.2.1", "192.0.2.2", agent=odd)]).result(5)
+    store.close()
+    assert main(["bus", "query", "--db", str(path), "--csv"]) == 0
+    out = capsys.readouterr().out
+    assert '"branch ""7"", hall\r\nB",1,192.0.2.1' in out
+    (row,) = _csv_rows(out)
+    assert row["agent_id"] == odd
+
+
+def test_csv_and_json_exclude_each_other(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["bus", "query", "--db", str(db), "--csv", "--json"])
+    assert "not allowed with" in capsys.readouterr().err

@@ -140,8 +140,8 @@ def test_a_version_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
 def test_database_failure_fails_the_group_and_marks_the_store_unhealthy_until_it_commits(
     store: FlowStore, tmp_path: Path
 ) -> None:
-    blocker = sqlite3.connect(store.path, timeout=0.1, isolation_level=None)
-    blocker.execute("PRAGMA busy_timeout=0")
+    # the writer may still be opening its connection (switching to WAL takes a lock): wait
+    blocker = sqlite3.connect(store.path, timeout=30, isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")  # another writer holds the database
     store_conn_timeout = 6
     with pytest.raises(StoreUnavailable):

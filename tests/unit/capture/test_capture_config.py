@@ -37,3 +37,23 @@ def test_environment_overrides_the_file() -> None:
 def test_bad_values_are_refused_at_load_with_the_key_path(section: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_capture_config({"capture": section})
+
+
+def test_several_mirror_ports_are_comma_separated_like_the_image_setting() -> None:
+    cfg = load_capture_config({}, {"IS_CAPTURE_INTERFACE": "eth1, eth2"})
+    assert cfg.interfaces == ["eth1", "eth2"]
+    assert CaptureConfig().interfaces == ["eth1"]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("eth1,eth1", "names a port twice"),
+        ("eth1,", "'' is not an interface name"),
+        ("averyveryverylongname0", "is not an interface name"),
+        ("eth 1", "is not an interface name"),
+    ],
+)
+def test_bad_mirror_port_lists_are_refused_with_the_key(value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=rf"capture\.interface: .*{message}"):
+        load_capture_config({"capture": {"interface": value}})

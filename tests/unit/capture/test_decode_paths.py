@@ -10,7 +10,14 @@ from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import ARP, Dot1Q
 from testsupport.capture_helpers import MS, T0, eth, frame_bytes
 
-from appliance.capture.decode import LINKTYPE_RAW, Decoder, PacketColumns
+from appliance.capture.decode import (
+    ICMP_KEY_BIT,
+    LINKTYPE_RAW,
+    MALFORMED,
+    DecodedPacket,
+    Decoder,
+    PacketColumns,
+)
 from appliance.capture.pcap import PcapReader, write_pcap
 from appliance.capture.synth import generate
 
@@ -86,3 +93,33 @@ def test_vectorised_equals_reference_with_ring_vlan_metadata() -> None:
     ref = Decoder(vectorised=False).decode(batch)
     _same(fast, ref)
     assert fast.vlan.tolist() == [5, 7, 0]  # a tag still in the bytes is the inner one
+
+
+def test_decode_frame_names_every_field_of_a_packet() -> None:
+    tagged = eth() / Dot1Q(vlan=42) / IPv6(src="2001:db8::1", dst="2001:db8::2")
+    frame = frame_bytes(tagged / IPv6ExtHdrHopByHop() / TCP(sport=1234, dport=443, flags="SA"))
+    got = Decoder().decode_frame(frame, meta_vlan=0, ts_ns=T0)
+    assert got == DecodedPacket(
+        vlan=42,
+        ipver=6,
+        proto=6,
+        src=bytes.fromhex("20010db8000000000000000000000001"),
+        dst=bytes.fromhex("20010db8000000000000000000000002"),
+        port_src=1234,
+        port_dst=443,
+        nbytes=40 + 8 + 20,
+        tcp_flags=0x12,
+        icmp_type=0,
+        icmp_code=0,
+    )
+    ping = frame_bytes(eth() / IP(src="192.0.2.1", dst="192.0.2.2") / ICMP(type=3, code=1))
+    got = Decoder().decode_frame(ping, meta_vlan=7, ts_ns=T0)
+    assert isinstance(got, DecodedPacket)
+    assert (got.vlan, got.icmp_type, got.icmp_code) == (7, 3, 1)
+    assert got.port_src == got.port_dst == ICMP_KEY_BIT | 3 << 8 | 1
+
+
+def test_decode_frame_answers_an_int_for_frames_it_does_not_meter() -> None:
+    dec = Decoder()
+    assert dec.decode_frame(frame_bytes(eth() / ARP()), 0, T0) == 0x0806
+    assert dec.decode_frame(frame_bytes(eth() / IP() / TCP())[:20], 0, T0) == MALFORMED

@@ -60,6 +60,25 @@ def test_fin_both_ways_ends_flow_after_linger_and_reuse_is_new(meter_frames: Met
     ]
 
 
+def test_trailing_ack_seconds_after_the_fins_belongs_to_the_connection(
+    meter_frames: MeterFn,
+) -> None:
+    """The close delay's default (5 s, Zeek's tcp_close_delay): a final ACK 3 s after the FIN
+    exchange is the connection's, not a one-packet flow of its own (as with a 2 s linger)."""
+    frames = [
+        (0, tcp("S")),
+        (1 * MS, tcp("SA", reverse=True)),
+        (2 * MS, tcp("FA")),
+        (3 * MS, tcp("FA", reverse=True)),
+        (3 * S, tcp("A")),
+    ]
+    assert MeterConfig().close_linger_s == 5
+    recs, _ = meter_frames(frames)
+    assert [(r.packets_tx, r.packets_rx, r.end_reason) for r in recs] == [(3, 2, EndReason.TCP_FIN)]
+    recs, _ = meter_frames(frames, close_linger_s=2)  # the old default split it
+    assert [r.packets_tx + r.packets_rx for r in recs] == [4, 1]
+
+
 def test_fin_one_way_does_not_close(meter_frames: MeterFn) -> None:
     recs, _ = meter_frames([(0, tcp("FA")), (5 * S, tcp("A"))], close_linger_s=2)
     assert [r.packets_tx for r in recs] == [2]

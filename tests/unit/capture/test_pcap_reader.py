@@ -64,13 +64,34 @@ def test_pcapng_enhanced_packet_blocks(tmp_path: Path) -> None:
     assert flows.packets == 5
 
 
-def test_truncated_last_record_is_ignored(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cut", [10, len(FRAMES[-1][1]) + 16 - 6])  # in the body, in the header
+def test_truncated_last_record_is_ignored_and_reported(tmp_path: Path, cut: int) -> None:
     path = tmp_path / "cut.pcap"
     write_pcap(path, FRAMES)
     data = path.read_bytes()
-    path.write_bytes(data[:-10])
+    path.write_bytes(data[:-cut])
     flows, summary = meter_pcap(path)
     assert summary.frames == 4 and flows.packets == 4
+    assert summary.cut_bytes == len(FRAMES[-1][1]) + 16 - cut
+
+
+def test_whole_capture_reports_no_cut_record(tmp_path: Path) -> None:
+    path = tmp_path / "whole.pcap"
+    write_pcap(path, FRAMES)
+    assert meter_pcap(path)[1].cut_bytes == 0
+
+
+def test_pcapng_cut_in_its_last_block_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "cut.pcapng"
+    w = PcapNgWriter(str(path))
+    for ts, fr in FRAMES:
+        pkt = Ether(fr)
+        pkt.time = ts / 1e9
+        w.write(pkt)
+    w.close()
+    path.write_bytes(path.read_bytes()[:-20])
+    flows, summary = meter_pcap(path)
+    assert flows.packets == 4 and summary.cut_bytes > 0
 
 
 def test_not_a_capture_is_refused_with_a_reason(tmp_path: Path) -> None:

@@ -18,8 +18,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from appliance.crypto import load_signing_key, load_verify_key
+from appliance.fsm import IllegalTransition, Machine
 from appliance.pki import PkiError, init_pki, issue_agent, load_trust_map, sign_csr
-from appliance.provision.device import DeviceEdges, Responder, State, serve
+from appliance.provision.device import TRANSITIONS, DeviceEdges, Event, Responder, State, serve
 from appliance.provision.frames import Frame, Reader, encode
 from appliance.provision.host import Provisioner, ProvisionError, Timing
 
@@ -306,6 +307,16 @@ def test_unknown_requests_and_bad_ids_get_an_error(box: Box) -> None:
     reply = Reader().feed(responder.handle(Frame("DONE", 4, {})))[0]
     assert reply.kind == "ERROR" and "not a request" in reply.body["reason"]
     assert responder.state is State.UNPROVISIONED
+
+
+def test_the_dialogue_table_rekeys_only_on_purpose_and_refuses_illegal_moves() -> None:
+    provisioned = Machine("provisioning", TRANSITIONS, State.PROVISIONED)
+    assert not provisioned.can(Event.ENROLL) and not provisioned.can(Event.INSTALL)
+    assert provisioned.move(Event.ENROLL_REPLACE) is State.ENROLLING
+    fresh = Machine("provisioning", TRANSITIONS, State.UNPROVISIONED)
+    with pytest.raises(IllegalTransition, match="from UNPROVISIONED on INSTALL"):
+        fresh.move(Event.INSTALL)
+    assert fresh.state is State.UNPROVISIONED
 
 
 def test_a_human_at_the_console_is_told_what_it_is(box: Box) -> None:

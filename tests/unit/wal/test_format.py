@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import pytest
 
 from appliance.wal.format import (
@@ -12,6 +15,7 @@ from appliance.wal.format import (
     CursorState,
     FormatError,
     SegmentHeader,
+    frame_into,
     frame_record,
     is_padding,
     parse_record,
@@ -24,6 +28,16 @@ def test_record_roundtrip_gives_back_seq_key_payload() -> None:
     assert rec is not None
     assert (rec.seq, rec.key, rec.payload, rec.end) == (42, b"key-1", b"payload bytes", len(frame))
     assert len(frame) == RECORD_HEADER + 5 + 13
+
+
+def test_record_layout_is_the_documented_one_and_frame_into_appends_it() -> None:
+    # crc32 seeded with the epoch | payload_len u24 + kind 0xA7 | seq - first_seq | key_len
+    body = struct.pack("<IIB", 3 | 0xA7 << 24, 42 - 40, 2) + b"kk" + b"abc"
+    expected = struct.pack("<I", zlib.crc32(body, 7)) + body
+    assert frame_record(7, 42, b"kk", b"abc", 40) == expected
+    buf = bytearray(b"before")
+    assert frame_into(buf, 7, 2, b"kk", b"abc") == len(expected)
+    assert bytes(buf) == b"before" + expected
 
 
 def test_record_of_previous_segment_life_fails_checksum() -> None:

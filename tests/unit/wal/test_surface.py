@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from testsupport.wal_helpers import small_config
 
 from appliance.config import ConfigError
-from appliance.wal import EnvelopeQueue, Wal, WalUnavailable, load_wal_config
+from appliance.wal import Wal, WalUnavailable, load_wal_config
 from appliance.wal.format import PAGE
 from appliance.wal.metrics import register_metrics
 from appliance.wal.simdisk import SimDisk
@@ -85,37 +84,6 @@ def test_wal_section_is_strict_and_takes_is_wal_path() -> None:
         load_wal_config({"wal": {"max_wal_bytes": 4 * 1024 * 1024}}, env={})
     with pytest.raises(ConfigError, match=r"wal\.full_policy"):
         load_wal_config({"wal": {"full_policy": "panic"}}, env={})
-
-
-@dataclass
-class Envelope:
-    idempotency_key: str
-    body: bytes
-
-    def SerializeToString(self) -> bytes:
-        return self.idempotency_key.encode() + b"|" + self.body
-
-
-def decode(data: bytes) -> Envelope:
-    key, _, body = data.partition(b"|")
-    return Envelope(key.decode(), body)
-
-
-def test_seed_queue_interface_store_drain_mark_sent(tmp_path: Path) -> None:
-    wal = Wal.open(small_config(tmp_path, segments=2, full_policy="refuse"), storage=SimDisk())
-    queue = EnvelopeQueue(wal, decode)
-    assert queue.store(Envelope("e1", b"one"))
-    assert queue.store(Envelope("e2", b"two"))
-    assert queue.store(Envelope("e1", b"one"))  # already held: still True, not stored twice
-    assert queue.drain(10) == [Envelope("e1", b"one"), Envelope("e2", b"two")]
-    assert queue.mark_sent(["e1"]) == 1
-    assert queue.drain(10) == [Envelope("e2", b"two")]
-    n = 0
-    while queue.store(Envelope(f"x{n}", bytes(1000))):  # full under refuse: False
-        n += 1
-        assert n < 1000
-    assert wal.stats().refused_records == 1 and wal.stats().dropped_records == 0
-    wal.close()
 
 
 def test_metrics_register_into_the_given_registry(tmp_path: Path) -> None:
