@@ -47,6 +47,7 @@ def load_agent_settings(path: Path | None, env: Any = None) -> dict[str, Any]:
 def _run(args: argparse.Namespace) -> int:
     from appliance.agent.runtime import Agent, load_identity
     from appliance.agent.sources import LiveFlowSource, NetlinkCounters
+    from appliance.agent.updates import UpdateClient, UpdatePoller
     from appliance.wal import Wal
 
     settings = load_agent_settings(args.config)
@@ -75,13 +76,20 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, on_hup)
+    # updates through the bus: over our own outbound mTLS identity (agent/updates.py)
+    updates = UpdatePoller(
+        cfg.update, UpdateClient(cfg.bus, identity.tls), settings["storage"].data_dir
+    )
     agent.start()
+    updates.start()
     print(f"agent {identity.agent_id} ready", flush=True)
     while not stop.wait(0.5):
         if not agent.pipeline_alive:
             log.error("the capture pipeline stopped; exiting so the supervisor restarts us")
+            updates.stop()
             agent.stop()
             return 1
+    updates.stop()
     agent.stop()
     return 0
 

@@ -39,6 +39,45 @@ class AgentTls(CertFiles):
 
 
 @dataclass
+class AgentUpdate:
+    """`agent.update`: the poller that asks the bus for updates (agent/updates.py)."""
+
+    #: Ask the bus this often (seconds), the first time soon after start; 0: never ask.
+    interval_s: float = 900.0
+    #: Download at most this many bundle bytes per second (0: as fast as the bus serves).
+    rate_bytes_s: int = 1024 * 1024
+    #: Bytes asked per Fetch call (the bus may serve fewer: eventbus.update.max_chunk_bytes).
+    chunk_bytes: int = 256 * 1024
+    #: The group whose desired version applies when none is set for this box itself.
+    group: str = "default"
+    #: Seconds the new system has to prove healthy before it is rolled back.
+    health_timeout_s: float = 300.0
+    #: The folder that stands for the device's `/` to the updater: "/" on a box; a test
+    #: rig's folder where slots are plain files (no mount, no reboot: the request is recorded).
+    device_root: Path = Path("/")
+
+    def validate(self) -> None:
+        if self.interval_s != 0 and not 5 <= self.interval_s <= 7 * 86400:
+            raise ValueError(
+                f"update.interval_s: {self.interval_s} must be 0 (off) or 5..604800 seconds"
+            )
+        if self.rate_bytes_s != 0 and self.rate_bytes_s < 4096:
+            raise ValueError(
+                f"update.rate_bytes_s: {self.rate_bytes_s} must be 0 (unlimited) or >= 4096"
+            )
+        if not 4096 <= self.chunk_bytes <= 4 * 1024 * 1024:
+            raise ValueError(f"update.chunk_bytes: {self.chunk_bytes} must be 4096..4194304")
+        if not self.group or len(self.group) > 64 or not self.group.isprintable():
+            raise ValueError(f"update.group: {self.group!r} must be 1..64 printable characters")
+        if not 10 <= self.health_timeout_s <= 86400:
+            raise ValueError(
+                f"update.health_timeout_s: {self.health_timeout_s} must be 10..86400 seconds"
+            )
+        if not self.device_root.is_absolute():
+            raise ValueError(f"update.device_root: {self.device_root} must be an absolute path")
+
+
+@dataclass
 class AgentConfig:
     """The `agent` section."""
 
@@ -72,6 +111,8 @@ class AgentConfig:
     clock_file: str = ""
     #: Seal a health record (agent/health.py) this often, the first soon after start; 0: never.
     health_interval_s: float = 60.0
+    #: Updates delivered through the bus (agent/updates.py).
+    update: AgentUpdate = field(default_factory=AgentUpdate)
 
     def validate(self) -> None:
         if not self.bus:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.bus.export.cli import register as register_export
+from appliance.bus.update_cli import register as register_update
 from appliance.errors import CommandError
 
 _REL = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -105,6 +106,7 @@ def register(sub: Any) -> None:
             p.set_defaults(func=_tail)
 
     register_export(bus_sub)  # `bus export ipfix`: appliance/bus/export/cli.py
+    register_update(bus_sub)  # `bus update ...`: appliance/bus/update_cli.py
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -334,7 +336,7 @@ def _tail(args: argparse.Namespace) -> int:
 AGENTS_HEADER = (
     f"{'agent':<20} {'state':<6} {'silent':>8} {'version':<10} {'slot':<4} {'records':>10} "
     f"{'seq':>10} {'gaps':>5} {'rst':>4} {'backlog':>8} {'oldest':>8} {'drops':>8} "
-    f"{'clock':>8} {'cert':>6} {'forwarder':<11}"
+    f"{'clock':>8} {'cert':>6} {'forwarder':<11} {'system':<10} {'update':<24}"
 )
 
 
@@ -360,14 +362,26 @@ def format_agent(v: Any) -> str:
         f"{terminal_safe(v.version)[:10]:<10} {terminal_safe(v.slot)[:4]:<4} {v.records:>10} "
         f"{v.last_seq:>10} {v.gaps:>5} {v.restarts:>4} {v.wal_backlog_records:>8} "
         f"{_duration(v.wal_oldest_age_s):>8} {v.capture_drops:>8} {clock:>8} {cert:>6} "
-        f"{terminal_safe(v.forwarder_state) or '-':<11}"
+        f"{terminal_safe(v.forwarder_state) or '-':<11} "
+        f"{terminal_safe(v.system_version)[:10] or '-':<10} "
+        f"{terminal_safe(_update_cell(v))[:24]:<24}"
     )
+
+
+def _update_cell(v: Any) -> str:
+    """The box's update state and last result, e.g. `committed` or `idle refused`."""
+    if not v.update_state:
+        return "-"
+    if v.update_result and v.update_result != v.update_state:
+        return f"{v.update_state} {v.update_result}"
+    return str(v.update_state)
 
 
 def _agents(args: argparse.Namespace) -> int:
     from appliance.bus.config import load_bus_settings
-    from appliance.bus.fleet import fleet_view, load_summaries
+    from appliance.bus.fleet import fleet_view, load_summaries, with_update_reports
     from appliance.bus.query import open_reader
+    from appliance.bus.updates import read_reports
     from appliance.pki.trustmap import load_trust_map
 
     settings = load_bus_settings(args.config)
@@ -379,6 +393,9 @@ def _agents(args: argparse.Namespace) -> int:
         trusted = list(load_trust_map(trust_path).keys)
     silent_after = args.silent_after or settings.eventbus.silent_after_s
     views = fleet_view(load_summaries(conn), trusted, time.time_ns(), silent_after)
+    views = with_update_reports(
+        views, read_reports(settings.storage.data_dir / settings.eventbus.update.dir)
+    )
     if args.json:
         for v in views:
             print(json.dumps(v.as_json()), flush=True)

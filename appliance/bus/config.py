@@ -51,6 +51,33 @@ class TlsConfig(CertFiles):
 
 
 @dataclass
+class UpdateDeliveryConfig:
+    """`eventbus.update`: bundles stored on the bus and served to boxes (appliance/bus/updates.py,
+    docs/UPDATE.md "Delivery through the bus")."""
+
+    #: The org update keys (`pki init-update-key` .pub files) an upload must be signed by;
+    #: relative paths are taken against tls.cert_dir.
+    keys: list[Path] = field(default_factory=lambda: [Path("update.pub")])
+    #: Folder of the bundles and updates.sqlite; relative to storage.data_dir.
+    dir: Path = Path("updates")
+    #: Largest chunk one Fetch call returns.
+    max_chunk_bytes: int = 256 * 1024
+    #: Bundle bytes per second served to one certificate name (0: unlimited).
+    rate_bytes_per_peer: int = 4 * 1024 * 1024
+
+    def validate(self) -> None:
+        if not 4096 <= self.max_chunk_bytes <= 4 * 1024 * 1024:
+            raise ValueError(
+                f"max_chunk_bytes: {self.max_chunk_bytes} must be from 4096 to 4194304"
+            )
+        if self.rate_bytes_per_peer != 0 and self.rate_bytes_per_peer < self.max_chunk_bytes:
+            raise ValueError(
+                f"rate_bytes_per_peer: {self.rate_bytes_per_peer} must be 0 (unlimited) or at "
+                f"least max_chunk_bytes ({self.max_chunk_bytes})"
+            )
+
+
+@dataclass
 class EventBusConfig:
     """The `eventbus` section. Ports 0 pick a free port (tests); metrics/health -1 disables."""
 
@@ -111,6 +138,8 @@ class EventBusConfig:
     max_connection_idle_s: float = 300.0
     # -- export: stored flows sent on to collectors (appliance/bus/export/, docs/EXPORT.md)
     export: ExportConfig = field(default_factory=ExportConfig)
+    # -- updates delivered through the bus
+    update: UpdateDeliveryConfig = field(default_factory=UpdateDeliveryConfig)
 
     def validate(self) -> None:
         _port("port", self.port, allow_zero=True)
@@ -182,6 +211,9 @@ class EventBusConfig:
         if self.revocation_list.is_absolute():
             return self.revocation_list
         return self.trust_map_path().parent / self.revocation_list
+
+    def update_key_paths(self) -> list[Path]:
+        return [k if k.is_absolute() else self.tls.cert_dir / k for k in self.update.keys]
 
     def trust_map_path(self) -> Path:
         return (

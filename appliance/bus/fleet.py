@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -48,6 +49,12 @@ class AgentView:
     own_frames: int = 0
     clock_offset_ms: int = 0
     cert_days_left: float | None = None
+    #: from the box's latest update report (appliance/bus/updates.py): the running system's
+    #: release version, the updater's state, its last result and that result's one-line reason
+    system_version: str = ""
+    update_state: str = ""
+    update_result: str = ""
+    update_reason: str = ""
 
     def as_json(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -94,6 +101,21 @@ def fleet_view(
     views += [AgentView(a, "never", 0, None, 0, 0, 0, 0) for a in trusted if a not in seen]
     order = {"never": 0, "silent": 1, "ok": 2}
     return sorted(views, key=lambda v: (order[v.state], -(v.silent_s or 0), v.agent_id))
+
+
+def with_update_reports(views: list[AgentView], reports: Mapping[str, Any]) -> list[AgentView]:
+    """views with each agent's update report (appliance.bus.updates.Report) filled in; the slot
+    comes from the report when the box's health did not carry one."""
+    out = []
+    for v in views:
+        r = reports.get(v.agent_id)
+        if r is not None:
+            v = dataclasses.replace(
+                v, system_version=r.version, update_state=r.state, update_result=r.last_result,
+                update_reason=r.last_reason, slot=v.slot or r.slot,
+            )  # fmt: skip
+        out.append(v)
+    return out
 
 
 def load_summaries(conn: sqlite3.Connection) -> list[AgentSummary]:

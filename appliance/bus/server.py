@@ -35,6 +35,13 @@ from appliance.bus.fleet import AgentCollector
 from appliance.bus.gate import Caller, Gate
 from appliance.bus.metrics import BusMetrics
 from appliance.bus.store import FlowStore, Outcome, Record, Retention, Row
+from appliance.bus.updates import (
+    UPDATES_SERVICE,
+    UpdateCollector,
+    UpdateMetrics,
+    UpdateService,
+    UpdateStore,
+)
 from appliance.bus.validate import Limits, Reject, Rejection, check_fields, normal_ip
 from appliance.crypto.batch import verify_many
 from appliance.errors import CommandError
@@ -491,6 +498,30 @@ class BusServer:
         self.grpc.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)
         )
+        # updates delivered through the bus: the same gate, the same connection (updates.py)
+        up = cfg.update
+        self.updates = UpdateStore(settings.storage.data_dir / up.dir)
+        self.update_service = UpdateService(
+            self.updates,
+            UpdateMetrics(self.metrics.registry),
+            max_chunk=up.max_chunk_bytes,
+            rate_bytes_per_peer=up.rate_bytes_per_peer,
+        )
+        if cfg.per_agent_metrics:
+            self.metrics.registry.register(
+                UpdateCollector(self.updates.reports, lambda: list(self.trust.current.keys))
+            )
+        update_handlers = {
+            "Check": grpc.stream_unary_rpc_method_handler(
+                self.gate.wrap(self.update_service.check)
+            ),
+            "Fetch": grpc.stream_unary_rpc_method_handler(
+                self.gate.wrap(self.update_service.fetch)
+            ),
+        }
+        self.grpc.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(UPDATES_SERVICE, update_handlers),)
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         self.grpc.start()
         for service in ("", SERVICE_NAME):
@@ -555,6 +586,7 @@ class BusServer:
                 self.gate.close()
                 self.export.close()  # IPFIX export: sessions closed, positions saved
                 self.store.close()
+                self.updates.close()
                 self._close_endpoints()
                 log.info("bus stopped; store committed")
             self._machine.move(ServerEvent.STOP)

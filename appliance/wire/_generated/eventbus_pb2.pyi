@@ -230,3 +230,71 @@ class PublishBatchResponse(_message.Message):
     ACKS_FIELD_NUMBER: _ClassVar[int]
     acks: _containers.RepeatedCompositeFieldContainer[PublishAck]
     def __init__(self, acks: _Optional[_Iterable[_Union[PublishAck, _Mapping]]] = ...) -> None: ...
+
+class UpdateStatus(_message.Message):
+    __slots__ = ("version", "build", "board", "slot", "state", "last_result", "last_reason", "last_version", "last_at", "group", "download", "downloaded")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    BUILD_FIELD_NUMBER: _ClassVar[int]
+    BOARD_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LAST_RESULT_FIELD_NUMBER: _ClassVar[int]
+    LAST_REASON_FIELD_NUMBER: _ClassVar[int]
+    LAST_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LAST_AT_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    DOWNLOAD_FIELD_NUMBER: _ClassVar[int]
+    DOWNLOADED_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    build: int
+    board: str
+    slot: str
+    state: str
+    last_result: str
+    last_reason: str
+    last_version: str
+    last_at: int
+    group: str
+    download: str
+    downloaded: int
+    def __init__(self, version: _Optional[str] = ..., build: _Optional[int] = ..., board: _Optional[str] = ..., slot: _Optional[str] = ..., state: _Optional[str] = ..., last_result: _Optional[str] = ..., last_reason: _Optional[str] = ..., last_version: _Optional[str] = ..., last_at: _Optional[int] = ..., group: _Optional[str] = ..., download: _Optional[str] = ..., downloaded: _Optional[int] = ...) -> None: ...
+
+class UpdateCheckRequest(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: UpdateStatus
+    def __init__(self, status: _Optional[_Union[UpdateStatus, _Mapping]] = ...) -> None: ...
+
+class UpdateOffer(_message.Message):
+    __slots__ = ("version", "build", "bundle", "size", "max_chunk")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    BUILD_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    build: int
+    bundle: str
+    size: int
+    max_chunk: int
+    def __init__(self, version: _Optional[str] = ..., build: _Optional[int] = ..., bundle: _Optional[str] = ..., size: _Optional[int] = ..., max_chunk: _Optional[int] = ...) -> None: ...
+
+class UpdateFetchRequest(_message.Message):
+    __slots__ = ("bundle", "offset", "length")
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    bundle: str
+    offset: int
+    length: int
+    def __init__(self, bundle: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
+
+class UpdateChunk(_message.Message):
+    __slots__ = ("offset", "data", "eof")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    EOF_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    data: bytes
+    eof: bool
+    def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., eof: _Optional[bool] = ...) -> None: ...

@@ -140,3 +140,120 @@ class EventBus:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class UpdatesStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Check = channel.unary_unary(
+                '/infraspectre.Updates/Check',
+                request_serializer=eventbus__pb2.UpdateCheckRequest.SerializeToString,
+                response_deserializer=eventbus__pb2.UpdateOffer.FromString,
+                _registered_method=True)
+        self.Fetch = channel.unary_unary(
+                '/infraspectre.Updates/Fetch',
+                request_serializer=eventbus__pb2.UpdateFetchRequest.SerializeToString,
+                response_deserializer=eventbus__pb2.UpdateChunk.FromString,
+                _registered_method=True)
+
+
+class UpdatesServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Check(self, request, context):
+        """Report the box's update state and ask what it should run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Fetch(self, request, context):
+        """A chunk of a bundle (RESOURCE_EXHAUSTED with retry-after-ms above the per-peer rate).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_UpdatesServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Check': grpc.unary_unary_rpc_method_handler(
+                    servicer.Check,
+                    request_deserializer=eventbus__pb2.UpdateCheckRequest.FromString,
+                    response_serializer=eventbus__pb2.UpdateOffer.SerializeToString,
+            ),
+            'Fetch': grpc.unary_unary_rpc_method_handler(
+                    servicer.Fetch,
+                    request_deserializer=eventbus__pb2.UpdateFetchRequest.FromString,
+                    response_serializer=eventbus__pb2.UpdateChunk.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'infraspectre.Updates', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('infraspectre.Updates', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Updates:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Check(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/infraspectre.Updates/Check',
+            eventbus__pb2.UpdateCheckRequest.SerializeToString,
+            eventbus__pb2.UpdateOffer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Fetch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/infraspectre.Updates/Fetch',
+            eventbus__pb2.UpdateFetchRequest.SerializeToString,
+            eventbus__pb2.UpdateChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

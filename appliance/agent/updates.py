@@ -1,0 +1,341 @@
+"""The agent's update poller: ask the bus, download the bundle, hand it to the updater, report.
+
+Over the box's own outbound mTLS connection to the bus (the agent's identity, the bus
+addresses of `agent.bus`, tried in order): nothing listens on the box.
+
+    every agent.update.interval_s (the first time a few seconds after start):
+      Check(status)          status = the updater's persisted record (/data/update/state.json)
+                             + the running release and slot: reported at every check, so the
+                             result of an update reaches the bus after the reboot it caused
+      offer empty            nothing to do (any stale download is deleted)
+      offer already tried    skip: refused before (a marker per bundle) or rolled back (the
+                             record's last result names that version and build)
+      download               Fetch by offset into <data>/update-download/<sha256>.part, at most
+                             rate_bytes_s; each chunk appended and fsynced, so after a power cut
+                             the download resumes at the file's length; RESOURCE_EXHAUSTED from
+                             the bus waits its retry-after-ms
+      hand over              Updater.apply(file): it verifies everything again, writes the
+                             inactive slot, switches the trial boot and reboots; a refusal (bad
+                             signature, hash, truncation, downgrade, another board) is one line
+                             recorded by the updater, a marker stops retrying that bundle, and
+                             an immediate Check carries the reason to the bus
+
+The poller never decides what is safe to install: the updater (appliance/update/device.py)
+does, on the bytes it is handed. Errors talking to the bus are logged and retried at the next
+interval; they never stop the agent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from appliance.agent.config import AgentUpdate
+from appliance.agent.transport import Identity
+from appliance.errors import CommandError
+from appliance.update import device, slots
+from appliance.wire import pb
+from appliance.wire.channel import mtls_channel
+
+log = logging.getLogger(__name__)
+
+CHECK_METHOD = "/infraspectre.Updates/Check"
+FETCH_METHOD = "/infraspectre.Updates/Fetch"
+#: the first check after start: soon, so that a result recorded before a reboot is reported
+FIRST_CHECK_S = 2.0
+CALL_TIMEOUT_S = 30.0
+_SHA = re.compile(r"^[0-9a-f]{64}$")
+
+
+def device_paths(root: Path) -> device.Paths:
+    """The updater's paths with `root` standing for `/`."""
+    if root == Path("/"):
+        return device.Paths()
+    defaults = device.Paths()
+    return device.Paths(
+        **{
+            f.name: root / str(getattr(defaults, f.name)).lstrip("/")
+            for f in dataclasses.fields(device.Paths)
+        }
+    )
+
+
+class FolderSystem:
+    """The updater's System on a test rig, where device_root is a folder: slots are files, the
+    boot partition a folder (nothing to remount), and a reboot is recorded in
+    <root>/run/appliance/reboot-requested ("tryboot" or "plain") instead of done."""
+
+    def __init__(self, paths: device.Paths) -> None:
+        self.paths = paths
+
+    def remount_boot(self, writable: bool) -> None:
+        pass
+
+    def reboot(self, tryboot: bool) -> None:
+        target = self.paths.reboot_arg.with_name("reboot-requested")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("tryboot\n" if tryboot else "plain\n")
+
+    def health(self) -> list[str]:
+        return device.probe_health(self.paths, "http://127.0.0.1:9100")
+
+
+class UpdateClient:
+    """The Updates calls over mTLS to the bus addresses, in order."""
+
+    def __init__(self, addresses: Sequence[str], identity: Identity) -> None:
+        self.addresses = list(addresses)
+        self.identity = identity
+        self._channel: grpc.Channel | None = None
+        self._at = 0
+
+    def _call(self, method: str, request: bytes) -> bytes:
+        last: grpc.RpcError | None = None
+        for _ in range(len(self.addresses)):
+            if self._channel is None:
+                self._channel = mtls_channel(
+                    self.addresses[self._at],
+                    ca=self.identity.ca,
+                    cert=self.identity.cert,
+                    key=self.identity.key,
+                    server_name=self.identity.server_name,
+                )
+            try:
+                answer: bytes = self._channel.unary_unary(method, None, None)(
+                    request, timeout=CALL_TIMEOUT_S
+                )
+                return answer
+            except grpc.RpcError as err:
+                if err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNIMPLEMENTED):
+                    raise
+                last = err
+                self.close()
+                self._at = (self._at + 1) % len(self.addresses)
+        assert last is not None
+        raise last
+
+    def check(self, status: Any) -> Any:
+        raw = self._call(CHECK_METHOD, pb.UpdateCheckRequest(status=status).SerializeToString())
+        return pb.UpdateOffer.FromString(raw)
+
+    def fetch(self, sha: str, offset: int, length: int) -> Any:
+        req = pb.UpdateFetchRequest(bundle=sha, offset=offset, length=length)
+        return pb.UpdateChunk.FromString(self._call(FETCH_METHOD, req.SerializeToString()))
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+
+def retry_after_s(err: grpc.RpcError) -> float:
+    """The bus's retry-after-ms of a RESOURCE_EXHAUSTED answer, in seconds (1 s if none)."""
+    metadata: Any = err.trailing_metadata() or ()
+    for key, value in metadata:
+        if key == "retry-after-ms" and str(value).isdigit():
+            return int(str(value)) / 1000
+    return 1.0
+
+
+class UpdatePoller:
+    """The poller thread (see the module docstring). start() and stop() from the agent's main
+    thread; everything else runs on the poller's own thread."""
+
+    def __init__(
+        self,
+        cfg: AgentUpdate,
+        client: UpdateClient,
+        data_dir: Path,
+        *,
+        updater: device.Updater | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cfg = cfg
+        self.client = client
+        self.dir = data_dir / "update-download"
+        paths = device_paths(cfg.device_root)
+        system = device.Board(paths) if cfg.device_root == Path("/") else FolderSystem(paths)
+        self.paths = paths
+        self.updater = updater or device.Updater(
+            paths, system, log=lambda line: log.info("update: %s", line)
+        )
+        self._clock = clock
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="agent-updates", daemon=True)
+        #: the download in progress: (sha256, bytes on the box)
+        self._download: tuple[str, int] = ("", 0)
+
+    @property
+    def enabled(self) -> bool:
+        """Polling is on, and this system is one the updater can update (it has a release)."""
+        return self.cfg.interval_s > 0 and self.paths.release.exists()
+
+    def start(self) -> None:
+        if not self.enabled:
+            log.info(
+                "update checks off (%s)",
+                "agent.update.interval_s is 0"
+                if self.cfg.interval_s <= 0
+                else f"no {self.paths.release}: not an updatable system",
+            )
+            return
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop asking; an update being written continues until the process ends (the updater
+        resumes a cut write at its next apply)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(2.0)
+        self.client.close()
+
+    def _run(self) -> None:
+        wait = FIRST_CHECK_S
+        while not self._stop.wait(wait):
+            try:
+                self.check_once()
+            except grpc.RpcError as err:
+                log.warning("update check failed: %s", err.details() or err.code().name)
+            except CommandError as exc:
+                log.warning("update check failed: %s", exc)
+            except Exception:
+                log.exception("update check failed")
+            wait = self.cfg.interval_s
+
+    # -- one round -------------------------------------------------------------------------
+
+    def status(self) -> Any:
+        """What the box reports: the running release and slot, and the updater's record."""
+        rec = self.updater.store.load()
+        try:
+            rel = device.release(self.paths)
+        except CommandError:
+            rel = {}
+        try:
+            slot = slots.running_slot(self.paths.cmdline.read_text()) or ""
+        except OSError:
+            slot = ""
+        last = rec.last_result or {}
+        return pb.UpdateStatus(
+            version=str(rel.get("version", "")),
+            build=int(str(rel.get("build", 0)) or 0),
+            board=str(rel.get("board", "")),
+            slot=slot,
+            state=rec.state.value,
+            last_result=str(last.get("result", "")),
+            last_reason=str(last.get("reason", "")),
+            last_version=str(last.get("version", "")),
+            last_at=int(last.get("at", 0) or 0),
+            group=self.cfg.group,
+            download=self._download[0],
+            downloaded=self._download[1],
+        )
+
+    def check_once(self) -> str:
+        """One round; returns what happened: idle, skipped, refused, applied, stopped."""
+        offer = self.client.check(self.status())
+        if not offer.version:
+            self._clean(keep="")
+            return "idle"
+        sha = offer.bundle
+        if not _SHA.match(sha):
+            raise CommandError(f"the bus offered a malformed bundle name {sha[:80]!r}")
+        if self._tried(offer) or self.updater.store.load().state.value == "trying":
+            return "skipped"
+        self._clean(keep=sha)
+        log.info("update %s (build %d) offered: downloading", offer.version, offer.build)
+        path = self.download(offer)
+        if path is None:
+            return "stopped"
+        try:
+            self.updater.apply(path, health_timeout=self.cfg.health_timeout_s, reboot=True)
+        except CommandError as exc:
+            self._download = ("", 0)
+            reason = str(exc).splitlines()[0] if str(exc) else "refused"
+            log.error("update %s refused: %s", offer.version, reason)
+            self._mark(sha, reason)
+            self.client.check(self.status())  # the reason reaches the bus now
+            return "refused"
+        self._download = ("", 0)
+        path.unlink(missing_ok=True)
+        self.client.check(self.status())  # "trying": the reboot follows
+        return "applied"
+
+    def _tried(self, offer: Any) -> bool:
+        if (self.dir / f"{offer.bundle}.refused").exists():
+            return True
+        last = self.updater.store.load().last_result or {}
+        return bool(
+            last.get("result") == "rolled_back"
+            and last.get("version") == offer.version
+            and int(last.get("build", 0) or 0) == offer.build
+        )
+
+    def _mark(self, sha: str, reason: str) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / f"{sha}.refused").write_text(reason + "\n")
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / f"{sha}.part").unlink()
+
+    def _clean(self, keep: str) -> None:
+        """Delete downloads of bundles no longer offered (markers stay: they are tiny)."""
+        if not self.dir.is_dir():
+            return
+        for part in self.dir.glob("*.part"):
+            if part.stem != keep:
+                part.unlink(missing_ok=True)
+
+    def download(self, offer: Any) -> Path | None:
+        """The offered bundle in <data>/update-download/<sha>.part, resumed at the file's
+        length; None if the poller was stopped. The file ends where the bus says the bundle
+        ends (a short bundle stays short: the updater refuses it as truncated)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / f"{offer.bundle}.part"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            offset = os.fstat(fd).st_size
+            if offset > offer.size:  # longer than the bundle: not ours to trust, start over
+                os.ftruncate(fd, 0)
+                offset = 0
+            if offset:
+                log.info("resuming the download of %s at byte %d", offer.bundle[:12], offset)
+            chunk = min(self.cfg.chunk_bytes, offer.max_chunk or self.cfg.chunk_bytes)
+            started, sent = self._clock(), 0
+            while offset < offer.size:
+                if self._stop.is_set():
+                    return None
+                try:
+                    piece = self.client.fetch(offer.bundle, offset, chunk)
+                except grpc.RpcError as err:
+                    if err.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        raise
+                    self._stop.wait(retry_after_s(err))
+                    continue
+                if piece.offset != offset:
+                    raise CommandError(f"the bus answered offset {piece.offset} for {offset}")
+                if piece.data:
+                    os.write(fd, piece.data)
+                    os.fsync(fd)  # the resume point is the file's length: make it true
+                    offset += len(piece.data)
+                    sent += len(piece.data)
+                    self._download = (offer.bundle, offset)
+                if piece.eof or not piece.data:
+                    break
+                if self.cfg.rate_bytes_s:
+                    ahead = started + sent / self.cfg.rate_bytes_s - self._clock()
+                    if ahead > 0:
+                        self._stop.wait(ahead)
+        finally:
+            os.close(fd)
+        log.info("downloaded %s: %d bytes", offer.bundle[:12], offset)
+        return path
