@@ -54,6 +54,8 @@ FETCH_METHOD = "/infraspectre.Updates/Fetch"
 #: the first check after start: soon, so that a result recorded before a reboot is reported
 FIRST_CHECK_S = 2.0
 CALL_TIMEOUT_S = 30.0
+#: how often the poller looks at the updater's record for a change to report
+WATCH_S = 5.0
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -174,6 +176,8 @@ class UpdatePoller:
         self._thread = threading.Thread(target=self._run, name="agent-updates", daemon=True)
         #: the download in progress: (sha256, bytes on the box)
         self._download: tuple[str, int] = ("", 0)
+        #: the updater's (state, last result time) as last reported to the bus
+        self._reported: tuple[str, str] = ("", "")
 
     @property
     def enabled(self) -> bool:
@@ -200,8 +204,12 @@ class UpdatePoller:
         self.client.close()
 
     def _run(self) -> None:
-        wait = FIRST_CHECK_S
-        while not self._stop.wait(wait):
+        due = self._clock() + FIRST_CHECK_S
+        while not self._stop.wait(min(WATCH_S, max(0.0, due - self._clock()))):
+            # a change of the updater's record (a commit or rollback by `update boot` after
+            # the reboot) is reported at once, not at the next interval
+            if self._clock() < due and self._record_key() == self._reported:
+                continue
             try:
                 self.check_once()
             except grpc.RpcError as err:
@@ -210,13 +218,21 @@ class UpdatePoller:
                 log.warning("update check failed: %s", exc)
             except Exception:
                 log.exception("update check failed")
-            wait = self.cfg.interval_s
+            due = self._clock() + self.cfg.interval_s
+
+    def _record_key(self) -> tuple[str, str]:
+        try:
+            rec = self.updater.store.load()
+        except CommandError:
+            return ("", "")
+        return rec.state.value, str((rec.last_result or {}).get("at", ""))
 
     # -- one round -------------------------------------------------------------------------
 
     def status(self) -> Any:
         """What the box reports: the running release and slot, and the updater's record."""
         rec = self.updater.store.load()
+        self._reported = (rec.state.value, str((rec.last_result or {}).get("at", "")))
         try:
             rel = device.release(self.paths)
         except CommandError:

@@ -13,6 +13,7 @@ from appliance.agent.metrics import CAPTURE_METRICS, AgentSnapshot, agent_regist
 from appliance.bus.fleet import AgentCollector as FleetCollector
 from appliance.bus.metrics import BusMetrics
 from appliance.bus.store import AgentSummary
+from appliance.bus.updates import Report, UpdateCollector, UpdateMetrics
 from appliance.wal import Wal
 from appliance.wal.metrics import register_metrics
 from appliance.wire import AgentHealth, CaptureHealth
@@ -107,6 +108,9 @@ def _bus_registry() -> CollectorRegistry:
     agent = AgentSummary("a", "k", 1, 1, 1, 1, health.SerializeToString(), 1)
     registry = BusMetrics().registry
     registry.register(FleetCollector(lambda: [agent], lambda: {"a"}, lambda: {"a": 1}))
+    UpdateMetrics(registry)
+    report = Report("a", "0.2.0", 1, "rpi", "b", "committed", "committed", "ok", "0.2.0", 1)
+    registry.register(UpdateCollector(lambda: [report], lambda: ["a"]))
     return registry
 
 
