@@ -9,8 +9,10 @@ One run, both sides measured on this machine:
   in the guest, and what the guest's SD card was asked to write, from the kernel's own
   counters (/sys/class/block/mmcblk0/stat, 512-byte sectors, per partition too): the wear, from the
   device's side of the block layer, as FIELD-NOTES advises (not /proc/self/io).
-- the network: the bundle's size (what a box downloads; phase 2 streams exactly these bytes
-  from the bus) against the card image compressed with zstd (what a reflash downloads).
+- the network: the bundle's size (what a box downloads from a file today; delivery through
+  the bus streams the same bytes) against the card image compressed with zstd (what a reflash
+  downloads); and the bundle compressed the same way, what a compressed transfer would move
+  (the bundle's kernel Image is stored uncompressed).
 - the reflash: `image flash IMAGE FILE --force` on the host (write, fsync, read back), its
   time and the bytes it made the target hold (allocated blocks: a reflash writes every byte
   of the card image, zeros included).
@@ -101,6 +103,7 @@ def written_bytes(before: dict[str, int], after: dict[str, int]) -> dict[str, in
 def report(
     *,
     bundle_bytes: int,
+    bundle_zstd_bytes: int,
     image_bytes: int,
     image_zstd_bytes: int,
     zstd_level: int,
@@ -115,6 +118,7 @@ def report(
         "update": {
             "apply_s": round(apply_s, 1),
             "network_bytes": bundle_bytes,
+            "network_bytes_if_zstd": bundle_zstd_bytes,
             "card_written_bytes": update_written["card"],
             "card_written_by_partition": {k: v for k, v in update_written.items() if k != "card"},
             "write_amplification": round(update_written["card"] / bundle_bytes, 3),
@@ -218,6 +222,7 @@ def _run(args: argparse.Namespace) -> int:
         reflash_s, reflash_written = _reflash(args.image, work)
     doc = report(
         bundle_bytes=args.bundle.stat().st_size,
+        bundle_zstd_bytes=_zstd_size(args.bundle, args.zstd_level),
         image_bytes=args.image.stat().st_size,
         image_zstd_bytes=_zstd_size(args.image, args.zstd_level),
         zstd_level=args.zstd_level,

@@ -48,7 +48,8 @@ def test_a_partition_without_counters_is_an_error() -> None:
 
 def test_the_report_sets_the_update_beside_the_reflash() -> None:
     doc = bench.report(
-        bundle_bytes=93_000_000, image_bytes=1 << 30, image_zstd_bytes=71_000_000,
+        bundle_bytes=93_000_000, bundle_zstd_bytes=80_000_000, image_bytes=1 << 30,
+        image_zstd_bytes=71_000_000,
         zstd_level=19, apply_s=151.04, reflash_s=20.0, reflash_written=1 << 30,
         update_written={"card": 190_000_000, "boot": 36_000_000, "slot_a": 0,
                         "slot_b": 152_000_000, "data": 2_000_000},
