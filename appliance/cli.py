@@ -52,6 +52,7 @@ BENCH_MODULES: tuple[str, ...] = (
     "appliance.pipeline_bench",
     "appliance.image.bench",
     "appliance.qemu.bench",
+    "appliance.update.bench",
 )
 
 

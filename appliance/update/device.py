@@ -376,8 +376,8 @@ class Updater:
         slot_state = dict(rec.slots)
         if rec.target in slot_state and slot_state[rec.target].get("status") == "writing":
             slot_state[rec.target] = {**slot_state[rec.target], "status": "bad"}
+        # not logged: the caller raises it, and `update apply` prints it as its one error line
         self.store.save(advance(rec, Event.REFUSED, slots=slot_state, **with_result(rec, entry)))
-        self.log(line)
 
     def _boot_path(self, target: str, name: str) -> Path:
         return self.paths.boot_dir / slots.prefix(target) / name

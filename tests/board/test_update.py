@@ -1,30 +1,47 @@
-"""A/B updates on QEMU's Raspberry Pi 3 B (issue 13, phase 1: from a file on the box).
+"""A/B updates on QEMU's Raspberry Pi 3 B (issue 13: from a file on the box).
 
 Every scenario boots a fresh copy of the session's image with a prepared /data (identity,
-clock, bundles; updatekit) and drives `infraspectre update apply` on the console. The harness
+clock, bundles; updatekit), configured to deliver to a real bus on the host (mTLS gRPC through
+the uplink's guestfwd), and drives `infraspectre update apply` on the console. The harness
 plays the firmware: after the kernel's "Restarting system with command '0 tryboot'" it boots
 what tryboot.txt names, otherwise what config.txt names; a power cut is a killed QEMU.
 
-CI runs an update, a rollback, and one box cut during the slot write, right after the
-switch and during the first boot of the new slot. `make soak` cuts a fresh box at each of
-the updater's twelve checkpoints (UPDATE_SOAK=1).
+CI runs two boxes. The first is refused four bad bundles (nothing switches), then takes the
+update A -> B through three power cuts, one drawn from each phase with a printed seed
+(UPDATE_CUT_SEED=N repeats a draw): during the slot write (the same bundle then resumes),
+between the switch and the commit (back on A, rolled back), during the commit (on B,
+committed); after each cut it delivers again, and at the end it runs B with its identity and
+settings, the bus holding every record it acknowledged, no sequence number used twice. The
+second box tries a bundle without /sbin/init and rolls back by itself. `make soak` cuts a fresh
+box at each of the updater's twelve checkpoints (UPDATE_SOAK=1).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+import random
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from appliance import __version__
+from appliance.bus.config import BusSettings, EventBusConfig, TlsConfig
+from appliance.bus.query import Query, open_reader, query
+from appliance.bus.server import BusServer
+from appliance.config import StorageConfig
+from appliance.crypto.keys import write_signing_key
 from appliance.image import updatebundle
 from appliance.qemu.fixtures import MirrorPort
-from appliance.qemu.machine import Machine
+from appliance.qemu.machine import GUESTFWD_ADDR, Machine
+from appliance.update import bundle as bundle_format
 
 from .conftest import EPOCH, UPDATE_KEY
 from .updatekit import (
+    AGENT_ID,
     boot_config,
     derive_image,
     make_pki,
@@ -38,20 +55,46 @@ from .updatekit import (
     wait_update_settled,
 )
 
-pytestmark = pytest.mark.timeout(2400)
+pytestmark = pytest.mark.timeout(3600)
 
 B_BUILD = EPOCH + 1000
 BOOT_TIMEOUT = 300.0
+#: the refusals the first box is shown: bundle -> the reason its one error line gives
+REFUSALS = {
+    "bad-signature.bundle": "bundle refused: bad signature",
+    "wrong-hash.bundle": "bundle refused: hash mismatch in root, chunk 1",
+    "truncated.bundle": "bundle refused: truncated",
+    "downgrade.bundle": "is older than the running",
+}
+
+
+def _small_bundle(d: Path, name: str, build: int) -> Path:
+    """A genuine signed bundle with a 6 MiB root (two chunks): what the refusals need."""
+    root, cmdline = d / f"{name}.root", d / f"{name}.cmdline"
+    root.write_bytes(random.Random(build).randbytes(6 << 20))
+    cmdline.write_text("console=ttyS1,115200 root=@ROOT@ appliance.slot=@SLOT@\n")
+    out = d / name
+    bundle_format.write(out, version=__version__, build=build, board="rpi", root=root,
+                        boot={bundle_format.CMDLINE: cmdline}, key=UPDATE_KEY)  # fmt: skip
+    root.unlink()
+    cmdline.unlink()
+    return out
+
+
+def _damage(path: Path, at: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
 
 
 @pytest.fixture(scope="module")
 def bundles(rpi_image: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """b.bundle: the session's system with a later build; broken-init.bundle: the same
-    without /sbin/init (the trial kernel panics: switch_root has nothing to run)."""
+    without /sbin/init (the trial kernel panics: switch_root has nothing to run); and the
+    four refused ones, small: a flipped signature byte, a flipped byte in the root's second
+    chunk, one cut short, and an older build of the running version."""
     d = tmp_path_factory.mktemp("bundles")
     key = d / "update.key"
-    from appliance.crypto.keys import write_signing_key
-
     write_signing_key(key, UPDATE_KEY)
     made = {}
     for name, build, remove in [
@@ -63,12 +106,36 @@ def bundles(rpi_image: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
         updatebundle.make(image, key, d / name)
         image.unlink()
         made[name] = d / name
+    for name in REFUSALS:
+        build = EPOCH - 1 if name == "downgrade.bundle" else B_BUILD + 2
+        made[name] = path = _small_bundle(d, name, build)
+        with path.open("rb") as fh:
+            manifest = bundle_format.read_manifest(fh, [UPDATE_KEY.verify_key])
+        if name == "bad-signature.bundle":
+            _damage(path, manifest.payload_offset - 1)
+        elif name == "wrong-hash.bundle":
+            _damage(path, manifest.offset(0, 1) + 100)
+        elif name == "truncated.bundle":
+            path.write_bytes(path.read_bytes()[: manifest.offset(0, 1)])
     return made
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def host_bus(pki: Path, tmp_path: Path) -> Iterator[BusServer]:
+    """The bus a box delivers to (and whose acknowledgement its trial's health waits for):
+    one per box, since every box starts the same agent's chain at 1."""
+    cfg = EventBusConfig(host="127.0.0.1", port=0, metrics_port=-1, health_port=-1)
+    cfg.tls = TlsConfig(cert_dir=pki)
+    cfg.validate()
+    data = tmp_path / "bus-data"
+    data.mkdir()
+    with BusServer(BusSettings(eventbus=cfg, storage=StorageConfig(data_dir=data))) as bus:
+        yield bus
 
 
 @pytest.fixture
@@ -81,68 +148,70 @@ def mirror() -> MirrorPort:
 @pytest.fixture
 def box(  # type: ignore[no-untyped-def]
     boot_board, rpi_image: Path, bundles: dict[str, Path], pki: Path, mirror: MirrorPort,
-    tmp_path: Path,
+    host_bus: BusServer, tmp_path: Path,
 ) -> Callable[..., Machine]:  # fmt: skip
-    """Boot a prepared card (bundles on /data, optional pause checkpoint) on raspi3b."""
+    """Boot a prepared card (bundles on /data, optional pause checkpoint) on raspi3b,
+    delivering to host_bus."""
 
     def boot(*names: str, pause: str = "") -> Machine:
         card = prepare_card(rpi_image, tmp_path / "prepared.img",
                             bundles={n: bundles[n] for n in names}, pki=pki,
-                            work=tmp_path / "prep", pause=pause)  # fmt: skip
-        pi: Machine = boot_board(card, "raspi3b", mirror=mirror.mirror)
+                            work=tmp_path / "prep", pause=pause,
+                            bus=f"{GUESTFWD_ADDR}:50051")  # fmt: skip
+        pi: Machine = boot_board(card, "raspi3b", mirror=mirror.mirror,
+                                 uplink_port=host_bus.port)  # fmt: skip
         assert running(pi) == ("a", EPOCH)
         return pi
 
     return boot
 
 
-def _wal_pending(pi: Machine) -> int:
-    """Records pending in the WAL, read with the agent stopped (it stays stopped)."""
-    pi.run("pid=$(cat /run/appliance/agent.supervise); kill -TERM $pid; i=0; "
-           "while kill -0 $pid 2>/dev/null && [ $i -lt 60 ]; do sleep 1; i=$((i+1)); done",
-           timeout=120)  # fmt: skip
-    report = pi.run("infraspectre wal inspect /data/wal --json 2>/dev/null", timeout=180)
-    assert report.status == 0, report.output
-    doc = json.loads(report.output.splitlines()[-1])
-    assert doc["recovery"]["corrupt_records"] == 0
-    return int(doc["stats"]["backlog_records"])
+def _stored(bus: BusServer, timeout: float = 0, more_than: int = 0) -> list[dict[str, object]]:
+    """Every record of AGENT_ID the bus stored, once there are more than more_than (or at
+    timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        conn = open_reader(bus.store.path)
+        try:
+            rows = [dict(r) for r in query(conn, Query(agent=AGENT_ID, kind=None, limit=None))]
+        finally:
+            conn.close()
+        if len(rows) > more_than or time.monotonic() > deadline:
+            return rows
+        time.sleep(2)
 
 
-def test_update_from_a_file_runs_b_with_identity_settings_and_wal_intact(box) -> None:  # type: ignore[no-untyped-def]
-    pi = box("b.bundle")
-    wait_agent_ready(pi)
-    keys = pi.run("sha256sum /data/keys/*").output
-    settings = pi.run("cat /run/appliance/settings").output
-    pending = _wal_pending(pi)
-    assert pending > 0  # the agent sealed records (no bus: they wait in the WAL)
-    mark = start_apply(pi, "b.bundle")
-    wait_trial_reboot(pi, mark)
-    pi.boot(BOOT_TIMEOUT)
-    assert pi.boot_choices[-1] == ("tryboot.txt", "slot-b/")
-    record = wait_update_settled(pi)
-    assert record["state"] == "committed", record
-    assert record["slots"]["b"]["status"] == "good"  # type: ignore[index]
-    assert running(pi) == ("b", B_BUILD)
-    assert pi.run("sha256sum /data/keys/*").output == keys
-    assert pi.run("cat /run/appliance/settings").output == settings
-    assert _wal_pending(pi) >= pending
+def _delivers_again(
+    bus: BusServer, before: list[dict[str, object]], what: str
+) -> list[dict[str, object]]:
+    """Until the box delivered records beyond before (the agent is running again); every
+    record acknowledged before is still stored, no sequence number twice."""
+    rows = _stored(bus, timeout=420, more_than=len(before))
+    assert len(rows) > len(before), f"{what}: the box delivered nothing more"
+    keys = {(r["seq"], r["idem_key"]) for r in rows}
+    assert {(r["seq"], r["idem_key"]) for r in before} <= keys, what
+    seqs = [int(str(r["seq"])) for r in rows]
+    assert len(set(seqs)) == len(seqs), f"{what}: a sequence number was used twice"
+    return rows
+
+
+def test_bad_bundles_are_refused_with_one_line_and_nothing_switches(box) -> None:  # type: ignore[no-untyped-def]
+    pi = box(*REFUSALS)
+    for name, reason in REFUSALS.items():
+        result = pi.run(f"infraspectre update apply /data/bundles/{name} --no-reboot 2>&1; "
+                        "echo rc=$?", timeout=600)  # fmt: skip
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert lines[-1] == "rc=1", (name, result.output)
+        assert len(lines) == 2 and lines[0].startswith("infraspectre: "), (name, result.output)
+        assert reason in lines[0], (name, lines[0])
+        status = json.loads(pi.run("infraspectre update status", timeout=300).output)
+        assert status["state"] == "idle", (name, status)
+        assert status["last_result"]["result"] == "refused", (name, status)
+        assert reason in status["last_result"]["reason"], (name, status)
+    assert pi.run("ls /boot/firmware/tryboot.txt 2>/dev/null; true").output == ""
     pi.power_cut()
-    assert "os_prefix=slot-b/" in boot_config(pi.image)  # committed: the next boot is b
-
-
-def test_a_bundle_whose_system_never_starts_rolls_back_to_a(box) -> None:  # type: ignore[no-untyped-def]
-    pi = box("broken-init.bundle")
-    mark = start_apply(pi, "broken-init.bundle")
-    wait_trial_reboot(pi, mark)
-    pi.power_on()
-    pi.wait_off(BOOT_TIMEOUT)  # the trial kernel panics; the board resets (flag gone)
-    assert "Kernel panic" in pi.console_log.read_text(errors="replace")
+    assert "os_prefix=slot-a/" in boot_config(pi.image)
     pi.boot(BOOT_TIMEOUT)
-    assert pi.boot_choices[-2:] == [("tryboot.txt", "slot-b/"), ("config.txt", "slot-a/")]
-    record = wait_update_settled(pi)
-    assert record["state"] == "rolled_back", record
-    assert record["slots"]["b"]["status"] == "bad"  # type: ignore[index]
-    assert "never reached its system" in record["last_result"]["reason"]  # type: ignore[index]
     assert running(pi) == ("a", EPOCH)
 
 
@@ -163,6 +232,12 @@ CUT_POINTS = {
 }
 #: points the trial boot reaches (the others are reached by `update apply` on slot a)
 TRIAL_POINTS = {"trial-boot", "before-commit", "config-written", "committed"}
+#: the CI draw: one point of each phase
+PHASES = (
+    tuple(p for p, (_, state) in CUT_POINTS.items() if state in ("writing", "written")),
+    tuple(p for p, (_, state) in CUT_POINTS.items() if state == "rolled_back"),
+    tuple(p for p, (_, state) in CUT_POINTS.items() if state == "committed"),
+)
 SOAK = bool(os.environ.get("UPDATE_SOAK"))
 
 
@@ -186,35 +261,93 @@ def _settles(pi: Machine, point: str) -> dict[str, object]:
     return record
 
 
-def test_power_cuts_during_the_write_after_the_switch_and_in_the_first_boot(box) -> None:  # type: ignore[no-untyped-def]
-    # 1. during the slot write: back on a, and the same bundle resumes at its chunk
-    pi = box("b.bundle", pause="chunk-0-5")
-    _cut_at(pi, "chunk-0-5", start_apply(pi, "b.bundle"))
-    record = _settles(pi, "chunk-0-5")
-    assert record["progress"] == [0, 6], record
-    # 2. right after the switch (tryboot.txt written, state trying, before the reboot)
-    pi.run("echo switched > /data/update/pause")
+@pytest.fixture
+def cut_draw(request: pytest.FixtureRequest) -> tuple[str, str, str]:
+    """One checkpoint of each phase, from UPDATE_CUT_SEED or a fresh seed, printed."""
+    seed = int(os.environ.get("UPDATE_CUT_SEED") or random.SystemRandom().randrange(10**6))
+    rng = random.Random(seed)
+    draw = tuple(rng.choice(phase) for phase in PHASES)
+    capman = request.config.pluginmanager.getplugin("capturemanager")
+    with capman.global_and_fixture_disabled():
+        print(f"\npower cuts: UPDATE_CUT_SEED={seed} draws {', '.join(draw)}", flush=True)
+    return draw  # type: ignore[return-value]
+
+
+def test_update_a_to_b_through_power_cuts_in_the_write_the_trial_and_the_commit(  # type: ignore[no-untyped-def]
+    box, host_bus: BusServer, cut_draw: tuple[str, str, str]
+) -> None:
+    written, rolled, committed = cut_draw
+    pi = box("b.bundle", pause=written)
+    wait_agent_ready(pi)
+    delivered = _delivers_again(host_bus, [], "before the update")
+    keys = pi.run("sha256sum /data/keys/*").output
+    settings = pi.run("cat /run/appliance/settings").output
+    # 1. during the slot write (or just after it): back on a; the same bundle resumes
+    _cut_at(pi, written, start_apply(pi, "b.bundle"))
+    record = _settles(pi, written)
+    assert record["slots"]["b"]["status"] in ("writing", "written"), record  # type: ignore[index]
+    delivered = _delivers_again(host_bus, delivered, f"after the cut at {written}")
+    # 2. between the switch and the commit: back on a, rolled back, b marked bad
+    pi.run(f"echo {rolled} > /data/update/pause")
     mark = start_apply(pi, "b.bundle")
     pi.console.wait_for("resuming the write", 600, since=mark)
-    _cut_at(pi, "switched", mark)
-    record = _settles(pi, "switched")
-    assert "never reached its system" in record["last_result"]["reason"]  # type: ignore[index]
-    # 3. during the first boot of the new slot (the trial): the reset brings back config.txt
-    pi.run("echo trial-boot > /data/update/pause")
-    _cut_at(pi, "trial-boot", start_apply(pi, "b.bundle"))
+    _cut_at(pi, rolled, mark)
+    if rolled in TRIAL_POINTS:
+        assert pi.boot_choices[-2:] == [("tryboot.txt", "slot-b/"), ("config.txt", "slot-a/")]
+    record = _settles(pi, rolled)
+    assert record["slots"]["b"]["status"] == "bad", record  # type: ignore[index]
+    reason = record["last_result"]["reason"]  # type: ignore[index]
+    assert ("never reached its system" if rolled == "switched"
+            else "was reset before it was healthy") in reason, record  # fmt: skip
+    delivered = _delivers_again(host_bus, delivered, f"after the cut at {rolled}")
+    # 3. during the commit: the trial proved healthy (a delivery acknowledged); on b
+    pi.run(f"echo {committed} > /data/update/pause")
+    _cut_at(pi, committed, start_apply(pi, "b.bundle"))
+    assert pi.boot_choices[-2:] == [("tryboot.txt", "slot-b/"), ("config.txt", "slot-b/")]
+    record = _settles(pi, committed)
+    assert record["slots"]["b"]["status"] == "good", record  # type: ignore[index]
+    assert running(pi) == ("b", B_BUILD)
+    assert pi.run("sha256sum /data/keys/*").output == keys
+    assert pi.run("cat /run/appliance/settings").output == settings
+    rows = _delivers_again(host_bus, delivered, "on b")
+    assert max(int(str(r["seq"])) for r in rows) > max(int(str(r["seq"])) for r in delivered)
+    # one chain all along: started once, never re-keyed (cuts may leave restarts and gaps)
+    with sqlite3.connect(f"file:{host_bus.store.path}?mode=ro", uri=True) as conn:
+        kinds = [k for (k,) in conn.execute(
+            "SELECT kind FROM chain_events WHERE agent_id = ?", (AGENT_ID,))]  # fmt: skip
+    assert kinds.count("start") == 1 and "rekey" not in kinds, kinds
+    pi.power_cut()
+    assert "os_prefix=slot-b/" in boot_config(pi.image)  # committed: the next boot is b
+
+
+def test_a_bundle_whose_system_never_starts_rolls_back_to_a(box) -> None:  # type: ignore[no-untyped-def]
+    pi = box("broken-init.bundle")
+    mark = start_apply(pi, "broken-init.bundle")
+    wait_trial_reboot(pi, mark)
+    pi.power_on()
+    pi.wait_off(BOOT_TIMEOUT)  # the trial kernel panics; the board resets (flag gone)
+    assert "Kernel panic" in pi.console_log.read_text(errors="replace")
+    pi.boot(BOOT_TIMEOUT)
     assert pi.boot_choices[-2:] == [("tryboot.txt", "slot-b/"), ("config.txt", "slot-a/")]
-    record = _settles(pi, "trial-boot")
-    assert "was reset before it was healthy" in record["last_result"]["reason"]  # type: ignore[index]
+    record = wait_update_settled(pi)
+    assert record["state"] == "rolled_back", record
     assert record["slots"]["b"]["status"] == "bad"  # type: ignore[index]
+    assert "never reached its system" in record["last_result"]["reason"]  # type: ignore[index]
+    assert running(pi) == ("a", EPOCH)
 
 
 @pytest.mark.skipif(not SOAK, reason="the twelve-point campaign runs in `make soak`")
 @pytest.mark.parametrize("point", tuple(CUT_POINTS))
-def test_a_power_cut_during_an_update_comes_back_on_a_working_slot(box, point: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_power_cut_during_an_update_comes_back_on_a_working_slot(  # type: ignore[no-untyped-def]
+    box, host_bus: BusServer, point: str
+) -> None:
     pi = box("b.bundle", pause=point)
+    wait_agent_ready(pi)
+    delivered = _delivers_again(host_bus, [], f"before the cut at {point}")
     _cut_at(pi, point, start_apply(pi, "b.bundle"))
     _, state = CUT_POINTS[point]
     _settles(pi, point)
+    _delivers_again(host_bus, delivered, f"after the cut at {point}")
     if state in ("writing", "written"):  # the same bundle resumes where the cut left it
         apply = "infraspectre update apply /data/bundles/b.bundle --no-reboot"
         log = pi.run(f"{apply} 2>&1", timeout=1200).output

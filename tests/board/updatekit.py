@@ -23,7 +23,7 @@ from appliance.image import firstboot, sdcard, settings, updatebundle
 from appliance.pki import init_pki, issue_agent
 from appliance.qemu.console import CommandResult
 from appliance.qemu.fixtures import sparse_copy
-from appliance.qemu.machine import Machine
+from appliance.qemu.machine import GUESTFWD_ADDR, Machine
 
 AGENT_ID = "branch-042"
 #: where the prepared cards hold the bundles (on /data)
@@ -71,11 +71,13 @@ def prepare_card(
     pki: Path,
     work: Path,
     pause: str = "",
+    bus: str = "",
 ) -> Path:
-    """A copy of image configured as branch AGENT_ID whose /data holds its identity, the clock
-    (now: inside its certificate's validity), the bundles and the checkpoint to pause at."""
+    """A copy of image configured as branch AGENT_ID (delivering to bus, when given) whose
+    /data holds its identity, the clock (now: inside its certificate's validity), the bundles
+    and the checkpoint to pause at."""
     sparse_copy(image, out)
-    settings.configure(out, {"agent_id": AGENT_ID}, [])
+    settings.configure(out, {"agent_id": AGENT_ID, **({"bus": bus} if bus else {})}, [])
     tree = work / "data-tree"
     if tree.exists():
         shutil.rmtree(tree)
@@ -103,7 +105,9 @@ def prepare_card(
 
 
 def make_pki(directory: Path) -> Path:
-    init_pki(directory, [])
+    """The org PKI with AGENT_ID issued; the bus certificate names the address the guest
+    dials."""
+    init_pki(directory, [GUESTFWD_ADDR])
     issue_agent(directory, AGENT_ID)
     return directory
 
