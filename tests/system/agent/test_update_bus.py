@@ -33,6 +33,7 @@ from appliance.bus.config import UpdateDeliveryConfig
 from appliance.update import bundle
 from appliance.update.device import Updater
 from appliance.update.state import State
+from appliance.wire import pb
 
 #: test keys from fixed seeds (never real ones)
 KEY = SigningKey(bytes(range(40, 72)))
@@ -230,3 +231,33 @@ def test_bus_update_upload_refuses_junk_with_one_line(rig: Rig, junk: str, reaso
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and reason in lines[0], proc.stderr
     assert not list((rig.tmp / "data/updates/bundles").glob("*.bundle"))
+
+
+def test_update_calls_pass_the_gate_like_every_publish(rig: Rig, pki: Path) -> None:
+    """A certificate of our CA whose name left the trust map gets nothing: no check, no chunk."""
+    import grpc
+
+    from appliance.wire.channel import mtls_channel
+
+    b = make_bundle(rig.tmp, KEY, build=4000)
+    sha = rig.ok("update", "upload", str(b)).split()[-1]
+    trust = rig.tmp / "trust_map.yaml"
+    trust.write_text("\n".join(ln for ln in trust.read_text().splitlines() if "branch-2" not in ln))
+    assert rig.bus.reload_trust_map()
+    agent = pki / "agents" / "branch-2"
+    channel = mtls_channel(
+        f"127.0.0.1:{rig.bus.port}", ca=pki / "ca.crt", cert=agent / "client.crt",
+        key=agent / "client.key", server_name="localhost",
+    )  # fmt: skip
+    try:
+        for method, req in [
+            ("/infraspectre.Updates/Check", pb.UpdateCheckRequest()),
+            ("/infraspectre.Updates/Fetch", pb.UpdateFetchRequest(bundle=sha, length=4096)),
+        ]:
+            with pytest.raises(grpc.RpcError) as info:
+                channel.unary_unary(method, None, None)(req.SerializeToString(), timeout=30)
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "not in the trust map" in (info.value.details() or "")
+    finally:
+        channel.close()
+    assert "branch-2" not in rig.ok("update", "status")
