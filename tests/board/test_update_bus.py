@@ -1,0 +1,127 @@
+"""A -> B through the bus on QEMU's Raspberry Pi 3 B (issue 13, delivery through the bus).
+
+A box is booted on the session's image (system A) with its identity on /data, delivering to a
+real bus on the host through the uplink's guestfwd; the bus holds bundle B (the session's
+system with a later build) as the desired version of the box's group. Nothing is typed on the
+console to update: the agent's poller asks the bus, downloads B in chunks at its bounded rate,
+hands it to the updater, which writes slot b and reboots into the trial; the harness plays the
+firmware (tryboot.txt); B proves healthy (READY, its agent, a delivery acknowledged) and is
+committed; its agent reports it, and the bus shows the new build on slot b, committed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from appliance.bus.config import BusSettings, EventBusConfig, TlsConfig, UpdateDeliveryConfig
+from appliance.bus.query import Query, open_reader, query
+from appliance.bus.server import BusServer
+from appliance.config import StorageConfig
+from appliance.crypto.keys import write_signing_key, write_verify_key
+from appliance.image import updatebundle
+from appliance.qemu.fixtures import MirrorPort
+from appliance.qemu.machine import GUESTFWD_ADDR, Machine
+
+from .conftest import EPOCH, UPDATE_KEY
+from .updatekit import (
+    AGENT_ID,
+    boot_config,
+    derive_image,
+    make_pki,
+    prepare_card,
+    running,
+    wait_trial_reboot,
+)
+
+pytestmark = pytest.mark.timeout(3600)
+
+B_BUILD = EPOCH + 2000
+BOOT_TIMEOUT = 300.0
+
+
+@pytest.fixture(scope="module")
+def b_bundle(rpi_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("bus-bundles")
+    key = d / "update.key"
+    write_signing_key(key, UPDATE_KEY)
+    image = derive_image(rpi_image, d / "b.img", build=B_BUILD, work=d / "work")
+    updatebundle.make(image, key, d / "b.bundle")
+    image.unlink()
+    return d / "b.bundle"
+
+
+@pytest.fixture
+def update_bus(tmp_path: Path) -> Iterator[tuple[BusServer, Path]]:
+    pki = make_pki(tmp_path / "pki")
+    pub = tmp_path / "update.pub"
+    write_verify_key(pub, UPDATE_KEY.verify_key)
+    cfg = EventBusConfig(host="127.0.0.1", port=0, metrics_port=-1, health_port=-1)
+    cfg.tls = TlsConfig(cert_dir=pki)
+    cfg.update = UpdateDeliveryConfig(keys=[pub])
+    cfg.validate()
+    data = tmp_path / "bus-data"
+    data.mkdir()
+    with BusServer(BusSettings(eventbus=cfg, storage=StorageConfig(data_dir=data))) as bus:
+        yield bus, pki
+
+
+def _report(bus: BusServer) -> dict[str, object]:
+    rows = [r for r in bus.updates.reports() if r.agent_id == AGENT_ID]
+    return rows[0].as_json() if rows else {}
+
+
+def _wait_report(bus: BusServer, timeout: float, **want: object) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    rep: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        rep = _report(bus)
+        if all(rep.get(k) == v for k, v in want.items()):
+            return rep
+        time.sleep(2)
+    raise AssertionError(f"the bus's report {rep} never had {want}")
+
+
+def test_a_to_b_through_the_bus(  # type: ignore[no-untyped-def]
+    boot_board, rpi_image: Path, b_bundle: Path, update_bus, tmp_path: Path
+) -> None:
+    bus, pki = update_bus
+    info = bus.updates.upload(b_bundle, [UPDATE_KEY.verify_key])
+    bus.updates.set_desired("group", "default", info.sha256)
+    card = prepare_card(rpi_image, tmp_path / "prepared.img", bundles={}, pki=pki,
+                        work=tmp_path / "prep", bus=f"{GUESTFWD_ADDR}:50051")  # fmt: skip
+    mirror = MirrorPort()
+    try:
+        pi: Machine = boot_board(card, "raspi3b", mirror=mirror.mirror, uplink_port=bus.port)
+        assert running(pi) == ("a", EPOCH)
+        mark = pi.console.mark()
+        keys = pi.run("sha256sum /data/keys/*").output
+        # the box reports A, asks at its agent's start, downloads at 1 MiB/s, writes slot b
+        # and reboots with the tryboot flag: nothing typed on the console
+        rep = _wait_report(bus, 600, build=EPOCH)
+        assert (rep["slot"], rep["board"]) == ("a", "rpi")
+        wait_trial_reboot(pi, mark, timeout=1800)
+        pi.boot(BOOT_TIMEOUT)
+        assert pi.boot_choices[-1] == ("tryboot.txt", "slot-b/")
+        rep = _wait_report(bus, 900, state="committed", build=B_BUILD)
+        assert (rep["slot"], rep["last_result"]) == ("b", "committed")
+        assert running(pi) == ("b", B_BUILD)
+        assert pi.run("sha256sum /data/keys/*").output == keys  # identity intact
+        record = json.loads(pi.run("cat /data/update/state.json").output)
+        assert record["state"] == "committed"
+        assert pi.run("ls /data/update-download/ | grep -c part || true").output.strip() == "0"
+        conn = open_reader(bus.store.path)
+        try:
+            rows = list(query(conn, Query(agent=AGENT_ID, kind=None, limit=None)))
+        finally:
+            conn.close()
+        seqs = [int(r["seq"]) for r in rows]
+        assert rows and len(set(seqs)) == len(seqs)  # the chain continued, no seq twice
+        pi.power_cut()
+        assert "os_prefix=slot-b/" in boot_config(pi.image)
+    finally:
+        mirror.close()
