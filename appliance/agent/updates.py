@@ -32,6 +32,7 @@ import dataclasses
 import logging
 import os
 import re
+import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -54,6 +55,8 @@ FETCH_METHOD = "/infraspectre.Updates/Fetch"
 #: the first check after start: soon, so that a result recorded before a reboot is reported
 FIRST_CHECK_S = 2.0
 CALL_TIMEOUT_S = 30.0
+#: room a download always leaves on /data (the WAL's and the update state's)
+DATA_RESERVE = 64 << 20
 #: how often the poller looks at the updater's record for a change to report
 WATCH_S = 5.0
 _SHA = re.compile(r"^[0-9a-f]{64}$")
@@ -317,6 +320,14 @@ class UpdatePoller:
         ends (a short bundle stays short: the updater refuses it as truncated)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / f"{offer.bundle}.part"
+        have = path.stat().st_size if path.exists() else 0
+        free = shutil.disk_usage(self.dir).free
+        if offer.size - have + DATA_RESERVE > free:
+            # the WAL lives here too: a download never takes its last room
+            raise CommandError(
+                f"no room for the {offer.size}-byte bundle in {self.dir} ({free} bytes free, "
+                f"{DATA_RESERVE} kept for the WAL)"
+            )
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             offset = os.fstat(fd).st_size
