@@ -57,6 +57,8 @@ FIRST_CHECK_S = 2.0
 CALL_TIMEOUT_S = 30.0
 #: room a download always leaves on /data (the WAL's and the update state's)
 DATA_RESERVE = 64 << 20
+#: a failed check is tried again after this (or interval_s, when shorter)
+RETRY_S = 60.0
 #: how often the poller looks at the updater's record for a change to report
 WATCH_S = 5.0
 _SHA = re.compile(r"^[0-9a-f]{64}$")
@@ -213,6 +215,8 @@ class UpdatePoller:
             # the reboot) is reported at once, not at the next interval
             if self._clock() < due and self._record_key() == self._reported:
                 continue
+            # a failed check is tried again within a minute: the bus may be back by then
+            due = self._clock() + min(self.cfg.interval_s, RETRY_S)
             try:
                 self.check_once()
             except grpc.RpcError as err:
@@ -221,7 +225,8 @@ class UpdatePoller:
                 log.warning("update check failed: %s", exc)
             except Exception:
                 log.exception("update check failed")
-            due = self._clock() + self.cfg.interval_s
+            else:
+                due = self._clock() + self.cfg.interval_s
 
     def _record_key(self) -> tuple[str, str]:
         try:
@@ -235,7 +240,6 @@ class UpdatePoller:
     def status(self) -> Any:
         """What the box reports: the running release and slot, and the updater's record."""
         rec = self.updater.store.load()
-        self._reported = (rec.state.value, str((rec.last_result or {}).get("at", "")))
         try:
             rel = device.release(self.paths)
         except CommandError:
@@ -262,7 +266,7 @@ class UpdatePoller:
 
     def check_once(self) -> str:
         """One round; returns what happened: idle, skipped, refused, applied, stopped."""
-        offer = self.client.check(self.status())
+        offer = self._report()
         if not offer.version:
             self._clean(keep="")
             return "idle"
@@ -283,12 +287,19 @@ class UpdatePoller:
             reason = str(exc).splitlines()[0] if str(exc) else "refused"
             log.error("update %s refused: %s", offer.version, reason)
             self._mark(sha, reason)
-            self.client.check(self.status())  # the reason reaches the bus now
+            self._report()  # the reason reaches the bus now
             return "refused"
         self._download = ("", 0)
         path.unlink(missing_ok=True)
-        self.client.check(self.status())  # "trying": the reboot follows
+        self._report()  # "trying": the reboot follows
         return "applied"
+
+    def _report(self) -> Any:
+        """Check with the bus, sending the status; remember what it was told."""
+        key = self._record_key()
+        offer = self.client.check(self.status())
+        self._reported = key
+        return offer
 
     def _tried(self, offer: Any) -> bool:
         if (self.dir / f"{offer.bundle}.refused").exists():
