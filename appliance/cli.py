@@ -46,6 +46,7 @@ COMMAND_MODULES = (
 #: Modules whose register(subparsers) adds `infraspectre bench ...` commands.
 BENCH_MODULES: tuple[str, ...] = (
     "appliance.bus.bench",
+    "appliance.bus.export_bench",
     "appliance.wal.bench",
     "appliance.capture.bench",
     "appliance.pipeline_bench",
