@@ -9,7 +9,8 @@ runtime packages (appliance/image/rootfs.py, RUNTIME), and this package is not o
 - `bus/`: the ingest bench and the hostile-client mix; `wal/`: the write-amplification bench,
   the simulated disk and the delivery ledger of the WAL's crash and fault tests;
 - `image/`, `qemu/`: the image and boot benches, the board tier's pytest plugin;
-- `demo`, `pipeline_bench`, `localprocs` (our own CLI as local child processes).
+- `demo`, `pipeline_bench`, `localprocs` (our own CLI as local child processes), `codegen`
+  (`make proto`: appliance/wire/_generated from proto/ with grpcio-tools).
 
 The rule (tests/unit/test_layering.py): no runtime module imports appliance.devkit, pytest or
 scapy; the devkit may import anything.
