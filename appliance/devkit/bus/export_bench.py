@@ -45,13 +45,13 @@ from typing import Any
 
 import yaml
 
-from appliance.errors import CommandError
-from appliance.localprocs import (
+from appliance.devkit.localprocs import (
     cli_process,
     free_port,
     loopback_bus_sections,
     process_cpu_seconds,
 )
+from appliance.errors import CommandError
 
 #: export / ingest at or above which the exporter kept up (it finished with the ingest).
 TARGET_RATIO = 0.9
