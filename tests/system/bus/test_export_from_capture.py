@@ -127,6 +127,14 @@ def _softflowd(pcap: Path, port: int) -> None:
     )  # fmt: skip
 
 
+def _udp_queue(port: int) -> int:
+    """Bytes waiting in the receive queue of the UDP socket bound to 127.0.0.1:port."""
+    out = subprocess.run(
+        ["ss", "-Hlun", f"sport = :{port}"], capture_output=True, text=True, timeout=30
+    ).stdout.split()
+    return int(out[1]) if len(out) > 1 else -1
+
+
 def _run_bus_and_agent(pki: Path, work: Path, capture: KnownCapture, nfcapd_port: int) -> int:
     """Meter the capture, hand its flows to a real agent and deliver through a real bus that
     exports biflows to nfcapd; returns how many flows the bus stored."""
@@ -171,6 +179,7 @@ def exports(pki: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exp
     try:
         stored = _run_bus_and_agent(pki, work, capture, nfcapd.port)
         _softflowd(capture.path, nfcapd.port)
+        wait_for(lambda: _udp_queue(nfcapd.port) == 0, "nfcapd to read what softflowd sent")
     finally:
         nfcapd.stop()
     rows = _fmt_rows(nfcapd.folder)
