@@ -25,15 +25,14 @@ import pytest
 from testsupport.export_capture import Conversation, KnownCapture, build_known_capture
 from testsupport.ipfix_peers import Nfcapd, wait_for
 from testsupport.peers import require_peers
-from testsupport.sources import ScriptedFlows
+from testsupport.sources import PcapFlows
 
 from appliance.agent.config import AgentConfig, AgentTls
 from appliance.agent.runtime import Agent, load_identity
 from appliance.bus.config import BusSettings, EventBusConfig, TlsConfig
 from appliance.bus.export.config import CollectorConfig, ExportConfig, IpfixConfig
+from appliance.bus.query import open_reader
 from appliance.bus.server import BusServer
-from appliance.capture.flows import to_flow_event
-from appliance.capture.offline import meter_pcap
 from appliance.config import StorageConfig
 from appliance.wal import Wal
 from appliance.wal.config import WalConfig
@@ -136,8 +135,8 @@ def _udp_queue(port: int) -> int:
 
 
 def _run_bus_and_agent(pki: Path, work: Path, capture: KnownCapture, nfcapd_port: int) -> int:
-    """Meter the capture, hand its flows to a real agent and deliver through a real bus that
-    exports biflows to nfcapd; returns how many flows the bus stored."""
+    """A real agent meters the capture (PcapFlows) and delivers through a real bus that exports
+    biflows to nfcapd; returns how many flows the bus stored."""
     trust = work / "trust_map.yaml"
     trust.write_text((pki / "trust_map.yaml").read_text().replace("agents/", f"{pki}/agents/"))
     collector = CollectorConfig(f"127.0.0.1:{nfcapd_port}", "udp", "biflow")
@@ -148,24 +147,29 @@ def _run_bus_and_agent(pki: Path, work: Path, capture: KnownCapture, nfcapd_port
     cfg.validate()
     bus = BusServer(BusSettings(eventbus=cfg, storage=StorageConfig(data_dir=work / "bus"))).start()
     try:
-        batch, summary = meter_pcap(capture.path)
-        assert summary.frames == capture.frames
-        events = [to_flow_event(r, "eth1") for r in batch.records()]
+        flows = PcapFlows(capture.path, "eth1")
         acfg = AgentConfig(
             bus=[f"127.0.0.1:{bus.port}"], server_name="localhost", metrics_port=-1,
             tls=AgentTls(cert_dir=pki / "agents" / AGENT, ca=str(pki / "ca.crt")),
         )  # fmt: skip
         acfg.validate()
         wal = Wal.open(WalConfig(path=work / "wal", flush_interval_ms=50))
-        agent = Agent(acfg, load_identity(acfg), wal, ScriptedFlows(events, []), None, work)
+        agent = Agent(acfg, load_identity(acfg), wal, flows, None, work)
         agent.start()
         try:
-            wait_for(lambda: agent.forwarder.stats.ok >= len(events), "the agent to deliver", 180)
+            wait_for(lambda: flows.summary is not None, "the agent to meter the capture", 180)
+            exporter = bus.export.exporters[0]
+            wait_for(lambda: exporter.flows_delivered >= flows.flows, "the bus to export", 180)
         finally:
             agent.stop()
-        exporter = bus.export.exporters[0]
-        wait_for(lambda: exporter.flows_delivered >= len(events), "the bus to export", 180)
-        return len(events)
+        assert flows.summary is not None and flows.summary.frames == capture.frames
+        reader = open_reader(bus.store.path)
+        try:
+            return int(
+                reader.execute("SELECT count(*) FROM records WHERE kind = 'flow'").fetchone()[0]
+            )
+        finally:
+            reader.close()
     finally:
         bus.stop()
 
