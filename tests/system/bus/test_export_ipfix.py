@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -208,6 +209,13 @@ def test_replay_command_sends_a_time_range(
         assert collections.Counter(nfcapd.rows()) == collections.Counter(
             expected_nfdump(groups[1], "biflow")
         )
+    # a TCP collector nobody listens on: a one-line reason, non-zero, nothing half-sent
+    nobody = f"127.0.0.1:{free_port(socket.SOCK_STREAM)}"
+    done = _replay("--db", db, "--tcp", "--collector", nobody, "--since", "1h")
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"infraspectre: export to tcp://{nobody} failed: cannot reach the collector tcp://{nobody}"
+    )
 
 
 @pytest.mark.parametrize(
