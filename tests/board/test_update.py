@@ -34,8 +34,8 @@ from appliance.bus.query import Query, open_reader, query
 from appliance.bus.server import BusServer
 from appliance.config import StorageConfig
 from appliance.crypto.keys import write_signing_key
+from appliance.devkit.qemu.fixtures import MirrorPort
 from appliance.image import updatebundle
-from appliance.qemu.fixtures import MirrorPort
 from appliance.qemu.machine import GUESTFWD_ADDR, Machine
 from appliance.update import bundle as bundle_format
 

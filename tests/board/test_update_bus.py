@@ -23,8 +23,8 @@ from appliance.bus.query import Query, open_reader, query
 from appliance.bus.server import BusServer
 from appliance.config import StorageConfig
 from appliance.crypto.keys import write_signing_key, write_verify_key
+from appliance.devkit.qemu.fixtures import MirrorPort
 from appliance.image import updatebundle
-from appliance.qemu.fixtures import MirrorPort
 from appliance.qemu.machine import GUESTFWD_ADDR, Machine
 
 from .conftest import EPOCH, UPDATE_KEY

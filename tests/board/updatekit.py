@@ -19,10 +19,10 @@ import subprocess
 import time
 from pathlib import Path
 
+from appliance.devkit.qemu.fixtures import sparse_copy
 from appliance.image import firstboot, sdcard, settings, updatebundle
 from appliance.pki import init_pki, issue_agent
 from appliance.qemu.console import CommandResult
-from appliance.qemu.fixtures import sparse_copy
 from appliance.qemu.machine import GUESTFWD_ADDR, Machine
 
 AGENT_ID = "branch-042"
