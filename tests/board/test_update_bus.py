@@ -12,6 +12,7 @@ committed; its agent reports it, and the bus shows the new build on slot b, comm
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,7 +39,15 @@ from .updatekit import (
     wait_trial_reboot,
 )
 
-pytestmark = pytest.mark.timeout(3600)
+#: The download of the full system (105 MB) through the emulated Pi's USB network adapter ran
+#: at ~40 KB/s on the loaded 2-core host (docs/PERFORMANCE.md): about 45 minutes, beyond CI's
+#: budget. `make soak` runs it (UPDATE_SOAK=1); CI covers delivery through the bus with a real
+#: bus and agent process on loopback (tests/system/agent/test_update_bus.py).
+SOAK = bool(os.environ.get("UPDATE_SOAK"))
+pytestmark = [
+    pytest.mark.timeout(7200),
+    pytest.mark.skipif(not SOAK, reason="A -> B through the bus on raspi3b runs in `make soak`"),
+]
 
 B_BUILD = EPOCH + 2000
 BOOT_TIMEOUT = 300.0
@@ -102,9 +111,9 @@ def test_a_to_b_through_the_bus(  # type: ignore[no-untyped-def]
         keys = pi.run("sha256sum /data/keys/*").output
         # the box reports A, asks at its agent's start, downloads at 1 MiB/s, writes slot b
         # and reboots with the tryboot flag: nothing typed on the console
-        rep = _wait_report(bus, 600, build=EPOCH)
+        rep = _wait_report(bus, 900, build=EPOCH)
         assert (rep["slot"], rep["board"]) == ("a", "rpi")
-        wait_trial_reboot(pi, mark, timeout=1800)
+        wait_trial_reboot(pi, mark, timeout=5400)
         pi.boot(BOOT_TIMEOUT)
         assert pi.boot_choices[-1] == ("tryboot.txt", "slot-b/")
         rep = _wait_report(bus, 900, state="committed", build=B_BUILD)
