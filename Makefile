@@ -20,6 +20,7 @@ APT_PACKAGES := \
 	util-linux \
 	iputils-ping \
 	softflowd \
+	time \
 	nfdump \
 	tcpreplay \
 	tcpdump \
