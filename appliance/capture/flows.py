@@ -221,11 +221,6 @@ class FlowBatch:
         """The flows at idx (an index array or a slice), in that order."""
         return FlowBatch({k: v[idx] for k, v in self.cols.items()})
 
-    def in_end_order(self) -> FlowBatch:
-        """The flows ordered by last packet, then first packet; ties keep batch order."""
-        order = np.lexsort((self.cols["start_ns"], self.cols["end_ns"]))
-        return self.take(order)
-
     def json_lines(self) -> bytes:
         """One line per flow, `json.dumps(record.to_json_dict())` for each of records(), as
         UTF-8. The compiled writer makes the same bytes without building the records (it was
