@@ -747,27 +747,6 @@ def _addr_words(addr: bytes) -> tuple[int, int]:
     return v >> 64, v & 0xFFFF_FFFF_FFFF_FFFF
 
 
-#: PacketColumns' fields and dtypes, in field order (what _fastpath.decode fills).
-_COLUMN_DTYPES: dict[str, type[np.generic]] = {
-    "ts_ns": np.int64,
-    "vlan": np.uint16,
-    "ipver": np.uint8,
-    "proto": np.uint8,
-    "a_hi": np.uint64,
-    "a_lo": np.uint64,
-    "b_hi": np.uint64,
-    "b_lo": np.uint64,
-    "port_a": np.uint32,
-    "port_b": np.uint32,
-    "rev": np.bool_,
-    "nbytes": np.int64,
-    "tcp_flags": np.uint8,
-    "icmp_type": np.uint8,
-    "icmp_code": np.uint8,
-}
-assert list(_COLUMN_DTYPES) == list(PacketColumns.__dataclass_fields__), "PacketColumns changed"
-
-
 def _empty_columns() -> PacketColumns:
     u64 = np.zeros(0, dtype=np.uint64)
     u32 = np.zeros(0, dtype=np.uint32)
@@ -789,3 +768,9 @@ def _empty_columns() -> PacketColumns:
         icmp_type=u8,
         icmp_code=u8,
     )
+
+
+#: PacketColumns' fields and dtypes, in field order (what _fastpath.decode fills).
+_COLUMN_DTYPES: dict[str, np.dtype[Any]] = {
+    k: v.dtype for k, v in _empty_columns().__dict__.items()
+}
