@@ -23,7 +23,7 @@ from appliance.capture.decode import (
 from appliance.capture.flows import FLOW_COLUMNS, FlowBatch
 from appliance.capture.offline import iter_pcap_ordered, meter_pcap
 from appliance.capture.pcap import PcapReader
-from appliance.capture.synth import generate
+from appliance.devkit.capture.synth import generate
 
 
 @pytest.fixture(scope="module")
