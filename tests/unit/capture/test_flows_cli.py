@@ -213,7 +213,7 @@ def test_linux_cooked_captures_give_the_flows_of_the_ethernet_capture(
 
 def test_flows_starts_without_the_network_and_crypto_stacks(tmp_path: Path) -> None:
     """`flows --pcap` is timed against softflowd as a whole process: it must not pay for
-    grpc, protobuf, cryptography or PyNaCl, which only other commands use."""
+    grpc, protobuf, cryptography, PyNaCl or PyYAML (no --config given), which it never uses."""
     import subprocess
     import sys
 
@@ -224,7 +224,7 @@ def test_flows_starts_without_the_network_and_crypto_stacks(tmp_path: Path) -> N
         "from appliance.cli import main\n"
         f"status = main(['flows', '--pcap', {str(path)!r}, '--json'])\n"
         "heavy = sorted({m.split('.')[0] for m in sys.modules} & "
-        "{'grpc', 'google', 'cryptography', 'nacl', 'pyroute2'})\n"
+        "{'grpc', 'google', 'cryptography', 'nacl', 'pyroute2', 'yaml'})\n"
         "print('HEAVY', heavy, status)\n"
     )
     out = subprocess.run(
