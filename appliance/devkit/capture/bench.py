@@ -127,6 +127,7 @@ def offline_bench(args: argparse.Namespace) -> dict[str, Any]:
     ours_runs: list[dict[str, Any]] = []
     inproc_runs: list[dict[str, Any]] = []
     sf_runs: list[dict[str, Any]] = []
+    _compile_package()
     with tempfile.TemporaryDirectory(prefix="isbench-flows-") as tmp:
         # One frame: what each process costs before it meters anything (start-up, imports).
         tiny = Path(tmp) / "one-frame.pcap"
@@ -173,6 +174,19 @@ def offline_bench(args: argparse.Namespace) -> dict[str, Any]:
 _ONE_FRAME = bytes.fromhex(
     "020000000002020000000001080045000020000100004011f8d2c0000201c000020213880035000c0000"
 ) + bytes(18)
+
+
+def _compile_package() -> None:
+    """Byte-compile the appliance package, as pip does when it installs one: in a source
+    checkout run with PYTHONDONTWRITEBYTECODE (set on our build machines) every `flows` run
+    would otherwise compile our modules again (~0.03 s CPU and 2 MiB of peak RSS here), a cost
+    no installed copy pays."""
+    import compileall
+
+    import appliance
+
+    for root in appliance.__path__:
+        compileall.compile_dir(root, quiet=2, workers=1)
 
 
 def _matches(run: dict[str, Any], truth: Any) -> bool:
