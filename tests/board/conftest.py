@@ -38,9 +38,20 @@ def build_rpi(out: Path) -> build.Result:
     return build.build(definition.load("rpi"), out, CACHE, epoch=EPOCH, update_keys=[pub])
 
 
+#: INFRASPECTRE_BOARD_IMAGE=DIR boots the image an earlier session built from this same tree
+#: into DIR (infraspectre-rpi.img, its .sha256, manifest.json) instead of building it again: a
+#: build takes 5-15 min on a loaded host. For re-running a few board tests by hand; CI never
+#: sets it.
+PREBUILT = os.environ.get("INFRASPECTRE_BOARD_IMAGE", "")
+
+
 @pytest.fixture(scope="session")
 def rpi_build(tmp_path_factory: pytest.TempPathFactory) -> build.Result:
     """The rpi image, built once per session (the one CI boots on raspi3b)."""
+    if PREBUILT:
+        d = Path(PREBUILT)
+        sha = (d / "infraspectre-rpi.img.sha256").read_text().split()[0]
+        return build.Result(d / "infraspectre-rpi.img", d / "manifest.json", sha, 0.0)
     return build_rpi(tmp_path_factory.mktemp("image-rpi"))
 
 
