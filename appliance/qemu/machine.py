@@ -26,7 +26,7 @@ from pathlib import Path
 
 from appliance.errors import CommandError
 from appliance.localprocs import free_port
-from appliance.qemu import bootfiles
+from appliance.qemu import bootfiles, qemu10
 from appliance.qemu.boards import BoardSpec
 from appliance.qemu.console import CommandResult, Console
 
@@ -93,7 +93,9 @@ def qemu_command(
     extra = [f"infraspectre.uplink={board.uplink_interface}"]
     if mirror is not None:
         extra.append(f"infraspectre.mirror={board.mirror_interface}")
-    cmdline = bootfiles.board_cmdline(boot.cmdline, board.console, [*extra, *cmdline_extra])
+    cmdline = bootfiles.board_cmdline(
+        boot.cmdline, board.console, [*extra, *board.cmdline_extra, *cmdline_extra]
+    )
     uplink = "user,id=up,restrict=on"
     if uplink_port is not None:
         uplink += (
@@ -169,8 +171,12 @@ class Machine:
         """QEMU's argument list for this board (console on TCP port, or stdio)."""
         if self._boot is None:
             self._boot = bootfiles.extract(self.image, self.workdir / "boot", self.board.dtb)
+            if self.board.dtb_fixups:
+                self._boot = bootfiles.emulation_dtb(
+                    self._boot, self.board.dtb_disable, self.board.dtb_delete
+                )
         serial = "mon:stdio" if console_stdio else f"tcp:127.0.0.1:{console_port},server=on,wait=on"
-        return qemu_command(
+        cmd = qemu_command(
             self.board,
             self._boot,
             self.image,
@@ -181,6 +187,9 @@ class Machine:
             cmdline_extra=self.cmdline_extra,
             qemu=self.qemu,
         )
+        if self.board.qemu == "qemu10":  # the pinned QEMU 10 from the cache, with its -L
+            cmd[:1] = qemu10.command()
+        return cmd
 
     def power_on(self) -> None:
         """Start QEMU and connect to its console (the guest starts once connected)."""
