@@ -112,5 +112,11 @@ test: venv qemu10
 soak: venv
 	HYPOTHESIS_PROFILE=soak $(BIN)/pytest -q -p no:cacheprovider --timeout=0 tests/unit/bus/test_validate.py --hypothesis-show-statistics
 
+# The full power-cut campaign on the emulated boards (CI runs one cut on virt in every `make
+# test`): 20 cuts at seeded random points during mirrored traffic, 16 on virt and 4 on raspi3b.
+# Replay a campaign with INFRASPECTRE_POWERCUT_SEED=N (the seed is printed).
+soak-board: venv
+	INFRASPECTRE_POWERCUTS=virt:16,raspi3b:4 $(BIN)/pytest -q -p no:cacheprovider tests/board/test_power_cuts.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
