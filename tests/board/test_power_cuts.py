@@ -37,10 +37,10 @@ from scapy.layers.l2 import Ether
 from appliance.bus.config import BusSettings, EventBusConfig, TlsConfig
 from appliance.bus.server import BusServer
 from appliance.config import StorageConfig
+from appliance.devkit.qemu.fixtures import MirrorPort
 from appliance.image import settings
 from appliance.pki import init_pki
 from appliance.qemu import boards
-from appliance.qemu.fixtures import MirrorPort
 from appliance.qemu.machine import GUESTFWD_ADDR, Machine
 
 pytestmark = pytest.mark.timeout(0)  # bounded by the plan: every wait below has its own bound
