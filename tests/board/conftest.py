@@ -45,9 +45,19 @@ def rebuild_rpi() -> Callable[[Path], build.Result]:
 
 
 @pytest.fixture(scope="session")
-def rpi_image(rpi_build: build.Result) -> Path:
-    """Path of the session's rpi image (boot copies of it, never the image itself)."""
-    return rpi_build.image
+def rpi_image(request: pytest.FixtureRequest) -> Path:
+    """Path of the session's rpi image (boot copies of it, never the image itself).
+
+    $INFRASPECTRE_BOARD_IMAGE names an image built before (`make image`) to boot instead of
+    building one for the session: a developer's loop on one test; CI never sets it. Tests of
+    the build itself (manifest, reproducibility) still build through rpi_build."""
+    prebuilt = os.environ.get("INFRASPECTRE_BOARD_IMAGE")
+    if prebuilt:
+        if not Path(prebuilt).is_file():
+            raise pytest.UsageError(f"INFRASPECTRE_BOARD_IMAGE={prebuilt}: no such image")
+        return Path(prebuilt).resolve()
+    result: build.Result = request.getfixturevalue("rpi_build")
+    return result.image
 
 
 def _provision_over_console(machine: Machine, pki: Path, agent_id: str) -> str:
