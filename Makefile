@@ -21,6 +21,7 @@ APT_PACKAGES := \
 	iputils-ping \
 	softflowd \
 	nfdump \
+	nats-server \
 	tcpreplay \
 	tcpdump \
 	qemu-system-arm \

@@ -1,0 +1,74 @@
+"""Connecting to the cluster and declaring the stream and the chain bucket (idempotent: every
+bus replica and every store consumer does it at start; the first creates, the others find)."""
+
+from __future__ import annotations
+
+import logging
+
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext, api
+from nats.js.errors import BadRequestError
+from nats.js.kv import KeyValue
+
+from appliance.bus.jetstream.config import JetStreamConfig
+from appliance.errors import CommandError
+
+log = logging.getLogger(__name__)
+
+
+async def connect(cfg: JetStreamConfig, name: str) -> Client:
+    """A client that fails over between cfg.servers and reconnects for ever."""
+    try:
+        return await nats.connect(
+            servers=cfg.servers,
+            name=name,
+            connect_timeout=cfg.connect_timeout_s,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.25,
+            error_cb=_log_error,
+        )
+    except Exception as exc:  # nats-py raises several unrelated types for "nobody answered"
+        raise CommandError(
+            f"cannot reach NATS at {', '.join(cfg.servers)}: {exc or type(exc).__name__}"
+        ) from exc
+
+
+async def _log_error(exc: Exception) -> None:
+    """One line per connection error (nats-py's default prints a traceback each time)."""
+    log.warning("NATS: %s", exc or type(exc).__name__)
+
+
+def stream_config(cfg: JetStreamConfig) -> api.StreamConfig:
+    """The stream: file storage, limits retention (age, bytes), discard new (a full stream
+    refuses, it never drops unconsumed records), message-id deduplication."""
+    return api.StreamConfig(
+        name=cfg.stream,
+        subjects=[f"{cfg.subject_prefix}.>"],
+        retention=api.RetentionPolicy.LIMITS,
+        discard=api.DiscardPolicy.NEW,
+        storage=api.StorageType.FILE,
+        num_replicas=cfg.replicas,
+        max_age=cfg.max_age_s,
+        max_bytes=cfg.max_bytes,
+        duplicate_window=cfg.duplicate_window_s,
+    )
+
+
+async def declare(js: JetStreamContext, cfg: JetStreamConfig) -> KeyValue:
+    """Create (or bring to cfg) the stream; create or open the chain bucket."""
+    wanted = stream_config(cfg)
+    try:
+        await js.add_stream(wanted)
+    except BadRequestError:  # it exists with another configuration: ours is the one in force
+        log.info("stream %s exists with other limits: updating it", cfg.stream)
+        await js.update_stream(wanted)
+    return await js.create_key_value(
+        api.KeyValueConfig(
+            bucket=cfg.chain_bucket,
+            history=1,
+            replicas=cfg.replicas,
+            storage=api.StorageType.FILE,
+        )
+    )
