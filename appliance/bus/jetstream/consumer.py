@@ -12,7 +12,7 @@ Contract:
   message that is not an envelope of ours) is logged and counted, and the message is
   terminated: it is never redelivered, and never blocks the stream.
 - A store failure (disk full, ...) leaves the batch unacknowledged: it is fetched again after
-  `ack_wait` and retried; the consumer never acknowledges what it did not commit.
+  60 s (the consumer's ack wait) and retried: nothing uncommitted is ever acknowledged.
 - `bus query`, `bus tail`, `bus agents` and `bus export ipfix` read that store as usual.
 """
 
@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js import api
 
 from appliance.bus.config import BusSettings
 from appliance.bus.jetstream import naming
@@ -36,9 +35,6 @@ from appliance.bus.store import FlowStore, Outcome, Record, Retention
 from appliance.wire import Envelope
 
 log = logging.getLogger(__name__)
-
-#: How long a fetched, unacknowledged message waits before it is delivered again.
-ACK_WAIT_S = 60.0
 
 
 @dataclass
@@ -86,16 +82,7 @@ class StoreConsumer:
         try:
             js = nc.jetstream(timeout=self.cfg.ack_timeout_s * 2)
             await declare(js, self.cfg)
-            sub = await js.pull_subscribe(
-                f"{self.cfg.subject_prefix}.>",
-                durable=self.cfg.consumer,
-                stream=self.cfg.stream,
-                config=api.ConsumerConfig(
-                    ack_policy=api.AckPolicy.EXPLICIT,
-                    ack_wait=ACK_WAIT_S,
-                    max_ack_pending=self.cfg.fetch_batch * 4,
-                ),
-            )
+            sub = await js.pull_subscribe_bind(durable=self.cfg.consumer, stream=self.cfg.stream)
             log.info(
                 "consuming stream %s as %s into %s", self.cfg.stream, self.cfg.consumer,
                 self.store.path,

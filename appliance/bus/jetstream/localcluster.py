@@ -64,7 +64,7 @@ class LocalCluster:
             "jetstream {",
             f'  store_dir: "{node.folder / "js"}"',
             "  max_memory_store: 64MB",
-            "  max_file_store: 2GB",
+            "  max_file_store: 16GB",  # a limit, not an allocation
             "}",
         ]
         if len(self.nodes) > 1:

@@ -68,12 +68,17 @@ class JetStreamSink:
             self._loop.stop()
             if isinstance(exc, CommandError):
                 raise
-            raise CommandError(f"cannot declare the JetStream stream {cfg.stream}: {exc}") from exc
+            what = getattr(exc, "description", None) or exc or type(exc).__name__
+            raise CommandError(f"cannot declare the JetStream stream {cfg.stream}: {what}") from exc
         self.published_total = 0
 
     async def _open(self) -> tuple[Client, KeyValue]:
         nc = await connect(self.cfg, "infraspectre-bus")
-        kv = await declare(nc.jetstream(timeout=self.cfg.ack_timeout_s), self.cfg)
+        try:
+            kv = await declare(nc.jetstream(timeout=self.cfg.ack_timeout_s), self.cfg)
+        except BaseException:
+            await nc.close()
+            raise
         return nc, kv
 
     # -- the Sink protocol ----------------------------------------------------------------------

@@ -41,12 +41,14 @@ async def _log_error(exc: Exception) -> None:
 
 
 def stream_config(cfg: JetStreamConfig) -> api.StreamConfig:
-    """The stream: file storage, limits retention (age, bytes), discard new (a full stream
-    refuses, it never drops unconsumed records), message-id deduplication."""
+    """The stream: file storage; interest retention (a message is kept until every declared
+    consumer acknowledged it, the store consumer at least), bounded by age and bytes; discard
+    new (a full stream refuses new messages, it never drops unconsumed ones); message-id
+    deduplication within the duplicate window."""
     return api.StreamConfig(
         name=cfg.stream,
         subjects=[f"{cfg.subject_prefix}.>"],
-        retention=api.RetentionPolicy.LIMITS,
+        retention=api.RetentionPolicy.INTEREST,
         discard=api.DiscardPolicy.NEW,
         storage=api.StorageType.FILE,
         num_replicas=cfg.replicas,
@@ -56,14 +58,37 @@ def stream_config(cfg: JetStreamConfig) -> api.StreamConfig:
     )
 
 
+#: JetStream's "stream name already in use with a different configuration".
+STREAM_NAME_IN_USE = 10058
+#: How long a fetched, unacknowledged message waits before it is delivered again.
+ACK_WAIT_S = 60.0
+
+
+def consumer_config(cfg: JetStreamConfig) -> api.ConsumerConfig:
+    """The store consumer: durable, pull, explicit acknowledgements."""
+    return api.ConsumerConfig(
+        durable_name=cfg.consumer,
+        ack_policy=api.AckPolicy.EXPLICIT,
+        ack_wait=ACK_WAIT_S,
+        max_ack_pending=cfg.fetch_batch * 4,
+        deliver_policy=api.DeliverPolicy.ALL,
+    )
+
+
 async def declare(js: JetStreamContext, cfg: JetStreamConfig) -> KeyValue:
-    """Create (or bring to cfg) the stream; create or open the chain bucket."""
+    """Create (or bring to cfg) the stream and the store consumer; create or open the chain
+    bucket. The replicas declare the consumer too: with interest retention a message published
+    before any consumer existed would be dropped at once."""
     wanted = stream_config(cfg)
     try:
         await js.add_stream(wanted)
-    except BadRequestError:  # it exists with another configuration: ours is the one in force
+    except BadRequestError as exc:
+        if exc.err_code != STREAM_NAME_IN_USE:
+            raise CommandError(f"cannot create the stream {cfg.stream}: {exc.description}") from exc
+        # it exists with another configuration: ours is the one in force
         log.info("stream %s exists with other limits: updating it", cfg.stream)
         await js.update_stream(wanted)
+    await js.add_consumer(cfg.stream, consumer_config(cfg))
     return await js.create_key_value(
         api.KeyValueConfig(
             bucket=cfg.chain_bucket,

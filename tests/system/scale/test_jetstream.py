@@ -1,0 +1,138 @@
+"""The bus on a three-node NATS JetStream cluster (docs/SCALE.md): bus replicas as real
+processes, the store consumer as `infraspectre bus consume`, signed agents failing over between
+the replicas. Every envelope acknowledged OK is in the store exactly once, whatever dies."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from testsupport.scale import (
+    AGENTS,
+    CLI,
+    FailoverAgent,
+    Replica,
+    consumer_config,
+    publish_raw,
+)
+
+from appliance.bus.jetstream.localcluster import LocalCluster
+from appliance.wire import PublishAck
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 240.0) -> None:
+    """Liveness only (a generous bound on a loaded machine), never a timing assertion."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no progress: {what}")
+        time.sleep(0.2)
+
+
+def _stored(config: Path) -> list[tuple[str, str, bytes]]:
+    db = config.parent / "data" / "bus.sqlite"
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return [
+            (a, k, bytes(e))
+            for a, k, e in conn.execute("SELECT agent_id, idem_key, envelope FROM records")
+        ]
+    finally:
+        conn.close()
+
+
+def _drain(config: Path) -> str:
+    out = subprocess.run(
+        [*CLI, "bus", "consume", "--config", str(config), "--until-idle"],
+        capture_output=True, text=True, timeout=600, check=True,
+    )  # fmt: skip
+    return out.stdout
+
+
+def test_node_and_replica_death_lose_nothing_and_store_nothing_twice(
+    scale_pki: Path, nats_cluster: LocalCluster, replicas: list[Replica], tmp_path: Path
+) -> None:
+    ports = [r.port for r in replicas]
+    agents = [FailoverAgent(scale_pki, a, ports, batches=60) for a in AGENTS]
+    # agents start on different replicas
+    agents[1].current = 1
+    threads = [threading.Thread(target=a.run, name=a.agent) for a in agents]
+    config = consumer_config(scale_pki, tmp_path, nats_cluster)
+    consumer = subprocess.Popen(
+        [*CLI, "bus", "consume", "--config", str(config)],
+        stdout=(tmp_path / "consumer.out").open("w"),
+        stderr=(tmp_path / "consumer.log").open("w"),
+    )
+
+    def acked() -> int:
+        return sum(len(a.ok) for a in agents)
+
+    try:
+        for t in threads:
+            t.start()
+        _wait_for(lambda: acked() >= 300, "first envelopes acknowledged")
+        nats_cluster.kill(0)  # kill -9 one NATS node under load
+        mark = acked()
+        _wait_for(lambda: acked() >= mark + 300, "delivery with one NATS node dead")
+
+        replicas[0].kill()  # kill -9 one bus replica under load
+        mark = acked()
+        before = {a.agent: a.ok_by_port.get(ports[1], 0) for a in agents}
+        _wait_for(lambda: acked() >= mark + 300, "delivery with one bus replica dead")
+        # every agent kept delivering, through the replica still alive
+        _wait_for(
+            lambda: all(
+                a.ok_by_port.get(ports[1], 0) > before[a.agent] or not t.is_alive()
+                for a, t in zip(agents, threads, strict=True)
+            ),
+            "every agent delivering through the other replica",
+        )
+
+        # a retransmission after the replica's death, landing on the other replica: OK, once
+        first = agents[0]
+        again = list(first.ok.values())[:50]
+        assert publish_raw(scale_pki, first.agent, ports[1], again) == [PublishAck.OK] * 50
+
+        nats_cluster.start(0)
+        replicas[0].start()
+        nats_cluster.wait_ready(timeout_s=180)
+        mark = acked()
+        _wait_for(
+            lambda: acked() >= mark + 300 or all(not t.is_alive() for t in threads),
+            "delivery after both came back",
+        )
+        for t in threads:
+            t.join(timeout=600)
+        assert [a.error for a in agents] == ["", "", ""]
+
+        # past the stream's duplicate window (3 s here) only the store can deduplicate
+        time.sleep(4.0)
+        late = list(first.ok.values())[50:100]
+        assert publish_raw(scale_pki, first.agent, ports[0], late) == [PublishAck.OK] * 50
+    finally:
+        for t in threads:
+            t.join(timeout=600)
+        consumer.terminate()
+        consumer.wait(timeout=60)
+    summary = _drain(config)
+
+    stored = _stored(config)
+    keys = [(a, k) for a, k, _ in stored]
+    assert len(keys) == len(set(keys)), "an envelope is stored twice"
+    by_key = {(a, k): e for a, k, e in stored}
+    for a in agents:
+        assert len(a.ok) == a.batches * a.batch_size
+        for key, raw in a.ok.items():
+            assert by_key.get((a.agent, key)) == raw, f"{a.agent} {key} acknowledged, not stored"
+    # nothing stored that no agent sent
+    sent = {(a.agent, k) for a in agents for k in a.sent}
+    assert set(keys) <= sent
+    # the late retransmission reached the stream again and only the store's index caught it
+    summaries = (tmp_path / "consumer.out").read_text() + summary
+    duplicates = sum(int(n) for n in re.findall(r"duplicates (\d+)", summaries))
+    assert duplicates >= 50, summaries
