@@ -32,9 +32,13 @@ from appliance.bus.jetstream import naming
 from appliance.bus.jetstream.stream import connect, declare
 from appliance.bus.server import envelope_record
 from appliance.bus.store import FlowStore, Outcome, Record, Retention
+from appliance.errors import CommandError
 from appliance.wire import Envelope
 
 log = logging.getLogger(__name__)
+
+#: Pause before a failed session starts again.
+RESTART_PAUSE_S = 1.0
 
 
 @dataclass
@@ -78,6 +82,20 @@ class StoreConsumer:
         return self.stats
 
     async def _run(self, until_idle: bool) -> None:
+        """Sessions until stopped: a session that fails (a node died, a leader moved, the
+        connection dropped) is logged and started again; nothing unacknowledged is lost."""
+        while not self._stop.is_set():
+            try:
+                if await self._session(until_idle):
+                    return
+            except CommandError:
+                raise
+            except Exception as exc:
+                log.warning("consumer session failed, starting again: %s", _describe(exc))
+                await asyncio.sleep(RESTART_PAUSE_S)
+
+    async def _session(self, until_idle: bool) -> bool:
+        """One connection's worth of consuming; True when done (idle with until_idle)."""
         nc = await connect(self.cfg, "infraspectre-store-consumer")
         try:
             js = nc.jetstream(timeout=self.cfg.ack_timeout_s * 2)
@@ -92,13 +110,10 @@ class StoreConsumer:
                     msgs = await sub.fetch(self.cfg.fetch_batch, timeout=1.0)
                 except NatsTimeout:
                     if until_idle:
-                        return
-                    continue
-                except Exception as exc:  # a node died, a leader moves: fetch again shortly
-                    log.warning("fetch failed: %s", exc or type(exc).__name__)
-                    await asyncio.sleep(0.5)
+                        return True
                     continue
                 await self._store(msgs)
+            return True
         finally:
             await nc.close()
 
@@ -149,6 +164,10 @@ def _record(msg: Msg) -> Record | None:
     if not env.agent_id or not env.idempotency_key:
         return None
     return envelope_record(env, msg.data, received, key_id)
+
+
+def _describe(exc: BaseException) -> str:
+    return str(getattr(exc, "description", None) or exc or type(exc).__name__)
 
 
 def _seq(msg: Msg) -> str:

@@ -26,11 +26,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 
 from nats.aio.client import Client
-from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import (
+    APIError,
+    BadRequestError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+)
 from nats.js.kv import KeyValue
 
 from appliance.bus.chain import Chain, Verdict
@@ -63,7 +69,7 @@ class JetStreamSink:
         self._chains: dict[str, tuple[Chain, int]] = {}
         self._chain_locks: dict[str, asyncio.Lock] = {}
         try:
-            self._nc, self._kv = self._loop.run(self._open(), cfg.connect_timeout_s * 4)
+            self._nc, self._kv = self._loop.run(self._open(), cfg.connect_timeout_s * 6)
         except BaseException as exc:
             self._loop.stop()
             if isinstance(exc, CommandError):
@@ -74,12 +80,22 @@ class JetStreamSink:
 
     async def _open(self) -> tuple[Client, KeyValue]:
         nc = await connect(self.cfg, "infraspectre-bus")
+        # a node that has just started answers before the cluster has placed its streams:
+        # declaring is tried again (bounded) until the cluster answers
+        deadline = time.monotonic() + self.cfg.connect_timeout_s * 3
         try:
-            kv = await declare(nc.jetstream(timeout=self.cfg.ack_timeout_s), self.cfg)
+            while True:
+                try:
+                    kv = await declare(nc.jetstream(timeout=self.cfg.ack_timeout_s), self.cfg)
+                    return nc, kv
+                except (TimeoutError, APIError) as exc:
+                    if time.monotonic() > deadline or isinstance(exc, BadRequestError):
+                        raise
+                    log.info("JetStream not ready yet (%s): trying again", _describe(exc))
+                    await asyncio.sleep(0.5)
         except BaseException:
             await nc.close()
             raise
-        return nc, kv
 
     # -- the Sink protocol ----------------------------------------------------------------------
 

@@ -64,7 +64,7 @@ def test_node_and_replica_death_lose_nothing_and_store_nothing_twice(
     threads = [threading.Thread(target=a.run, name=a.agent) for a in agents]
     config = consumer_config(scale_pki, tmp_path, nats_cluster)
     consumer = subprocess.Popen(
-        [*CLI, "bus", "consume", "--config", str(config)],
+        [*CLI, "bus", "consume", "--config", str(config), "--log-level", "info"],
         stdout=(tmp_path / "consumer.out").open("w"),
         stderr=(tmp_path / "consumer.log").open("w"),
     )
@@ -114,6 +114,7 @@ def test_node_and_replica_death_lose_nothing_and_store_nothing_twice(
         time.sleep(4.0)
         late = list(first.ok.values())[50:100]
         assert publish_raw(scale_pki, first.agent, ports[0], late) == [PublishAck.OK] * 50
+        assert consumer.poll() is None, (tmp_path / "consumer.log").read_text()[-2000:]
     finally:
         for t in threads:
             t.join(timeout=600)
