@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
 
 from appliance.bus.config import BusSettings
 from appliance.bus.jetstream import naming
@@ -109,7 +110,7 @@ class StoreConsumer:
                 try:
                     msgs = await sub.fetch(self.cfg.fetch_batch, timeout=1.0)
                 except NatsTimeout:
-                    if until_idle:
+                    if until_idle and await _drained(sub):
                         return True
                     continue
                 await self._store(msgs)
@@ -164,6 +165,13 @@ def _record(msg: Msg) -> Record | None:
     if not env.agent_id or not env.idempotency_key:
         return None
     return envelope_record(env, msg.data, received, key_id)
+
+
+async def _drained(sub: JetStreamContext.PullSubscription) -> bool:
+    """Nothing left for this consumer: no message pending, none delivered and unacknowledged
+    (one fetched by a session that died comes back after the ack wait)."""
+    info = await sub.consumer_info()
+    return not info.num_pending and not info.num_ack_pending
 
 
 def _describe(exc: BaseException) -> str:

@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+from testsupport.flows import recent_flow
 from testsupport.scale import (
     AGENTS,
     CLI,
@@ -19,10 +21,12 @@ from testsupport.scale import (
     Replica,
     consumer_config,
     publish_raw,
+    write_config,
 )
 
 from appliance.bus.jetstream.localcluster import LocalCluster
-from appliance.wire import PublishAck
+from appliance.localprocs import free_port
+from appliance.wire import Envelope, PublishAck, PublishBatchRequest
 
 
 def _wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 240.0) -> None:
@@ -137,3 +141,49 @@ def test_node_and_replica_death_lose_nothing_and_store_nothing_twice(
     summaries = (tmp_path / "consumer.out").read_text() + summary
     duplicates = sum(int(n) for n in re.findall(r"duplicates (\d+)", summaries))
     assert duplicates >= 50, summaries
+
+
+def test_a_full_stream_answers_retry_and_loses_nothing_acknowledged(
+    scale_pki: Path, nats_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    folder = tmp_path / "replica"
+    folder.mkdir()
+    config = write_config(
+        folder / "bus.yaml", scale_pki, folder / "data", free_port(), nats_cluster,
+        max_bytes=1 << 20, full_backoff_hint_ms=300,
+    )  # fmt: skip
+    port = int(yaml.safe_load(config.read_text())["eventbus"]["port"])
+    replica = Replica(config, port)
+    replica.start()
+    agent = FailoverAgent(scale_pki, "branch-1", [port], batches=0)
+    ok: dict[str, bytes] = {}
+    refused: list[bytes] = []
+    try:
+        # no consumer reads yet: the stream (1 MiB) fills and then refuses
+        for b in range(200):
+            batch = [agent.sealer.seal(recent_flow(b * 50 + i)) for i in range(50)]
+            raws = [e.SerializeToString() for e in batch]
+            acks = agent.stubs[0].PublishBatch(PublishBatchRequest(envelopes=batch), timeout=60)
+            for env, raw, ack in zip(batch, raws, acks.acks, strict=True):
+                if ack.status == PublishAck.OK:
+                    ok[env.idempotency_key] = raw
+                else:
+                    assert ack.status == PublishAck.RETRY
+                    assert (ack.reason, ack.backoff_hint_ms) == ("stream full", 300)
+                    refused.append(raw)
+            if refused:
+                break
+        assert refused, "the stream never filled"
+        assert ok, "nothing was accepted before the stream filled"
+        # the store consumer catches up; acknowledged messages leave the stream (interest)
+        _drain(consumer_config(scale_pki, tmp_path, nats_cluster))
+        # the agent's retransmission of what was refused now goes through
+        assert publish_raw(scale_pki, "branch-1", port, refused) == [PublishAck.OK] * len(refused)
+    finally:
+        replica.stop()
+    for raw in refused:
+        ok[Envelope.FromString(raw).idempotency_key] = raw
+    _drain(consumer_config(scale_pki, tmp_path, nats_cluster))
+    stored = _stored(consumer_config(scale_pki, tmp_path, nats_cluster))
+    assert len(stored) == len({(a, k) for a, k, _ in stored}) == len(ok)
+    assert {k: e for _, k, e in stored} == ok
