@@ -68,11 +68,22 @@ def register(sub: Any) -> None:
         default=16,
         help="with --retention: the store's size bound while pruning (MiB, default 16)",
     )
+    p.add_argument(
+        "--sink",
+        choices=("sqlite", "jetstream"),
+        default="sqlite",
+        help="jetstream: batched ingest into SQLite beside JetStream with 1 and 2 bus replicas, "
+        "on a local 3-node NATS cluster, in one run (docs/SCALE.md)",
+    )
     hostile_bench.add_arguments(p)
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.sink == "jetstream":
+        from appliance.bus.jetstream import bench as scale_bench
+
+        return scale_bench.run(args)
     if args.hostile:
         return hostile_bench.run(args)
     if args.retention:
