@@ -68,7 +68,7 @@ deps: venv
 # Regenerate appliance/wire/_generated from proto/ (the generated code is committed;
 # tests/unit/wire/test_codegen.py proves that regenerating changes nothing).
 proto: venv
-	$(BIN)/python -m appliance.wire.codegen
+	$(BIN)/python -m appliance.devkit.codegen
 
 demo: venv
 	$(BIN)/python -m appliance demo

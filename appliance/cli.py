@@ -1,9 +1,11 @@
 """The `infraspectre` command: one sub-command tree assembled from the components.
 
 Each component owns the sub-commands of its job in a `cli` module with a
-`register(subparsers)` function; benches register under `infraspectre bench`. Handlers import
-their heavy dependencies (grpc, numpy, scapy) inside the handler so that `--help` and light
-commands start fast on a Raspberry Pi.
+`register(subparsers)` function. The development kit (appliance/devkit/: `demo`, the benches
+under `infraspectre bench`) is imported only when installed; on a card, which does not carry it,
+those commands answer with one line and exit status 1. Handlers import their heavy
+dependencies (grpc, numpy) inside the handler so that `--help` and light commands start fast on
+a Raspberry Pi.
 
 Exit status: 0 on success; 1 with one line on stderr for a CommandError (bad config, missing
 file, refused input) and for any unexpected exception (its traceback is logged at DEBUG, so a
@@ -40,18 +42,16 @@ COMMAND_MODULES = (
     "appliance.image.cli",
     "appliance.qemu.cli",
     "appliance.configcheck",
-    "appliance.demo",
 )
 
-#: Modules whose register(subparsers) adds `infraspectre bench ...` commands.
-BENCH_MODULES: tuple[str, ...] = (
-    "appliance.bus.bench",
-    "appliance.wal.bench",
-    "appliance.capture.bench",
-    "appliance.pipeline_bench",
-    "appliance.image.bench",
-    "appliance.qemu.bench",
-)
+#: The development kit's commands (appliance/devkit/commands.py), imported only if installed:
+#: the card does not carry the kit (appliance/image/rootfs.py ships an allow-list without it).
+DEVKIT_COMMANDS = "appliance.devkit.commands"
+#: What the kit adds at the top level, answered with one line where the kit is absent.
+DEV_COMMANDS = {
+    "demo": "run the main job end to end on embedded defaults (development kit)",
+    "bench": "side-by-side benchmarks against the peer tools (development kit)",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,12 +78,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
-    bench = sub.add_parser("bench", help="side-by-side benchmarks against the peer tools")
-    bench_sub = bench.add_subparsers(dest="bench", metavar="WHAT")
-    bench_sub.required = True
-    for name in BENCH_MODULES:
-        importlib.import_module(name).register(bench_sub)
+    try:
+        devkit = importlib.import_module(DEVKIT_COMMANDS)
+    except ModuleNotFoundError as exc:
+        # only the kit itself missing means "not installed"; a dependency it lacks is a bug
+        if exc.name is None or not DEVKIT_COMMANDS.startswith(exc.name):
+            raise
+        for command, summary in DEV_COMMANDS.items():
+            p = sub.add_parser(command, help=summary, add_help=False, prefix_chars="\0")
+            p.add_argument("rest", nargs=argparse.REMAINDER)
+            p.set_defaults(func=_devkit_missing)
+    else:
+        devkit.register(sub)
     return parser
+
+
+def _devkit_missing(args: argparse.Namespace) -> int:
+    raise CommandError(
+        f"'{args.command}' is a development command and this installation has no development "
+        "kit (appliance.devkit is not on the card): run it from a source checkout"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

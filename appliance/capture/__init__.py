@@ -8,7 +8,8 @@ The pipeline, one direction, one batch at a time (docs/FLOWS.md):
 - `decode`: frames -> canonical flow-key columns (vectorised, with a per-frame fallback);
 - `meter`: the flow table and its expiry rules; pure, the caller's clock drives expiry;
 - `flows`: ended flows (columnar FlowBatch, FlowRecord, wire conversion);
-- `pcap` / `offline`: capture files; `synth`: the seeded benchmark capture with ground truth;
+- `pcap` / `offline`: capture files (the seeded benchmark capture with ground truth is the
+  development kit's, appliance.devkit.capture.synth);
 - `ring`: the AF_PACKET TPACKET_V3 receive ring (root); `bpf`: the in-kernel filter compiler;
 - `counters`: per-interface 64-bit counters via netlink, as InterfaceCounters records;
 - `config`: the `capture` configuration section.

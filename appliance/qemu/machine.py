@@ -20,12 +20,12 @@ import enum
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
 
 from appliance.errors import CommandError
-from appliance.localprocs import free_port
 from appliance.qemu import bootfiles
 from appliance.qemu.boards import BoardSpec
 from appliance.qemu.console import CommandResult, Console
@@ -188,7 +188,7 @@ class Machine:
             raise CommandError(f"{self.board.name} is already on")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.boots += 1
-        port = free_port()
+        port = _free_port()
         cmd = self.command(port)
         (self.workdir / f"qemu-{self.boots}.cmd").write_text(" ".join(cmd) + "\n")
         stderr = (self.workdir / f"qemu-{self.boots}.stderr").open("wb")
@@ -288,3 +288,11 @@ class Machine:
         path = self.workdir / f"qemu-{self.boots}.stderr"
         text = path.read_text(errors="replace").strip() if path.exists() else ""
         return text.splitlines()[-1] if text else "no message"
+
+
+def _free_port() -> int:
+    """A TCP port on 127.0.0.1 for the console, free a moment ago (the harness is the only
+    runtime user; the development kit has its own, appliance.devkit.localprocs)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

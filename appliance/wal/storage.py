@@ -2,7 +2,7 @@
 
 The log (appliance.wal.log and its parts) does all its I/O through a `Storage`, so tests can
 pass a simulated disk that loses unsynced writes, tears pages, flips bits or runs out of space
-(appliance.wal.simdisk), and the real `FileStorage` stays a thin layer over os.pwrite and
+(appliance.devkit.wal.simdisk), and the real `FileStorage` stays a thin layer over os.pwrite and
 os.fdatasync.
 """
 

@@ -1,7 +1,7 @@
 """Board tier: the image is built once per session and booted under QEMU.
 
 The QEMU fixtures (boot_board, boot_board_shared, host_listener, console logs in failed
-reports) come from the plugin appliance.qemu.fixtures. The download cache is ./cache (or
+reports) come from the plugin appliance.devkit.qemu.fixtures. The download cache is ./cache (or
 $INFRASPECTRE_CACHE), shared with `infraspectre image build`, so only the first run on a
 machine downloads packages and wheels.
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from appliance.devkit.qemu.fixtures import *  # noqa: F403  (the plugin's fixtures and report hook)
 from appliance.image import build, definition
-from appliance.qemu.fixtures import *  # noqa: F403  (the plugin's fixtures and report hook)
 
 CACHE = Path(os.environ.get("INFRASPECTRE_CACHE", definition.SOURCE_DIR / "cache")).resolve()
 #: A fixed SOURCE_DATE_EPOCH (2026-11-27 00:00 UTC) so that two builds can be compared.

@@ -27,9 +27,9 @@ from appliance.bus.query import Query, open_reader, query
 from appliance.bus.server import BusServer
 from appliance.config import StorageConfig
 from appliance.crypto import load_verify_key
+from appliance.devkit.qemu.fixtures import MirrorPort
 from appliance.image import settings
 from appliance.pki import init_pki
-from appliance.qemu.fixtures import MirrorPort
 from appliance.qemu.machine import GUESTFWD_ADDR, Machine
 
 pytestmark = pytest.mark.timeout(900)

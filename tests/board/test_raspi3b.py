@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from appliance import __version__
+from appliance.devkit.qemu.fixtures import Listener, MirrorPort
 from appliance.image import manifest, settings
 from appliance.image.build import Result
 from appliance.image.lock import normalise
 from appliance.image.lock import read as read_lock
-from appliance.qemu.fixtures import Listener, MirrorPort
 from appliance.qemu.machine import GUESTFWD_ADDR, GUESTFWD_PORT, Machine
 
 ROOT = Path(__file__).resolve().parents[2]

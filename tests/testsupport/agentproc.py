@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from appliance.capture.lab import MirrorLab
-from appliance.localprocs import free_port
+from appliance.devkit.capture.lab import MirrorLab
+from appliance.devkit.localprocs import free_port
 
 
 class AgentProc:

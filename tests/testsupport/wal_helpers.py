@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from appliance.devkit.wal.simdisk import SimDisk
 from appliance.wal import Storage, Wal, WalConfig
-from appliance.wal.simdisk import SimDisk
 from appliance.wal.storage import FileStorage
 
 SEG = 64 * 1024

@@ -1,1 +1,1 @@
-"""Code generated from proto/ by appliance.wire.codegen: do not edit."""
+"""Code generated from proto/ by appliance.devkit.codegen: do not edit."""

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from testsupport.agentproc import AgentProc, agent_proc
 
-from appliance.capture.lab import MirrorLab
+from appliance.devkit.capture.lab import MirrorLab
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.bus.query import Query, open_reader, query
-from appliance.capture.labtraffic import ping, tcp_exchange, udp_exchange, udp_spray
+from appliance.devkit.capture.labtraffic import ping, tcp_exchange, udp_exchange, udp_spray
 from appliance.wire import Envelope
 
 

@@ -17,8 +17,8 @@ from appliance.agent.config import AgentConfig, AgentTls
 from appliance.agent.health import read_boot_slot
 from appliance.agent.runtime import Agent, load_identity
 from appliance.bus.query import open_reader
-from appliance.capture.labtraffic import ping
 from appliance.crypto import load_verify_key, verify_chain
+from appliance.devkit.capture.labtraffic import ping
 from appliance.wire import Envelope
 
 

@@ -12,8 +12,8 @@ from scapy.layers.inet6 import ICMPv6ND_RS, IPv6
 from scapy.layers.l2 import ARP, Ether
 
 from appliance.bus.query import Query, open_reader, query
-from appliance.capture.lab import MirrorLab
-from appliance.capture.labtraffic import ping
+from appliance.devkit.capture.lab import MirrorLab
+from appliance.devkit.capture.labtraffic import ping
 
 OWN_V4 = ("203.0.113.7", "203.0.113.8")
 OWN_V6 = ("fe80::1", "ff02::2")

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from appliance.localprocs import free_port
+from appliance.devkit.localprocs import free_port
 from appliance.pki.trustmap import add_trust_entry
 from appliance.wire import PublishAck, PublishBatchRequest
 

@@ -15,7 +15,7 @@ from testsupport.pki_helpers import fresh_pki
 
 from appliance.bus.server import BusServer
 from appliance.cli import main
-from appliance.localprocs import cli_process, free_port, loopback_bus_sections
+from appliance.devkit.localprocs import cli_process, free_port, loopback_bus_sections
 from appliance.pki import issue_agent
 from appliance.wire import PublishAck
 

@@ -20,11 +20,11 @@ from testsupport.peers import PeerFlow, softflowd_flows
 
 from appliance.capture.config import MeterConfig
 from appliance.capture.flows import FlowRecord, tcp_flag_letters
-from appliance.capture.lab import MirrorLab
-from appliance.capture.labtraffic import tcp_exchange, udp_exchange
 from appliance.capture.offline import meter_pcap
 from appliance.capture.pcap import PcapReader, write_pcap
 from appliance.cli import main
+from appliance.devkit.capture.lab import MirrorLab
+from appliance.devkit.capture.labtraffic import tcp_exchange, udp_exchange
 
 CLIENT, SERVER = "192.0.2.10", "198.51.100.20"
 

@@ -20,10 +20,10 @@ from appliance.capture.config import CaptureConfig, MeterConfig, RingConfig
 from appliance.capture.counters import NetlinkSource
 from appliance.capture.decode import Decoder
 from appliance.capture.flows import EndReason, FlowRecord
-from appliance.capture.lab import MirrorLab
-from appliance.capture.labtraffic import tcp_exchange, udp_exchange, udp_server
 from appliance.capture.meter import FlowMeter
 from appliance.capture.ring import PacketRing, RingOptions, open_capture
+from appliance.devkit.capture.lab import MirrorLab
+from appliance.devkit.capture.labtraffic import tcp_exchange, udp_exchange, udp_server
 
 PY = "/usr/bin/python3"
 VLAN = 10

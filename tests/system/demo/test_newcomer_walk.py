@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.capture.synth import generate
+from appliance.devkit.capture.synth import generate
 
 REPO = Path(__file__).resolve().parents[3]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]

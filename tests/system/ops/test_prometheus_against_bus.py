@@ -26,8 +26,8 @@ from testsupport.ops import RULES, dashboard, panel_queries
 from testsupport.prometheus import Prometheus, wait_for
 
 from appliance.bus.server import BusServer
-from appliance.capture.lab import MirrorLab
-from appliance.capture.labtraffic import ping
+from appliance.devkit.capture.lab import MirrorLab
+from appliance.devkit.capture.labtraffic import ping
 from appliance.pki import init_pki, issue_agent
 from appliance.wire import Envelope, PublishAck
 

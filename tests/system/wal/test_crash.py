@@ -18,8 +18,8 @@ import time
 import traceback
 from pathlib import Path
 
+from appliance.devkit.wal.ledger import DeliveryLedger, payload_for
 from appliance.wal import Wal, WalConfig
-from appliance.wal.ledger import DeliveryLedger, payload_for
 
 # Each life is bounded (killed at most 80 ms after the fork, at most 8 MiB of WAL to recover),
 # so the loop is bounded in time as well as in count; about 12 s on a 2-core machine.

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from appliance.devkit.wal.ledger import payload_for
 from appliance.wal import Wal, WalConfig, WalUnavailable
-from appliance.wal.ledger import payload_for
 
 SEG = 256 * 1024
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from appliance.capture.bench import _softflowd_flows, _softflowd_frames
-from appliance.capture.livebench import _tcpreplay_rate
-from appliance.capture.synth import generate
+from appliance.devkit.capture.bench import _softflowd_flows, _softflowd_frames
+from appliance.devkit.capture.livebench import _tcpreplay_rate
+from appliance.devkit.capture.synth import generate
 
 SOFTFLOWD_OUT = """Number of active flows: 0
 Packets processed: 999000

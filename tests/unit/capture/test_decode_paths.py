@@ -19,7 +19,7 @@ from appliance.capture.decode import (
     PacketColumns,
 )
 from appliance.capture.pcap import PcapReader, write_pcap
-from appliance.capture.synth import generate
+from appliance.devkit.capture.synth import generate
 
 
 def _decode_all(path: Path, vectorised: bool) -> tuple[PacketColumns, Decoder]:

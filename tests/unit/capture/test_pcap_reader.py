@@ -13,7 +13,7 @@ from testsupport.capture_helpers import T0, eth, frame_bytes
 
 from appliance.capture.offline import meter_pcap
 from appliance.capture.pcap import PcapError, PcapReader, write_pcap
-from appliance.capture.synth import generate
+from appliance.devkit.capture.synth import generate
 
 FRAMES = [
     (T0 + i * 1_000_000, frame_bytes(eth() / IP(src="192.0.2.1", dst="192.0.2.2") / UDP(dport=i)))

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from testsupport.wal_helpers import SEG, small_config
 
+from appliance.devkit.wal.ledger import DeliveryLedger, payload_for
+from appliance.devkit.wal.simdisk import PowerCut, SimDisk
 from appliance.wal import Wal, WalConfig
 from appliance.wal.format import CURSOR_SLOT, PAGE
-from appliance.wal.ledger import DeliveryLedger, payload_for
-from appliance.wal.simdisk import PowerCut, SimDisk
 from appliance.wal.storage import FileStorage
 
 

@@ -10,10 +10,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from testsupport.wal_helpers import small_config
 
 from appliance.config import ConfigError
+from appliance.devkit.wal.simdisk import SimDisk
 from appliance.wal import Wal, WalUnavailable, load_wal_config
 from appliance.wal.format import PAGE
 from appliance.wal.metrics import register_metrics
-from appliance.wal.simdisk import SimDisk
 
 
 class FakeClock:

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from appliance.wire import codegen
+from appliance.devkit import codegen
 
 
 def test_regenerating_from_proto_changes_nothing(tmp_path: Path) -> None:

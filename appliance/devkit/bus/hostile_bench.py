@@ -12,7 +12,7 @@ its production defaults, except max_batch and max_env_bytes (the bench's `--max-
 Phases (each bounded by `--phase-timeout`, every call by `--call-timeout`):
 1. baseline: every agent publishes its share of `--batched` pre-signed envelopes in batches of
    `--batch-size`, one call in flight per agent (its chain stays in order), RETRY honoured.
-2. hostile: a child process (appliance.bus.hostile_mix) builds its payloads and opens the
+2. hostile: a child process (appliance.devkit.bus.hostile_mix) builds its payloads and opens the
    stalled calls; then the same legitimate load (fresh envelopes, the chains continue) runs
    while the other classes send. `--poison last` sends the poison after the legitimate load.
 3. after: one legitimate batch (the canary) and GET /ready; then the bus is stopped and the
@@ -46,7 +46,7 @@ from typing import Any
 import grpc
 import yaml
 
-from appliance.bus.hostile_mix import (
+from appliance.devkit.bus.hostile_mix import (
     ATTACKS,
     SETUP_BOUND_S,
     MixPlan,
@@ -54,13 +54,13 @@ from appliance.bus.hostile_mix import (
     after_go_bound_s,
     run_child,
 )
-from appliance.errors import CommandError
-from appliance.localprocs import (
+from appliance.devkit.localprocs import (
     cli_process,
     free_port,
     loopback_bus_sections,
     process_cpu_seconds,
 )
+from appliance.errors import CommandError
 
 TARGET_RATIO = 0.8
 #: Options echoed under "config" in the report.

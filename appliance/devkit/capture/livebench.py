@@ -1,6 +1,6 @@
 """`infraspectre bench flows --live`: the ring under load, in namespaces (root).
 
-Setup (appliance.capture.lab.MirrorLab): tcpreplay in namespace A replays a synthetic capture
+Setup (appliance.devkit.capture.lab.MirrorLab): tcpreplay in namespace A replays a synthetic capture
 out of a0; tc mirrors a0 to the tap port m1 in namespace T, where a consumer process (this
 module's `consume`) runs our TPACKET_V3 ring, decoder and meter. tcpreplay and the consumer are
 pinned to different CPUs. For each rate step the consumer reports what the kernel queued and
@@ -33,8 +33,8 @@ REPLAY_PACKETS = 100_000
 
 def run_live_bench(rates: list[int], duration_s: float, cache: Path) -> dict[str, Any]:
     """Rate steps, then provoked drops; returns the bench's JSON object."""
-    from appliance.capture.lab import MirrorLab
-    from appliance.capture.synth import cached_capture
+    from appliance.devkit.capture.lab import MirrorLab
+    from appliance.devkit.capture.synth import cached_capture
 
     if os.geteuid() != 0:
         raise CommandError("the live bench needs root (network namespaces, AF_PACKET)")
@@ -72,7 +72,7 @@ def _step(
     count = int(rate * duration_s)
     cpus = sorted(os.sched_getaffinity(0))
     consumer_cpu, replay_cpu = (cpus[-1], cpus[0]) if len(cpus) > 1 else (cpus[0], cpus[0])
-    consumer_cmd = [sys.executable, "-m", "appliance.capture.livebench", "consume"]
+    consumer_cmd = [sys.executable, "-m", "appliance.devkit.capture.livebench", "consume"]
     consumer_cmd += ["--netns", lab.ns["T"], "--iface", "m1", "--blocks", str(blocks)]
     consumer_cmd += ["--stall", str(stall_s), "--cpu", str(consumer_cpu)]
     consumer = subprocess.Popen(
@@ -171,7 +171,7 @@ def consume(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m appliance.capture.livebench")
+    p = argparse.ArgumentParser(prog="python -m appliance.devkit.capture.livebench")
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("consume")
     c.add_argument("--netns", required=True)

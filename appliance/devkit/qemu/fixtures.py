@@ -1,6 +1,6 @@
 """pytest plugin: boot a card image on an emulated board, drive it, keep its console logs.
 
-Load it from a conftest (`from appliance.qemu.fixtures import *` or pytest_plugins at the
+Load it from a conftest (`from appliance.devkit.qemu.fixtures import *` or pytest_plugins at the
 root). The suite provides the image; the plugin provides:
 
     boot_board(image, board="raspi3b", uplink_port=None, mirror=None, console_shell=True)

@@ -18,7 +18,7 @@ keys ICMP without the echo id, so its flow count differs by design (docs/FLOWS.m
 --memory: pushes many distinct flows through a meter with the configured max_flows and samples
 the process's anonymous RSS, against the documented bound (docs/PERFORMANCE.md).
 
---live: see appliance.capture.livebench.
+--live: see appliance.devkit.capture.livebench.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def register(sub: Any) -> None:
 
 def _bench(args: argparse.Namespace) -> int:
     if args.live:
-        from appliance.capture.livebench import run_live_bench
+        from appliance.devkit.capture.livebench import run_live_bench
 
         result = run_live_bench(
             [int(r) for r in args.rates.split(",") if r.strip()], args.duration, args.cache
@@ -95,7 +95,7 @@ def _print_human(result: dict[str, Any], indent: str = "") -> None:
 
 
 def offline_bench(args: argparse.Namespace) -> dict[str, Any]:
-    from appliance.capture.synth import Truth, cached_capture
+    from appliance.devkit.capture.synth import Truth, cached_capture
 
     truth: Truth | None = None
     if args.pcap is not None:

@@ -8,7 +8,7 @@ because on the device it is spread over the sealing of each flow. The bus runs a
 (`bus serve`), as in production; both sides share this machine's cores.
 
 With `--hostile` the command measures something else: legitimate batched throughput while a
-hostile mix runs, against the same without it (appliance.bus.hostile_bench).
+hostile mix runs, against the same without it (appliance.devkit.bus.hostile_bench).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Any
 
 import yaml
 
-from appliance.bus import hostile_bench
-from appliance.localprocs import (
+from appliance.devkit.bus import hostile_bench
+from appliance.devkit.localprocs import (
     cli_process,
     free_port,
     loopback_bus_sections,

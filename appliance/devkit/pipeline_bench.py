@@ -24,13 +24,13 @@ from typing import Any
 
 import yaml
 
-from appliance.errors import CommandError
-from appliance.localprocs import (
+from appliance.devkit.localprocs import (
     cli_process,
     free_port,
     loopback_bus_sections,
     process_cpu_seconds,
 )
+from appliance.errors import CommandError
 
 
 def register(sub: Any) -> None:

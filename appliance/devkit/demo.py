@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from appliance.devkit.localprocs import CLI, cli_process, free_port, loopback_bus_sections
 from appliance.errors import CommandError
-from appliance.localprocs import CLI, cli_process, free_port, loopback_bus_sections
 
 
 def register(sub: Any) -> None:
@@ -34,7 +34,7 @@ def register(sub: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     import yaml
 
-    from appliance.capture.lab import MirrorLab
+    from appliance.devkit.capture.lab import MirrorLab
     from appliance.pki import init_pki, issue_agent
 
     if os.geteuid() != 0:
@@ -102,7 +102,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _traffic(lab: Any, burst: int) -> list[Any]:
-    from appliance.capture.labtraffic import ping, tcp_exchange, udp_exchange, udp_spray
+    from appliance.devkit.capture.labtraffic import ping, tcp_exchange, udp_exchange, udp_spray
 
     sent = [ping(lab), ping(lab, v6=True), udp_exchange(lab), tcp_exchange(lab)]
     sent += udp_spray(lab, 30000, burst)

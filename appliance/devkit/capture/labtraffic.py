@@ -11,7 +11,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from appliance.capture.lab import MirrorLab
+from appliance.devkit.capture.lab import MirrorLab
 
 PY = "/usr/bin/python3"
 

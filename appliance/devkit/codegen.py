@@ -1,8 +1,9 @@
 """Generate appliance/wire/_generated from proto/ with grpcio-tools.
 
 The generated modules are committed (the device image and a fresh clone import them without
-grpcio-tools); tests/unit/wire/test_codegen.py regenerates into a temporary folder and fails when
-the result differs from what is committed. Run it with `make proto`.
+grpcio-tools, a development tool: hence the devkit); tests/unit/wire/test_codegen.py
+regenerates into a temporary folder and fails when the result differs from what is committed.
+Run it with `make proto`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 PROTO_DIR = REPO / "proto"
-OUT_DIR = Path(__file__).resolve().parent / "_generated"
+OUT_DIR = REPO / "appliance" / "wire" / "_generated"
 PROTOS = ("eventbus.proto",)
 
 
@@ -42,7 +43,7 @@ def generate(out_dir: Path) -> list[Path]:
         )
         grpc_file.write_text(text)
     init = out_dir / "__init__.py"
-    init.write_text('"""Code generated from proto/ by appliance.wire.codegen: do not edit."""\n')
+    init.write_text('"""Code generated from proto/ by appliance.devkit.codegen: do not edit."""\n')
     return sorted(p for p in out_dir.iterdir() if p.is_file())
 
 

@@ -1,0 +1,1 @@
+"""Development kit: the bus ingest bench and the hostile-client mix."""

@@ -1,0 +1,1 @@
+"""Development kit: the capture lab, lab traffic, the synthetic capture, the flow benches."""

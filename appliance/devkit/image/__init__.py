@@ -1,0 +1,1 @@
+"""Development kit: the image build bench."""

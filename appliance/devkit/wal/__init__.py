@@ -1,0 +1,1 @@
+"""Development kit: the WAL bench, the simulated disk and the delivery ledger."""
