@@ -15,9 +15,9 @@ from typing import Any
 import grpc
 import yaml
 
-from appliance.bus.jetstream.localcluster import LocalCluster
 from appliance.crypto import Sealer, load_signing_key
-from appliance.localprocs import loopback_bus_sections
+from appliance.devkit.bus.natscluster import LocalCluster
+from appliance.devkit.localprocs import loopback_bus_sections
 from appliance.wire import Envelope, PublishAck, PublishBatchRequest
 from appliance.wire.channel import eventbus_stub, mtls_channel
 from testsupport.flows import recent_flow
@@ -32,7 +32,8 @@ def write_config(
     """A bus configuration with sink jetstream on the cluster (replicas 3)."""
     doc = loopback_bus_sections(
         pki, data_dir, port, sink="jetstream",
-        jetstream={"servers": cluster.urls, "replicas": 3, "max_bytes": 256 << 20, **jetstream},
+        jetstream={"servers": cluster.urls, "replicas": 3, "max_bytes": 256 << 20,
+                   "ack_wait_s": 3.0, **jetstream},
     )  # fmt: skip
     path.write_text(yaml.safe_dump(doc))
     return path

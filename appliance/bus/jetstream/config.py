@@ -48,6 +48,9 @@ class JetStreamConfig:
     chain_bucket: str = "infraspectre-chains"
     #: The durable pull consumer `bus consume` reads with.
     consumer: str = "store"
+    #: A message fetched by the store consumer and not acknowledged within this (the consumer
+    #: died, its commit stalls) is delivered again (the store answers it DUPLICATE if stored).
+    ack_wait_s: float = 30.0
     #: Messages fetched (and committed to the store in one group) at a time by `bus consume`.
     fetch_batch: int = 1000
     #: Backoff hint of a RETRY because the stream is full.
@@ -81,6 +84,8 @@ class JetStreamConfig:
             value = getattr(self, name)
             if not 0 < value <= 300:
                 raise ValueError(f"{name}: {value} must be more than 0 and at most 300 seconds")
+        if not 1 <= self.ack_wait_s <= 3600:
+            raise ValueError(f"ack_wait_s: {self.ack_wait_s} must be from 1 to 3600 seconds")
         if not 1 <= self.fetch_batch <= 10000:
             raise ValueError(f"fetch_batch: {self.fetch_batch} must be 1..10000")
         if self.full_backoff_hint_ms < 1:

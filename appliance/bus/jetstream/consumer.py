@@ -12,7 +12,7 @@ Contract:
   message that is not an envelope of ours) is logged and counted, and the message is
   terminated: it is never redelivered, and never blocks the stream.
 - A store failure (disk full, ...) leaves the batch unacknowledged: it is fetched again after
-  60 s (the consumer's ack wait) and retried: nothing uncommitted is ever acknowledged.
+  `ack_wait_s` and retried: nothing uncommitted is ever acknowledged.
 - `bus query`, `bus tail`, `bus agents` and `bus export ipfix` read that store as usual.
 """
 

@@ -60,8 +60,6 @@ def stream_config(cfg: JetStreamConfig) -> api.StreamConfig:
 
 #: JetStream's "stream name already in use with a different configuration".
 STREAM_NAME_IN_USE = 10058
-#: How long a fetched, unacknowledged message waits before it is delivered again.
-ACK_WAIT_S = 60.0
 
 
 def consumer_config(cfg: JetStreamConfig) -> api.ConsumerConfig:
@@ -69,7 +67,7 @@ def consumer_config(cfg: JetStreamConfig) -> api.ConsumerConfig:
     return api.ConsumerConfig(
         durable_name=cfg.consumer,
         ack_policy=api.AckPolicy.EXPLICIT,
-        ack_wait=ACK_WAIT_S,
+        ack_wait=cfg.ack_wait_s,
         max_ack_pending=cfg.fetch_batch * 4,
         deliver_policy=api.DeliverPolicy.ALL,
     )

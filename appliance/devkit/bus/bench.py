@@ -81,7 +81,7 @@ def register(sub: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     if args.sink == "jetstream":
-        from appliance.bus.jetstream import bench as scale_bench
+        from appliance.devkit.bus import scale_bench
 
         return scale_bench.run(args)
     if args.hostile:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from testsupport.scale import AGENTS, Replica, write_config
 
-from appliance.bus.jetstream.localcluster import LocalCluster
-from appliance.localprocs import free_port
+from appliance.devkit.bus.natscluster import LocalCluster
+from appliance.devkit.localprocs import free_port
 from appliance.pki import init_pki, issue_agent
 
 

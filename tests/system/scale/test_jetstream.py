@@ -24,8 +24,8 @@ from testsupport.scale import (
     write_config,
 )
 
-from appliance.bus.jetstream.localcluster import LocalCluster
-from appliance.localprocs import free_port
+from appliance.devkit.bus.natscluster import LocalCluster
+from appliance.devkit.localprocs import free_port
 from appliance.wire import Envelope, PublishAck, PublishBatchRequest
 
 

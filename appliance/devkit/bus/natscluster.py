@@ -1,6 +1,6 @@
-"""A local NATS JetStream cluster: nats-server processes on 127.0.0.1, cluster routes between
-them, JetStream storage in a folder. For the tests, the bench and trying things out (never a
-deployment: docs/SCALE.md says what one looks like).
+"""A local NATS JetStream cluster (development kit): nats-server processes on 127.0.0.1, cluster
+routes between them, JetStream storage in a folder. For the tests, the bench and trying things
+out (never a deployment: docs/SCALE.md says what one looks like).
 
 Every process is started by this object and stopped by its PID (SIGTERM, then SIGKILL after a
 bound); `kill(i)` is the hard crash (SIGKILL) the failure tests need, `start(i)` brings the same
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import nats
 
+from appliance.devkit.localprocs import free_port
 from appliance.errors import CommandError
-from appliance.localprocs import free_port
 
 NATS_SERVER = "nats-server"
 

@@ -1,7 +1,7 @@
 """`infraspectre bench bus --sink jetstream`: batched ingest into the SQLite sink beside the
 JetStream sink with one and with two bus replicas, in one run, on one machine.
 
-Setup: a three-node NATS cluster on loopback (appliance/bus/jetstream/localcluster.py, streams
+Setup: a three-node NATS cluster on loopback (appliance/devkit/bus/natscluster.py, streams
 with 3 replicas), `--clients` agents (one identity each, so the chain bucket sees one key per
 agent as in a fleet), each sending pre-signed batches of `--batch-size` to its replica
 (client i to replica i mod n). Timed: from the first batch to the last envelope acknowledged OK.
@@ -25,8 +25,13 @@ from typing import Any
 
 import yaml
 
-from appliance.bus.jetstream.localcluster import LocalCluster
-from appliance.localprocs import cli_process, free_port, loopback_bus_sections, process_cpu_seconds
+from appliance.devkit.bus.natscluster import LocalCluster
+from appliance.devkit.localprocs import (
+    cli_process,
+    free_port,
+    loopback_bus_sections,
+    process_cpu_seconds,
+)
 
 T0_MS = time.time_ns() // 1_000_000 - 3_600_000
 
