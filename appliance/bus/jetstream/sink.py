@@ -24,18 +24,23 @@ Contract (the Sink protocol, appliance/bus/sink.py):
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import Header
 from nats.js.errors import (
     APIError,
     BadRequestError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
+    NoStreamResponseError,
 )
 from nats.js.kv import KeyValue
 
@@ -54,6 +59,8 @@ log = logging.getLogger(__name__)
 CAS_ATTEMPTS = 8
 _ENVELOPE = 18  # index of the envelope bytes in a store row (store.COLUMNS)
 _RECEIVED = 4
+EXPECTED_STREAM = Header.EXPECTED_STREAM.value
+STATUS_HEADER = Header.STATUS.value
 
 
 class JetStreamSink:
@@ -68,8 +75,12 @@ class JetStreamSink:
         self._failing: str | None = None
         self._chains: dict[str, tuple[Chain, int]] = {}
         self._chain_locks: dict[str, asyncio.Lock] = {}
+        self._pending_acks: dict[int, _Pending] = {}
+        self._next_batch = 0
+        self._inbox = ""
         try:
             self._nc, self._kv = self._loop.run(self._open(), cfg.connect_timeout_s * 6)
+            self._js = self._nc.jetstream(timeout=cfg.ack_timeout_s)
         except BaseException as exc:
             self._loop.stop()
             if isinstance(exc, CommandError):
@@ -80,6 +91,8 @@ class JetStreamSink:
 
     async def _open(self) -> tuple[Client, KeyValue]:
         nc = await connect(self.cfg, "infraspectre-bus")
+        self._inbox = nc.new_inbox()
+        await nc.subscribe(f"{self._inbox}.*.*", cb=self._on_ack)
         # a node that has just started answers before the cluster has placed its streams:
         # declaring is tried again (bounded) until the cluster answers
         deadline = time.monotonic() + self.cfg.connect_timeout_s * 3
@@ -151,7 +164,7 @@ class JetStreamSink:
                 for i, v in zip(idx, verdicts, strict=True):
                     outcomes[i] = v
             to_send = [i for i, o in enumerate(outcomes) if o is None]
-            acks = await asyncio.gather(*(self._publish(records[i]) for i in to_send))
+            acks = await self._publish_all([records[i] for i in to_send])
         except SinkBusy as exc:
             self._note_failure(exc.reason)
             raise
@@ -178,20 +191,68 @@ class JetStreamSink:
             log.warning("JetStream refused a publish: %s", reason)
         self._failing = reason
 
-    async def _publish(self, r: Record) -> bool:
-        agent, key_id = r.chain
-        ack = await self._nc.jetstream().publish(
-            naming.subject(self.cfg.subject_prefix, agent),
-            bytes(r.row[_ENVELOPE]),
-            timeout=self.cfg.ack_timeout_s,
-            stream=self.cfg.stream,
-            headers={
-                naming.MSG_ID_HEADER: naming.msg_id(agent, str(r.row[1])),
-                naming.KEY_ID_HEADER: key_id,
-                naming.RECEIVED_HEADER: str(r.row[_RECEIVED]),
-            },
-        )
-        return bool(ack.duplicate)
+    async def _publish_all(self, records: list[Record]) -> list[bool]:
+        """Publish records, each with its own reply subject under this sink's inbox, and wait
+        for every acknowledgement (one future per submission, not per message: nats-py's
+        request path costs more than the publish itself); per record, whether the stream
+        flagged it a duplicate. Raises the stream's first error, or TimeoutError."""
+        if not records:
+            return []
+        self._next_batch += 1
+        number = self._next_batch
+        batch = _Pending(self._loop.loop.create_future(), [False] * len(records), len(records))
+        token = f"{self._inbox}.{number}"
+        self._pending_acks[number] = batch
+        try:
+            for i, r in enumerate(records):
+                agent, key_id = r.chain
+                await self._nc.publish(
+                    naming.subject(self.cfg.subject_prefix, agent),
+                    bytes(r.row[_ENVELOPE]),
+                    reply=f"{token}.{i}",
+                    headers={
+                        naming.MSG_ID_HEADER: naming.msg_id(agent, str(r.row[1])),
+                        naming.KEY_ID_HEADER: key_id,
+                        naming.RECEIVED_HEADER: str(r.row[_RECEIVED]),
+                        EXPECTED_STREAM: self.cfg.stream,
+                    },
+                )
+            return await asyncio.wait_for(batch.done, self.cfg.ack_timeout_s)
+        except TimeoutError:
+            raise TimeoutError(f"no acknowledgement within {self.cfg.ack_timeout_s:g} s") from None
+        finally:
+            del self._pending_acks[number]
+
+    async def _on_ack(self, msg: Msg) -> None:
+        """A stream's answer to one published record (reply subject INBOX.<batch>.<index>)."""
+        try:
+            _, batch_no, index = msg.subject.rsplit(".", 2)
+            batch = self._pending_acks.get(int(batch_no))
+            i = int(index)
+        except ValueError:
+            return
+        if batch is None or batch.done.done():
+            return  # the submission timed out already: the agent retransmits
+        status = (msg.headers or {}).get(STATUS_HEADER)
+        try:
+            answer = json.loads(msg.data) if msg.data else {}
+        except ValueError:
+            answer = {}
+        if status == "503" or not isinstance(answer, dict) or not answer:
+            batch.done.set_exception(NoStreamResponseError())
+            return
+        if "error" in answer:
+            try:
+                APIError.from_error(answer["error"])  # raises the error's class
+            except APIError as exc:
+                batch.done.set_exception(exc)
+            except Exception:  # an error object without the fields nats-py expects
+                batch.done.set_exception(APIError(description=str(answer["error"])))
+            return
+        batch.duplicates[i] = bool(answer.get("duplicate"))
+        batch.left -= 1
+        if batch.left == 0:
+            batch.done.set_result(batch.duplicates)
 
     async def _load(self, key: str) -> tuple[Chain, int]:
         cached = self._chains.get(key)
@@ -239,6 +300,15 @@ class JetStreamSink:
                 self._chains[key] = (work, revision)
                 return verdicts
         raise SinkBusy("chain state contended", self._retry_hint_ms)
+
+
+@dataclass
+class _Pending:
+    """One submission's acknowledgements still awaited."""
+
+    done: asyncio.Future[list[bool]]
+    duplicates: list[bool]
+    left: int
 
 
 def _is_full(exc: BaseException) -> bool:
