@@ -24,6 +24,7 @@ from testsupport.scale import (
     write_config,
 )
 
+from appliance.crypto import Sealer, load_signing_key
 from appliance.devkit.bus.natscluster import LocalCluster
 from appliance.devkit.localprocs import free_port
 from appliance.wire import Envelope, PublishAck, PublishBatchRequest
@@ -187,3 +188,21 @@ def test_a_full_stream_answers_retry_and_loses_nothing_acknowledged(
     stored = _stored(consumer_config(scale_pki, tmp_path, nats_cluster))
     assert len(stored) == len({(a, k) for a, k, _ in stored}) == len(ok)
     assert {k: e for _, k, e in stored} == ok
+
+
+def test_a_link_accepted_by_one_replica_binds_the_other(
+    scale_pki: Path, replicas: list[Replica]
+) -> None:
+    key = load_signing_key(scale_pki / "agents/branch-2/ed25519.key")
+    sealer = Sealer("branch-2", key)
+    first = sealer.seal(recent_flow(1)).SerializeToString()
+    a, b = (r.port for r in replicas)
+    assert publish_raw(scale_pki, "branch-2", a, [first]) == [PublishAck.OK]
+    # a validly signed seq 2 naming another predecessor, sent to the other replica
+    forged = Sealer("branch-2", key, seq=1, prev_sig=b"\x01" * 64).seal(recent_flow(2))
+    assert publish_raw(scale_pki, "branch-2", b, [forged.SerializeToString()]) == [
+        PublishAck.INVALID
+    ]
+    # the true seq 2 goes through either replica
+    second = sealer.seal(recent_flow(2)).SerializeToString()
+    assert publish_raw(scale_pki, "branch-2", b, [second]) == [PublishAck.OK]
