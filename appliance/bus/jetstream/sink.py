@@ -128,7 +128,10 @@ class JetStreamSink:
         return self._pending
 
     def healthy(self) -> bool:
-        return bool(self._nc.is_connected) and self._failing is None
+        """Connected to NATS. A refused publish (a full stream) does not make a replica
+        unready: every replica sees the same stream, and a load balancer that dropped them all
+        would leave no publish to find out that the stream has room again."""
+        return bool(self._nc.is_connected)
 
     @property
     def failure(self) -> str | None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 from testsupport.flows import recent_flow
+from testsupport.outbox import MemOutbox
 from testsupport.scale import (
     AGENTS,
     CLI,
@@ -24,6 +25,8 @@ from testsupport.scale import (
     write_config,
 )
 
+from appliance.agent.forwarder import Forwarder, ForwarderConfig
+from appliance.agent.transport import GrpcTransport, Identity
 from appliance.crypto import Sealer, load_signing_key
 from appliance.devkit.bus.natscluster import LocalCluster
 from appliance.devkit.localprocs import free_port
@@ -206,3 +209,43 @@ def test_a_link_accepted_by_one_replica_binds_the_other(
     # the true seq 2 goes through either replica
     second = sealer.seal(recent_flow(2)).SerializeToString()
     assert publish_raw(scale_pki, "branch-2", b, [second]) == [PublishAck.OK]
+
+
+def test_the_agents_forwarder_fails_over_to_the_other_replica(
+    scale_pki: Path, nats_cluster: LocalCluster, replicas: list[Replica], tmp_path: Path
+) -> None:
+    """The agent's own forwarder (appliance/agent/forwarder.py) with both replicas as its bus
+    addresses: the first dies mid-stream, the rest goes through the second, all stored once."""
+    key = load_signing_key(scale_pki / "agents/branch-3/ed25519.key")
+    sealer = Sealer("branch-3", key)
+    envs = [sealer.seal(recent_flow(i)).SerializeToString() for i in range(2000)]
+    box = MemOutbox((Envelope.FromString(e).idempotency_key.encode(), e) for e in envs)
+    ident = Identity(
+        ca=scale_pki / "ca.crt", cert=scale_pki / "agents/branch-3/client.crt",
+        key=scale_pki / "agents/branch-3/client.key", server_name="localhost",
+    )  # fmt: skip
+    forwarder = Forwarder(
+        box,
+        [lambda port=r.port: GrpcTransport(f"127.0.0.1:{port}", ident) for r in replicas],
+        ForwarderConfig(
+            batch_size=200, timeout_s=20, backoff_base_s=0.1, backoff_cap_s=1.0,
+            quarantine_path=tmp_path / "quarantine.jsonl",
+        ),
+    )  # fmt: skip
+    for _ in range(200):  # bounded: each step sends one batch or waits out one backoff
+        forwarder.step()
+        if len(box.pending) <= 1000:
+            break
+    assert len(box.pending) <= 1000, "the first half was not delivered"
+    replicas[0].kill()
+    for _ in range(500):
+        forwarder.step()
+        if not box.pending:
+            break
+    assert not box.pending, f"{len(box.pending)} envelopes never acknowledged"
+    assert not (tmp_path / "quarantine.jsonl").exists()
+    config = consumer_config(scale_pki, tmp_path, nats_cluster)
+    _drain(config)
+    stored = {k: e for a, k, e in _stored(config) if a == "branch-3"}
+    assert len(_stored(config)) == len(stored) == 2000
+    assert stored == {Envelope.FromString(e).idempotency_key: e for e in envs}
