@@ -33,8 +33,6 @@ from appliance.devkit.localprocs import (
     process_cpu_seconds,
 )
 
-T0_MS = time.time_ns() // 1_000_000 - 3_600_000
-
 
 def run(args: argparse.Namespace) -> int:
     """The three phases side by side; one JSON object with --json."""
@@ -88,7 +86,7 @@ def _phase(
     cluster: LocalCluster,
 ) -> dict[str, Any]:
     from appliance.crypto import Sealer, load_signing_key
-    from appliance.wire import FlowEvent
+    from appliance.devkit.bus.bench import bench_flow
     from appliance.wire.framing import frame_batch
 
     name = f"{sink}-{n_replicas}"
@@ -97,16 +95,7 @@ def _phase(
     work: list[tuple[int, bytes, int]] = []  # (client, framed batch, envelopes)
     for c, ident in enumerate(agents):
         sealer = Sealer(ident.agent_id, load_signing_key(ident.signing_key))
-        envs = [
-            sealer.seal(
-                FlowEvent(
-                    src_ip="192.0.2.1", dst_ip="198.51.100.7", src_port=1024 + i % 60000,
-                    dst_port=443, proto="TCP", bytes_tx=1500 * i, bytes_rx=900, packets_tx=9,
-                    packets_rx=7, start_time=T0_MS + i, end_time=T0_MS + 100 + i,
-                )
-            ).SerializeToString()
-            for i in range(per_client)
-        ]  # fmt: skip
+        envs = [sealer.seal(bench_flow(i)).SerializeToString() for i in range(per_client)]
         for lo in range(0, per_client, args.batch_size):
             chunk = envs[lo : lo + args.batch_size]
             work.append((c, frame_batch(chunk), len(chunk)))
