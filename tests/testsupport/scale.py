@@ -134,7 +134,7 @@ class FailoverAgent:
 
     def _deliver(self, pending: list[Envelope]) -> None:
         deadline = time.monotonic() + 300
-        while pending:
+        while pending and not self.stop.is_set():
             if time.monotonic() > deadline:
                 raise AssertionError(f"{self.agent}: {len(pending)} envelopes never acknowledged")
             port = self.ports[self.current]

@@ -100,7 +100,7 @@ class StoreConsumer:
         nc = await connect(self.cfg, "infraspectre-store-consumer")
         try:
             js = nc.jetstream(timeout=self.cfg.ack_timeout_s * 2)
-            await declare(js, self.cfg)
+            await declare(js, self.cfg, update=False)  # the replicas own the limits
             sub = await js.pull_subscribe_bind(durable=self.cfg.consumer, stream=self.cfg.stream)
             log.info(
                 "consuming stream %s as %s into %s", self.cfg.stream, self.cfg.consumer,

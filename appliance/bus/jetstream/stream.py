@@ -73,20 +73,28 @@ def consumer_config(cfg: JetStreamConfig) -> api.ConsumerConfig:
     )
 
 
-async def declare(js: JetStreamContext, cfg: JetStreamConfig) -> KeyValue:
+async def declare(js: JetStreamContext, cfg: JetStreamConfig, update: bool = True) -> KeyValue:
     """Create (or bring to cfg) the stream and the store consumer; create or open the chain
     bucket. The replicas declare the consumer too: with interest retention a message published
-    before any consumer existed would be dropped at once."""
+    before any consumer existed would be dropped at once. With update (the replicas), a stream
+    that exists with other limits is brought to cfg: the replicas' configuration is the one in
+    force; without it (the store consumer) an existing stream is left as it is."""
     wanted = stream_config(cfg)
     try:
         await js.add_stream(wanted)
     except BadRequestError as exc:
         if exc.err_code != STREAM_NAME_IN_USE:
             raise CommandError(f"cannot create the stream {cfg.stream}: {exc.description}") from exc
-        # it exists with another configuration: ours is the one in force
-        log.info("stream %s exists with other limits: updating it", cfg.stream)
-        await js.update_stream(wanted)
-    await js.add_consumer(cfg.stream, consumer_config(cfg))
+        if update:
+            log.info("stream %s exists with other limits: updating it", cfg.stream)
+            await js.update_stream(wanted)
+    try:
+        await js.add_consumer(cfg.stream, consumer_config(cfg))
+    except BadRequestError as exc:  # it exists with other settings: it keeps its messages
+        log.warning(
+            "store consumer %s exists with other settings (%s): left as it is",
+            cfg.consumer, exc.description,
+        )  # fmt: skip
     return await js.create_key_value(
         api.KeyValueConfig(
             bucket=cfg.chain_bucket,

@@ -124,6 +124,8 @@ def test_node_and_replica_death_lose_nothing_and_store_nothing_twice(
         assert publish_raw(scale_pki, first.agent, ports[0], late) == [PublishAck.OK] * 50
         assert consumer.poll() is None, (tmp_path / "consumer.log").read_text()[-2000:]
     finally:
+        for a in agents:  # a failed test stops them; a passing one has let them finish
+            a.stop.set()
         for t in threads:
             t.join(timeout=600)
         consumer.terminate()
@@ -191,6 +193,13 @@ def test_a_full_stream_answers_retry_and_loses_nothing_acknowledged(
     stored = _stored(consumer_config(scale_pki, tmp_path, nats_cluster))
     assert len(stored) == len({(a, k) for a, k, _ in stored}) == len(ok)
     assert {k: e for _, k, e in stored} == ok
+    # the operators' view of that store: `bus query` with the same configuration
+    query = subprocess.run(
+        [*CLI, "bus", "query", "--config", str(consumer_config(scale_pki, tmp_path, nats_cluster)),
+         "--json", "--limit", "100000"],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    assert len(query.stdout.splitlines()) == len(ok)
 
 
 def test_a_link_accepted_by_one_replica_binds_the_other(
