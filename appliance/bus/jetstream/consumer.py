@@ -62,6 +62,7 @@ class StoreConsumer:
         self.cfg = settings.eventbus.jetstream
         self.stats = ConsumeStats()
         self._stop = threading.Event()
+        self._connected_once = False
         cfg = settings.eventbus
         self.store = FlowStore(
             settings.storage.data_dir / cfg.db_name,
@@ -89,8 +90,11 @@ class StoreConsumer:
             try:
                 if await self._session(until_idle):
                     return
-            except CommandError:
-                raise
+            except CommandError as exc:
+                if not self._connected_once:
+                    raise  # a wrong address at start: say so and stop
+                log.warning("consumer session failed, starting again: %s", exc)
+                await asyncio.sleep(RESTART_PAUSE_S)
             except Exception as exc:
                 log.warning("consumer session failed, starting again: %s", _describe(exc))
                 await asyncio.sleep(RESTART_PAUSE_S)
@@ -98,6 +102,7 @@ class StoreConsumer:
     async def _session(self, until_idle: bool) -> bool:
         """One connection's worth of consuming; True when done (idle with until_idle)."""
         nc = await connect(self.cfg, "infraspectre-store-consumer")
+        self._connected_once = True
         try:
             js = nc.jetstream(timeout=self.cfg.ack_timeout_s * 2)
             await declare(js, self.cfg, update=False)  # the replicas own the limits

@@ -3,9 +3,11 @@ bus replica and every store consumer does it at start; the first creates, the ot
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from typing import cast
 
-import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError
@@ -18,21 +20,32 @@ log = logging.getLogger(__name__)
 
 
 async def connect(cfg: JetStreamConfig, name: str) -> Client:
-    """A client that fails over between cfg.servers and reconnects for ever."""
+    """A client that fails over between cfg.servers and, once connected, reconnects for ever.
+
+    The first connection must succeed within 2 x connect_timeout_s (nats-py would otherwise
+    retry it for ever with reconnects unlimited): CommandError naming the servers.
+    """
+    nc = Client()
     try:
-        return await nats.connect(
-            servers=cfg.servers,
-            name=name,
-            connect_timeout=cfg.connect_timeout_s,
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.25,
-            error_cb=_log_error,
+        await asyncio.wait_for(
+            nc.connect(
+                servers=cfg.servers,
+                name=name,
+                # nats-py annotates these int; they are seconds handed to asyncio (floats work)
+                connect_timeout=cast(int, cfg.connect_timeout_s),
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=cast(int, 0.25),
+                error_cb=_log_error,
+            ),
+            cfg.connect_timeout_s * 2,
         )
     except Exception as exc:  # nats-py raises several unrelated types for "nobody answered"
-        raise CommandError(
-            f"cannot reach NATS at {', '.join(cfg.servers)}: {exc or type(exc).__name__}"
-        ) from exc
+        with contextlib.suppress(Exception):
+            await nc.close()
+        what = "no answer" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+        raise CommandError(f"cannot reach NATS at {', '.join(cfg.servers)}: {what}") from exc
+    return nc
 
 
 async def _log_error(exc: Exception) -> None:

@@ -263,3 +263,26 @@ def test_replicas_share_chains_and_the_agents_forwarder_fails_over_between_them(
     stored = {k: e for a, k, e in _stored(config) if a == "branch-3"}
     assert len(_stored(config)) == len(stored) + 2 == 2002
     assert stored == {Envelope.FromString(e).idempotency_key: e for e in envs}
+
+
+def test_unreachable_nats_stops_serve_and_consume_with_one_line(
+    scale_pki: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "bus.yaml"
+    doc = {
+        "eventbus": {
+            "host": "127.0.0.1", "port": free_port(), "metrics_port": -1, "health_port": -1,
+            "tls": {"cert_dir": str(scale_pki)}, "sink": "jetstream",
+            "jetstream": {"servers": [f"nats://127.0.0.1:{free_port()}"], "connect_timeout_s": 1},
+        },
+        "storage": {"data_dir": str(tmp_path / "data")},
+    }  # fmt: skip
+    config.write_text(yaml.safe_dump(doc))
+    for action in ("serve", "consume"):
+        run = subprocess.run(
+            [*CLI, "bus", action, "--config", str(config), "--log-level", "error"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert run.returncode != 0
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 1 and "cannot reach NATS at nats://127.0.0.1:" in lines[0], lines
