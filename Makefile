@@ -22,6 +22,7 @@ APT_PACKAGES := \
 	softflowd \
 	time \
 	nfdump \
+	nats-server \
 	tcpreplay \
 	tcpdump \
 	qemu-system-arm \
