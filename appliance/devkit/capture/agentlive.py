@@ -13,7 +13,10 @@ Both start and report ready before the replay; the steady window is the replay i
 /proc/PID/status VmHWM at the window's end (the whole life of the process, start-up included),
 and packets are the kernel's rx_packets counter of m1 over the window (both tools see every
 frame m1 receives). Per rate: CPU milliseconds per 1,000 packets for each and ours / softflowd
-("cpu_ratio", below 1 means ours costs less), and the RSS peaks with their ratio.
+("cpu_ratio", below 1 means ours costs less), and the RSS peaks with their ratio; "rss_end_kib"
+splits each RSS at the window's end into anonymous, file-backed (libraries, and for the agent
+its mapped capture ring) and shared memory. "ours" also carries the agent's own metrics at the
+end: packets metered, kernel drops, flows started and sealed.
 """
 
 from __future__ import annotations
@@ -135,7 +138,8 @@ def _step(lab: Any, path: Path, rate: int, duration_s: float) -> dict[str, Any]:
         ours_cpu = process_cpu_seconds(agent.pid) - cpu0["ours"]
         sf_cpu = process_cpu_seconds(softflowd.pid) - cpu0["sf"]
         packets = _rx_packets(lab) - rx0
-        ours_rss, sf_rss = _vm_hwm_kib(agent.pid), _vm_hwm_kib(softflowd.pid)
+        ours_rss, sf_rss = _vm_kib(agent.pid, "VmHWM"), _vm_kib(softflowd.pid, "VmHWM")
+        split = {"ours": _rss_split(agent.pid), "softflowd": _rss_split(softflowd.pid)}
         metrics = {
             key: _metric(metrics_port, f"agent_{name}_total")
             for key, name in (
@@ -158,12 +162,14 @@ def _step(lab: Any, path: Path, rate: int, duration_s: float) -> dict[str, Any]:
             "cpu_s": round(ours_cpu, 2),
             "cpu_ms_per_1k_packets": round(ours_ms, 3),
             "rss_peak_kib": ours_rss,
+            "rss_end_kib": split["ours"],
             **metrics,
         },
         "softflowd": {
             "cpu_s": round(sf_cpu, 2),
             "cpu_ms_per_1k_packets": round(sf_ms, 3),
             "rss_peak_kib": sf_rss,
+            "rss_end_kib": split["softflowd"],
         },
         "cpu_ratio": round(ours_ms / sf_ms, 2) if sf_ms > 0 else None,
         "rss_ratio": round(ours_rss / sf_rss, 2) if sf_rss > 0 else None,
@@ -210,9 +216,15 @@ def _rx_packets(lab: Any) -> int:
     return int(lab.run("T", "cat", "/sys/class/net/m1/statistics/rx_packets"))
 
 
-def _vm_hwm_kib(pid: int) -> int:
-    m = re.search(r"^VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
+def _vm_kib(pid: int, field: str) -> int:
+    """A kB field of /proc/PID/status (VmHWM: peak RSS; RssAnon/RssFile/RssShmem: now)."""
+    m = re.search(rf"^{field}:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
     return int(m.group(1)) if m else 0
+
+
+def _rss_split(pid: int) -> dict[str, int]:
+    """The RSS at the window's end by kind (the capture ring's mapped pages count as file)."""
+    return {k: _vm_kib(pid, f"Rss{k.capitalize()}") for k in ("anon", "file", "shmem")}
 
 
 def _settle(metrics_port: int) -> None:
