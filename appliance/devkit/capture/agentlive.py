@@ -8,15 +8,17 @@ tap port m1 in namespace T. On m1, at the same time:
   on 127.0.0.1 of the root namespace, a fresh PKI for both;
 - softflowd: `softflowd -d -i m1 -v 9 -n 127.0.0.1:PORT` inside T, exporting NetFlow v9 to
   nfcapd on T's loopback.
-Both start and report ready before the replay; the steady window is the replay itself. CPU is
-/proc/PID/stat utime+stime at the window's end less its start (start-up excluded), RSS peak is
-/proc/PID/status VmHWM at the window's end (the whole life of the process, start-up included),
-and packets are the kernel's rx_packets counter of m1 over the window (both tools see every
-frame m1 receives). Per rate: CPU milliseconds per 1,000 packets for each and ours / softflowd
-("cpu_ratio", below 1 means ours costs less), and the RSS peaks with their ratio; "rss_end_kib"
-splits each RSS at the window's end into anonymous, file-backed (libraries, and for the agent
-its mapped capture ring) and shared memory. "ours" also carries the agent's own metrics at the
-end: packets metered, kernel drops, flows started and sealed.
+Both start and report ready, then --idle seconds pass without traffic ("idle_cpu_ms_per_s": CPU
+milliseconds per second each spends whatever the rate); then the replay. The steady window is
+the replay itself. CPU is /proc/PID/stat utime+stime at the window's end less its start
+(start-up excluded), RSS peak is /proc/PID/status VmHWM at the window's end (the whole life of
+the process, start-up included), and packets are the kernel's rx_packets counter of m1 over the
+window (both tools see every frame m1 receives). Per rate: CPU milliseconds per 1,000 packets
+for each and ours / softflowd ("cpu_ratio", below 1 means ours costs less), and the RSS peaks
+with their ratio; "rss_end_kib" splits each RSS at the window's end into anonymous,
+file-backed (libraries, and for the agent its mapped capture ring) and shared memory. "ours"
+also carries the agent's own metrics at the end: packets metered, kernel drops, flows started
+and sealed.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--rates", default="2000,10000", help="packets/s steps, comma separated")
     p.add_argument("--duration", type=float, default=30.0, help="seconds of replay per rate")
+    p.add_argument(
+        "--idle", type=float, default=10.0, help="seconds without traffic measured first"
+    )
     p.add_argument("--cache", type=Path, default=Path("cache"), help="where captures are kept")
     p.set_defaults(func=_bench)
 
@@ -67,7 +72,9 @@ def _bench(args: Any) -> int:
         raise CommandError("--rates: give at least one rate, each above 0 packets/s")
     if args.duration <= 0:
         raise CommandError("--duration: must be above 0 seconds")
-    result = run_agent_live_bench(rates, args.duration, args.cache)
+    if args.idle <= 0:
+        raise CommandError("--idle: must be above 0 seconds")
+    result = run_agent_live_bench(rates, args.duration, args.cache, args.idle)
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:
@@ -83,7 +90,9 @@ def _bench(args: Any) -> int:
     return 0
 
 
-def run_agent_live_bench(rates: list[int], duration_s: float, cache: Path) -> dict[str, Any]:
+def run_agent_live_bench(
+    rates: list[int], duration_s: float, cache: Path, idle_s: float = 10.0
+) -> dict[str, Any]:
     from appliance.devkit.capture.lab import MirrorLab
     from appliance.devkit.capture.synth import cached_capture
 
@@ -96,11 +105,11 @@ def run_agent_live_bench(rates: list[int], duration_s: float, cache: Path) -> di
     steps = []
     for rate in rates:
         with MirrorLab("blive") as lab:
-            steps.append(_step(lab, path, rate, duration_s))
+            steps.append(_step(lab, path, rate, duration_s, idle_s))
     return {"steps": steps, "bus": "real local bus (bus serve, mTLS gRPC on 127.0.0.1)"}
 
 
-def _step(lab: Any, path: Path, rate: int, duration_s: float) -> dict[str, Any]:
+def _step(lab: Any, path: Path, rate: int, duration_s: float, idle_s: float) -> dict[str, Any]:
     from appliance.pki import init_pki, issue_agent
 
     with (
@@ -126,8 +135,11 @@ def _step(lab: Any, path: Path, rate: int, duration_s: float) -> dict[str, Any]:
         time.sleep(1.0)  # softflowd prints no ready line: give it time to open m1
         if softflowd.poll() is not None:
             raise CommandError(f"softflowd exited ({softflowd.returncode}) before the replay")
+        idle0 = {"ours": process_cpu_seconds(agent.pid), "sf": process_cpu_seconds(softflowd.pid)}
+        time.sleep(idle_s)  # no traffic: what each costs per second whatever the rate
         rx0 = _rx_packets(lab)
         cpu0 = {"ours": process_cpu_seconds(agent.pid), "sf": process_cpu_seconds(softflowd.pid)}
+        idle = {k: (cpu0[k] - idle0[k]) * 1000 / idle_s for k in cpu0}
         count = int(rate * duration_s)
         loops = max(1, -(-count // REPLAY_PACKETS))
         replay_args = [f"--pps={rate}", f"--limit={count}", f"--loop={loops}", str(path)]
@@ -162,6 +174,7 @@ def _step(lab: Any, path: Path, rate: int, duration_s: float) -> dict[str, Any]:
             "cpu_s": round(ours_cpu, 2),
             "cpu_ms_per_1k_packets": round(ours_ms, 3),
             "rss_peak_kib": ours_rss,
+            "idle_cpu_ms_per_s": round(idle["ours"], 1),
             "rss_end_kib": split["ours"],
             **metrics,
         },
@@ -169,6 +182,7 @@ def _step(lab: Any, path: Path, rate: int, duration_s: float) -> dict[str, Any]:
             "cpu_s": round(sf_cpu, 2),
             "cpu_ms_per_1k_packets": round(sf_ms, 3),
             "rss_peak_kib": sf_rss,
+            "idle_cpu_ms_per_s": round(idle["sf"], 1),
             "rss_end_kib": split["softflowd"],
         },
         "cpu_ratio": round(ours_ms / sf_ms, 2) if sf_ms > 0 else None,

@@ -13,7 +13,7 @@ def test_bench_live_measures_both_tools_on_the_same_frames(tmp_path: Path) -> No
     rate, seconds = 400, 3
     proc = subprocess.run(
         [sys.executable, "-m", "appliance", "bench", "live", "--json",
-         "--rates", str(rate), "--duration", str(seconds), "--cache", str(tmp_path)],
+         "--rates", str(rate), "--duration", str(seconds), "--idle", "1", "--cache", str(tmp_path)],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -27,16 +27,8 @@ def test_bench_live_measures_both_tools_on_the_same_frames(tmp_path: Path) -> No
     assert ours["cpu_s"] > 0  # softflowd may stay under one clock tick at this rate
     for tool in ("ours", "softflowd"):
         assert step[tool]["rss_peak_kib"] > 1000, tool
+        assert step[tool]["idle_cpu_ms_per_s"] >= 0, tool
         per_1k = step[tool]["cpu_s"] * 1e6 / step["packets"]
         assert abs(step[tool]["cpu_ms_per_1k_packets"] - per_1k) < 0.01 * per_1k + 0.01
     theirs = step["softflowd"]["rss_peak_kib"]
     assert step["rss_ratio"] == round(ours["rss_peak_kib"] / theirs, 2)
-
-
-def test_bench_live_rejects_bad_rates() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "appliance", "bench", "live", "--rates", "2k"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert proc.returncode != 0
-    assert "--rates" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
