@@ -184,6 +184,7 @@ RUNTIME = (
     "py.typed",
     "cli.py",
     "configcheck.py",
+    "datafiles.py",
     "errors.py",
     "fsm.py",
     "logformat.py",
