@@ -15,6 +15,7 @@ COMMAND_MODULES = ("appliance.devkit.demo",)
 #: Modules whose register(subparsers) adds `infraspectre bench ...` commands.
 BENCH_MODULES = (
     "appliance.devkit.bus.bench",
+    "appliance.devkit.bus.export_bench",
     "appliance.devkit.wal.bench",
     "appliance.devkit.capture.bench",
     "appliance.devkit.pipeline_bench",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from appliance.agent.health import CaptureCounts
 from appliance.wire import FlowEvent, InterfaceCounters, InterfaceStats
@@ -43,3 +44,43 @@ class FixedCounters:
         return InterfaceCounters(
             sample_ns=time.time_ns(), interfaces=[InterfaceStats(ifname="mirror0", rx_bytes=1)]
         )
+
+
+class PcapFlows:
+    """The agent's FlowSource over a capture file: each poll() meters the file on to the next
+    flows it ends (appliance.capture.offline, the capture's own clock); at the end of the file
+    every open flow has ended (SHUTDOWN), so close() has nothing left."""
+
+    def __init__(self, path: Path, interface: str = "eth1") -> None:
+        from appliance.capture.offline import OfflineSummary, iter_pcap_flows
+
+        self.interface = interface
+        self._items = iter_pcap_flows(path)
+        self._summary_type = OfflineSummary
+        self.summary: OfflineSummary | None = None
+        self.flows = 0
+
+    def poll(self, timeout_s: float) -> Sequence[FlowEvent]:
+        from appliance.capture.flows import to_flow_event
+
+        if self.summary is not None:
+            time.sleep(min(timeout_s, 0.01))
+            return []
+        item = next(self._items)
+        if isinstance(item, self._summary_type):
+            self.summary = item
+            return []
+        events = [to_flow_event(r, self.interface) for r in item.records()]
+        self.flows += len(events)
+        return events
+
+    def close(self) -> Sequence[FlowEvent]:
+        return []
+
+    def stats(self) -> dict[str, float]:
+        frames = self.summary.frames if self.summary is not None else 0
+        return {"packets": float(frames), "kernel_drops": 0.0, "flows_active": 0.0}
+
+    def capture_counts(self) -> Sequence[CaptureCounts]:
+        frames = self.summary.frames if self.summary is not None else 0
+        return [CaptureCounts(self.interface, packets=frames, drops=0, own_frames=0)]

@@ -54,11 +54,13 @@ def _replay(args: argparse.Namespace) -> int:
         collector.validate()
     except ValueError as exc:
         raise CommandError(f"--collector: {exc}") from None
+    since_ns = parse_time(args.since)
+    until_ns = parse_time(args.until) if args.until else None
+    if until_ns is not None and until_ns <= since_ns:
+        raise CommandError(f"--until {args.until} is not after --since {args.since}: empty range")
     cfg = load_bus_settings(args.config).eventbus.export.ipfix
     db = _db_path(args)
     open_reader(db).close()  # a one-line error for a missing file or one that is not a store
-    since_ns = parse_time(args.since)
-    until_ns = parse_time(args.until) if args.until else None
     reader = StoreReader(db)
     try:
         head = reader.head()
