@@ -6,6 +6,7 @@ that requirements.lock does not pin, not even inside a function."""
 from __future__ import annotations
 
 import ast
+import functools
 from importlib import metadata
 from pathlib import Path
 
@@ -18,7 +19,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "appliance"
 COMPONENTS = ("agent", "bus", "provision", "image", "qemu")
 
 
-def _imported(path: Path, everywhere: bool = False) -> set[str]:
+@functools.cache  # every test walks the same files: parse each once
+def _imported(path: Path, everywhere: bool = False) -> frozenset[str]:
     """Absolute imports of path; with everywhere, also `from appliance.x import y` as
     appliance.x.y (y may be a module) and the imports inside functions (ast.walk sees all)."""
     names: set[str] = set()
@@ -29,7 +31,7 @@ def _imported(path: Path, everywhere: bool = False) -> set[str]:
             names.add(node.module)
             if everywhere:
                 names.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return names
+    return frozenset(names)
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
