@@ -20,7 +20,9 @@ APT_PACKAGES := \
 	util-linux \
 	iputils-ping \
 	softflowd \
+	time \
 	nfdump \
+	nats-server \
 	tcpreplay \
 	tcpdump \
 	qemu-system-arm \
@@ -54,7 +56,7 @@ apt:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-$(VENV)/.installed: pyproject.toml setup.py appliance/crypto/_ed25519_batch.c requirements.lock requirements-dev.lock | apt
+$(VENV)/.installed: pyproject.toml setup.py appliance/crypto/_ed25519_batch.c appliance/capture/_fastpath.c requirements.lock requirements-dev.lock | apt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements.lock -r requirements-dev.lock
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .

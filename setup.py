@@ -1,6 +1,7 @@
-"""The one native part: Ed25519 batch verification for the bus (everything else is in
-pyproject.toml). setup.py rather than pyproject's ext-modules table because the setuptools that
-Debian 12's venv starts with predates that table.
+"""The native parts: Ed25519 batch verification for the bus, and offline metering's pcap
+record walk and JSON writer (appliance/capture/_fastpath.c; the capture code falls back to
+pure Python without it). Everything else is in pyproject.toml. setup.py rather than pyproject's
+ext-modules table because the setuptools that Debian 12's venv starts with predates that table.
 
 A wheel also carries the host-side data of `image build` and `qemu boot` (image/, overlays/,
 qemu/boards/, requirements.lock) as appliance/_data/, where appliance.datafiles finds it; the
@@ -14,7 +15,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
-#: Kept in step with appliance.datafiles.SHIPPED (tests/system/image/test_wheel.py builds one).
+#: Kept in step with appliance.datafiles.SHIPPED (tests/unit/test_datafiles.py checks it).
 DATA = ("image", "overlays", "qemu/boards", "requirements.lock")
 
 
@@ -40,6 +41,11 @@ setup(
             "appliance.crypto._ed25519_batch",
             sources=["appliance/crypto/_ed25519_batch.c"],
             extra_compile_args=["-O3", "-std=gnu11", "-Wall", "-Wextra", "-Werror"],
-        )
+        ),
+        Extension(
+            "appliance.capture._fastpath",
+            sources=["appliance/capture/_fastpath.c"],
+            extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror"],
+        ),
     ],
 )

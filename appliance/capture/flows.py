@@ -9,6 +9,7 @@ which speak initiator/responder (tx = initiator -> responder) like the wire's Fl
 from __future__ import annotations
 
 import enum
+import json
 import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,11 @@ from appliance.capture.decode import ICMP, ICMP_KEY_BIT, ICMPV6, TCP
 
 if TYPE_CHECKING:
     from appliance.wire import FlowEvent
+
+try:  # the compiled JSON writer (setup.py builds it); json.dumps per record without it
+    from appliance.capture import _fastpath
+except ImportError:  # pragma: no cover (a checkout without `make venv`)
+    _fastpath = None  # type: ignore[assignment]
 
 PROTO_NAMES = {TCP: "TCP", 17: "UDP", ICMP: "ICMP", ICMPV6: "ICMPV6", 132: "SCTP", 47: "GRE"}
 
@@ -210,6 +216,26 @@ class FlowBatch:
 
     def __len__(self) -> int:
         return len(self.cols["start_ns"])
+
+    def take(self, idx: npt.NDArray[np.intp] | slice) -> FlowBatch:
+        """The flows at idx (an index array or a slice), in that order."""
+        return FlowBatch({k: v[idx] for k, v in self.cols.items()})
+
+    def json_lines(self) -> bytes:
+        """One line per flow, `json.dumps(record.to_json_dict())` for each of records(), as
+        UTF-8. The compiled writer makes the same bytes without building the records (it was
+        most of `flows --pcap --json`'s CPU); tests compare the two."""
+        if _fastpath is None:
+            return self.json_lines_python()
+        cols = tuple(
+            np.ascontiguousarray(self.cols[name], dtype=dtype)
+            for name, dtype in FLOW_COLUMNS.items()
+        )
+        return _fastpath.flows_json(cols)
+
+    def json_lines_python(self) -> bytes:
+        """json_lines without the compiled writer: the reference it is tested against."""
+        return "".join(json.dumps(r.to_json_dict()) + "\n" for r in self.records()).encode()
 
     @property
     def packets(self) -> int:

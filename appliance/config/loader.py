@@ -9,8 +9,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-
 from appliance.errors import CommandError
 
 T = TypeVar("T")
@@ -30,6 +28,8 @@ def load_document(path: Path | None) -> dict[str, Any]:
     """Read a YAML configuration file (None or a missing default means: all defaults)."""
     if path is None:
         return {}
+    import yaml  # here, not at the top: commands run without a file (`flows --pcap`) skip it
+
     try:
         text = path.read_text()
     except OSError as exc:

@@ -1,19 +1,28 @@
 """`infraspectre bench flows`: our meter against softflowd on the same capture, same run.
 
 Offline (default): a seeded 1M-frame synthetic capture (cached under --cache, keyed by seed and
-size) or --pcap FILE [--truth FILE]; each tool meters the whole file --repeat times,
-alternating; the reported packets/s is the median run (all runs are in the JSON), "ratio" is
-ours / softflowd on medians, "ratio_best" on the best runs, "ratio_cpu" on the least CPU seconds
-each tool needed in any run (softflowd's includes `ip netns exec`): the steadiest figure on a
-busy machine.
-- ours: in-process, from opening the file to the last flow record in columnar form
-  (PcapReader -> Decoder -> FlowMeter -> FlowBatch); Python start-up and imports excluded.
-- softflowd: `softflowd -r FILE -c none -m 200000 -v 9 -n 127.0.0.1:9995`, wall time of the
-  process, exporting NetFlow v9 to nfcapd on the loopback of a network namespace of its own;
-  its records are read back with `nfdump -o csv` (rows counted: `nfdump -I` ignores filters).
-"matches_truth" compares our flows, packets and bytes per protocol with the generator's truth.
-softflowd's packets per protocol are compared too; its bytes include Ethernet padding and it
-keys ICMP without the echo id, so its flow count differs by design (docs/FLOWS.md).
+size) or --pcap FILE [--truth FILE]. Each tool meters the whole file --repeat times,
+alternating, as a user meets it: a whole process that starts, meters and writes its records.
+- ours: `infraspectre flows --pcap FILE --json` (this interpreter, `-m appliance`), JSON lines
+  to a file; its totals are read back from that file.
+- softflowd: `softflowd -r FILE -c none -m 200000 -v 9 -n 127.0.0.1:9995`, exporting NetFlow
+  v9 to nfcapd on the loopback of a network namespace of its own; its records are read back
+  with `nfdump -o csv` (rows counted: `nfdump -I` ignores filters).
+Per run: wall seconds, CPU seconds and peak RSS of the process (os.wait4's rusage; softflowd's
+`ip netns exec` execs it in place, so the figures are softflowd's own). The headline "ratio" is
+ours / softflowd in packets/s on the median runs; "ratio_best" on the best runs, "ratio_cpu" on
+the least CPU seconds each needed in any run (the steadiest figure on a busy machine);
+"rss_ratio" ours / softflowd on the largest peak RSS of any run. "rss_per_flow_bytes": peak
+RSS less the same process's peak on a one-frame capture (start-up, imports), over the flows it
+held at its peak (ours: the meter's peak table; softflowd: its flows, as `-r` never expires by
+time, every flow stays in its table until the end).
+"ours_in_process" is also measured, alternating with the others: from opening the file to the
+last flow record in columnar form (PcapReader -> Decoder -> FlowMeter -> FlowBatch), start-up,
+imports and output excluded; "ratio_in_process" sets it against softflowd's whole process.
+"matches_truth" compares our whole-process output's flows, packets and bytes per protocol, and
+frames, with the generator's truth ("in_process_matches_truth" the same for the in-process
+run). softflowd's packets per protocol are compared too; its bytes include Ethernet padding and
+it keys ICMP without the echo id, so its flow count differs by design (docs/FLOWS.md).
 
 --memory: pushes many distinct flows through a meter with the configured max_flows and samples
 the process's anonymous RSS, against the documented bound (docs/PERFORMANCE.md).
@@ -27,18 +36,22 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from appliance.errors import CommandError
 
 NFCAPD_PORT = 9995
+#: GNU time (Debian package `time`): CPU and peak RSS of one command, see _timed_process.
+TIME = "/usr/bin/time"
 
 
 def register(sub: Any) -> None:
@@ -95,6 +108,7 @@ def _print_human(result: dict[str, Any], indent: str = "") -> None:
 
 
 def offline_bench(args: argparse.Namespace) -> dict[str, Any]:
+    from appliance.capture.pcap import write_pcap
     from appliance.devkit.capture.synth import Truth, cached_capture
 
     truth: Truth | None = None
@@ -107,38 +121,84 @@ def offline_bench(args: argparse.Namespace) -> dict[str, Any]:
     else:
         path, truth = cached_capture(args.cache, args.seed, args.packets)
     run_softflowd = not args.no_softflowd
+    _require_tools(TIME)
     if run_softflowd:
         _require_tools("softflowd", "nfcapd", "nfdump", "ip")
     ours_runs: list[dict[str, Any]] = []
+    inproc_runs: list[dict[str, Any]] = []
     sf_runs: list[dict[str, Any]] = []
-    for _ in range(max(args.repeat, 1)):
-        ours_runs.append(_run_ours(path))
-        if run_softflowd:
-            sf_runs.append(_run_softflowd(path))
+    _compile_package()
+    with tempfile.TemporaryDirectory(prefix="isbench-flows-") as tmp:
+        # One frame: what each process costs before it meters anything (start-up, imports).
+        tiny = Path(tmp) / "one-frame.pcap"
+        write_pcap(tiny, [(1_795_000_000_000_000_000, _ONE_FRAME)])
+        ours_base = _run_ours_process(tiny, Path(tmp))["peak_rss_kib"]
+        sf_base = _run_softflowd(tiny)["peak_rss_kib"] if run_softflowd else 0
+        for _ in range(max(args.repeat, 1)):
+            ours_runs.append(_run_ours_process(path, Path(tmp)))
+            if run_softflowd:
+                sf_runs.append(_run_softflowd(path))
+            inproc_runs.append(_run_ours(path))
     ours = _median_run(ours_runs)
+    inproc = _median_run(inproc_runs)
+    ours["peak_rss_kib_max"] = max(int(r["peak_rss_kib"]) for r in ours_runs)
+    ours["rss_per_flow_bytes"] = _per_flow(ours["peak_rss_kib_max"], ours_base, ours["peak_flows"])
     result: dict[str, Any] = {
         "capture": {"path": str(path), "frames": ours["frames"], "bytes": path.stat().st_size},
         "ours": ours,
+        "ours_in_process": inproc,
     }
     if truth is not None:
         result["truth"] = truth.by_proto
-        result["matches_truth"] = (
-            ours["by_proto"] == truth.by_proto
-            and ours["frames"] == truth.frames
-            and ours["non_ip"] == truth.non_ip
-        )
+        result["matches_truth"] = _matches(ours, truth)
+        result["in_process_matches_truth"] = _matches(inproc, truth)
     if sf_runs:
         sf = _median_run(sf_runs)
+        sf["peak_rss_kib_max"] = max(int(r["peak_rss_kib"]) for r in sf_runs)
+        sf["rss_per_flow_bytes"] = _per_flow(sf["peak_rss_kib_max"], sf_base, sf["flows"])
         result["softflowd"] = sf
         result["ratio"] = round(ours["packets_per_s"] / sf["packets_per_s"], 3)
         result["ratio_best"] = round(ours["best_packets_per_s"] / sf["best_packets_per_s"], 3)
         result["ratio_cpu"] = round(sf["min_cpu_seconds"] / max(ours["min_cpu_seconds"], 1e-9), 3)
+        result["ratio_in_process"] = round(inproc["packets_per_s"] / sf["packets_per_s"], 3)
+        result["rss_ratio"] = round(ours["peak_rss_kib_max"] / sf["peak_rss_kib_max"], 3)
         if truth is not None:
             sf_packets = {k: v["packets"] for k, v in sf["by_proto"].items()}
             result["softflowd_packets_match_truth"] = sf_packets == {
                 k: v["packets"] for k, v in truth.by_proto.items()
             }
     return result
+
+
+#: A minimal Ethernet + IPv4 + UDP frame (documentation addresses), for the start-up baseline.
+_ONE_FRAME = bytes.fromhex(
+    "020000000002020000000001080045000020000100004011f8d2c0000201c000020213880035000c0000"
+) + bytes(18)
+
+
+def _compile_package() -> None:
+    """Byte-compile the appliance package, as pip does when it installs one: in a source
+    checkout run with PYTHONDONTWRITEBYTECODE (set on our build machines) every `flows` run
+    would otherwise compile our modules again (~0.03 s CPU and 2 MiB of peak RSS here), a cost
+    no installed copy pays."""
+    import compileall
+
+    import appliance
+
+    for root in appliance.__path__:
+        compileall.compile_dir(root, quiet=2, workers=1)
+
+
+def _matches(run: dict[str, Any], truth: Any) -> bool:
+    return bool(
+        run["by_proto"] == truth.by_proto
+        and run["frames"] == truth.frames
+        and run["non_ip"] == truth.non_ip
+    )
+
+
+def _per_flow(peak_kib: int, base_kib: int, flows: int) -> int:
+    return round((peak_kib - base_kib) * 1024 / flows) if flows else 0
 
 
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -148,6 +208,69 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out["best_packets_per_s"] = round(out["frames"] / float(ordered[0]["seconds"]))
     out["min_cpu_seconds"] = min(float(r["cpu_seconds"]) for r in runs)
     return out
+
+
+_SUMMARY = re.compile(
+    r"flows: (\d+) flows, (\d+) frames, (\d+) IP packets.*non-IP (\d+).*peak table (\d+)"
+)
+
+
+def _run_ours_process(path: Path, tmp: Path) -> dict[str, Any]:
+    """`infraspectre flows --pcap path --json` as a process of its own, JSON lines to a file."""
+    out_path, err_path = tmp / "flows.jsonl", tmp / "flows.err"
+    cmd = [sys.executable, "-m", "appliance", "flows", "--pcap", str(path), "--json"]
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        seconds, cpu, rss, status = _timed_process(cmd, out, err)
+    err_text = err_path.read_text(errors="replace")
+    if status != 0:
+        raise CommandError(f"infraspectre flows failed: {err_text.strip()[:200]}")
+    m = _SUMMARY.search(err_text)
+    if m is None:
+        raise CommandError(f"infraspectre flows printed no summary: {err_text.strip()[:200]}")
+    flows, frames, packets, non_ip, peak = (int(g) for g in m.groups())
+    by: dict[str, dict[str, int]] = {}
+    with open(out_path, "rb") as f:
+        for line in f:
+            rec = json.loads(line)
+            entry = by.setdefault(rec["proto"], {"flows": 0, "packets": 0, "bytes": 0})
+            entry["flows"] += 1
+            entry["packets"] += rec["packets_tx"] + rec["packets_rx"]
+            entry["bytes"] += rec["bytes_tx"] + rec["bytes_rx"]
+    out_path.unlink()
+    return {
+        "seconds": round(seconds, 4),
+        "cpu_seconds": round(cpu, 4),
+        "peak_rss_kib": rss,
+        "frames": frames,
+        "packets_per_s": round(frames / seconds),
+        "flows": flows,
+        "packets": packets,
+        "non_ip": non_ip,
+        "by_proto": dict(sorted(by.items())),
+        "peak_flows": peak,
+    }
+
+
+def _timed_process(
+    cmd: list[str], stdout: IO[bytes], stderr: IO[bytes]
+) -> tuple[float, float, int, int]:
+    """Run cmd to its end: (wall seconds, CPU seconds, peak RSS KiB, exit status).
+
+    CPU and peak RSS come from GNU time, which forks cmd from its own small process: a child
+    of this process would carry this process's peak RSS (numpy, the in-process runs) in its
+    own ru_maxrss, since the kernel keeps the larger of the pre-exec and post-exec peaks."""
+    with tempfile.NamedTemporaryFile(prefix="isbench-time-", mode="r") as usage:
+        timed = [TIME, "-q", "-o", usage.name, "-f", "%U %S %M", *cmd]
+        if cmd[:3] == ["ip", "netns", "exec"]:  # time runs inside: it measures the tool only
+            timed = [*cmd[:4], TIME, "-q", "-o", usage.name, "-f", "%U %S %M", *cmd[4:]]
+        start = time.perf_counter()
+        status = subprocess.run(timed, stdout=stdout, stderr=stderr, timeout=600).returncode
+        seconds = time.perf_counter() - start
+        fields = usage.read().split()
+    if len(fields) < 3:
+        raise CommandError(f"{cmd[0]}: no resource usage from {TIME} (status {status})")
+    user, system, rss = fields[-3:]
+    return seconds, float(user) + float(system), int(rss), status
 
 
 def _run_ours(path: Path) -> dict[str, Any]:
@@ -211,18 +334,12 @@ def _run_softflowd(path: Path) -> dict[str, Any]:
         )
         try:
             _wait_udp_listener(ns, NFCAPD_PORT)
-            start = time.perf_counter()
-            before = os.times()
-            proc = subprocess.run(
-                softflowd_cmd,
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
-            seconds = time.perf_counter() - start
-            after = os.times()
-            if proc.returncode != 0:
-                raise CommandError(f"softflowd failed: {proc.stderr.strip()[:200]}")
+            with open(flowdir / "softflowd.out", "w+b") as out:
+                seconds, cpu, rss, status = _timed_process(softflowd_cmd, out, out)
+                out.seek(0)
+                stdout = out.read().decode(errors="replace")
+            if status != 0:
+                raise CommandError(f"softflowd failed: {stdout.strip()[:200]}")
             time.sleep(0.5)  # let nfcapd drain its socket before it is told to stop
         finally:
             nfcapd.send_signal(signal.SIGTERM)
@@ -232,17 +349,14 @@ def _run_softflowd(path: Path) -> dict[str, Any]:
                 nfcapd.kill()
                 nfcapd.wait()
         by_proto, records = _nfdump_totals(flowdir)
-    frames = _softflowd_frames(proc.stdout)
+    frames = _softflowd_frames(stdout)
     return {
         "seconds": round(seconds, 4),
-        "cpu_seconds": round(
-            (after.children_user - before.children_user)
-            + (after.children_system - before.children_system),
-            4,
-        ),
+        "cpu_seconds": round(cpu, 4),
+        "peak_rss_kib": rss,
         "frames": frames,
         "packets_per_s": round(frames / seconds),
-        "flows": _softflowd_flows(proc.stdout),
+        "flows": _softflowd_flows(stdout),
         "netflow_records": records,
         "by_proto": by_proto,
     }

@@ -209,3 +209,26 @@ def test_linux_cooked_captures_give_the_flows_of_the_ethernet_capture(
     assert got.records() == want.records()
     assert got_summary.decode.non_ip == want_summary.decode.non_ip == {0x0806: 1}
     assert got_summary.decode.malformed == 0
+
+
+def test_flows_starts_without_the_network_and_crypto_stacks(tmp_path: Path) -> None:
+    """`flows --pcap` is timed against softflowd as a whole process: it must not pay for
+    grpc, protobuf, cryptography, PyNaCl or PyYAML (no --config given), which it never uses."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "c.pcap"
+    _capture(path)
+    probe = (
+        "import sys\n"
+        "from appliance.cli import main\n"
+        f"status = main(['flows', '--pcap', {str(path)!r}, '--json'])\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'grpc', 'google', 'cryptography', 'nacl', 'pyroute2', 'yaml'})\n"
+        "print('HEAVY', heavy, status)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    assert out.splitlines()[-1] == "HEAVY [] 0"
+    assert sum(1 for line in out.splitlines() if line.startswith("{")) == 2

@@ -1,0 +1,18 @@
+from typing import Any
+
+# Buffers: anything with the buffer protocol (bytearray, numpy arrays).
+def walk_le(buf: Any, pos: int, end: int, limit: int, out: Any, /) -> tuple[int, int]: ...
+def flows_json(columns: tuple[Any, ...], /) -> bytes: ...
+def decode(
+    data: Any,
+    offsets: Any,
+    caplen: Any,
+    ts_ns: Any,
+    vlan: Any,
+    linktype: int,
+    columns: tuple[Any, ...],
+    fast: Any,
+    slow: Any,
+    non_ip: Any,
+    /,
+) -> tuple[int, int, int]: ...
