@@ -1,4 +1,4 @@
-"""Emulated-board definitions: qemu/boards/NAME.toml in the source tree.
+"""Emulated-board definitions: qemu/boards/NAME.toml in the data folder (appliance.datafiles).
 
 Each file gives QEMU's machine arguments and where the card, the console and the two NICs go:
 
@@ -29,10 +29,12 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from appliance import datafiles
 from appliance.errors import CommandError
 
-#: qemu/boards in the source tree this package was installed from.
-BOARDS_DIR = Path(__file__).resolve().parents[2] / "qemu" / "boards"
+#: qemu/boards in the data folder (appliance.datafiles: $INFRASPECTRE_DATA, a wheel's packaged
+#: copy, or the source checkout).
+BOARDS_DIR = datafiles.root() / "qemu" / "boards"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +76,8 @@ def names(directory: Path = BOARDS_DIR) -> list[str]:
 def load(name: str, directory: Path = BOARDS_DIR) -> BoardSpec:
     """Read qemu/boards/NAME.toml strictly (unknown or missing keys are errors)."""
     path = directory / f"{name}.toml"
+    if not directory.is_dir():
+        raise CommandError(f"no board definitions: {datafiles.missing(directory)}")
     if not path.is_file():
         raise CommandError(f"unknown board {name!r} (known: {', '.join(names(directory))})")
     try:

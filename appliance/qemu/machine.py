@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from appliance.errors import CommandError
+from appliance.fsm import Machine as StateMachine
 from appliance.qemu import bootfiles, qemu10
 from appliance.qemu.boards import BoardSpec
 from appliance.qemu.console import CommandResult, Console
@@ -56,7 +57,9 @@ class Event(enum.Enum):
     OFF = "power cut, halt or reset"
 
 
-#: The allowed transitions; anything else is a harness bug and raises.
+#: The allowed transitions (appliance.fsm); anything else is a harness bug and raises
+#: fsm.IllegalTransition. Powering on a board that is on is the one refusal a user can cause
+#: (power_on checks it first and says so in one line).
 TRANSITIONS: dict[tuple[State, Event], State] = {
     (State.OFF, Event.POWER_ON): State.BOOTING,
     (State.BOOTING, Event.READY): State.READY,
@@ -147,7 +150,9 @@ class Machine:
         self.cmdline_extra = cmdline_extra
         self.snapshot = snapshot
         self.qemu = qemu
-        self.state = State.OFF
+        self._lifecycle: StateMachine[State, Event] = StateMachine(
+            f"{board.name} board", TRANSITIONS, State.OFF
+        )
         self.boots = 0
         #: time.monotonic() when the current boot became READY (0.0: not yet)
         self.ready_at = 0.0
@@ -155,6 +160,11 @@ class Machine:
         self._console: Console | None = None
         self._console_port = 0
         self._boot: bootfiles.BootFiles | None = None
+
+    @property
+    def state(self) -> State:
+        """Where the board is in its lifecycle."""
+        return self._lifecycle.state
 
     @property
     def console(self) -> Console:
@@ -193,7 +203,7 @@ class Machine:
 
     def power_on(self) -> None:
         """Start QEMU and connect to its console (the guest starts once connected)."""
-        if (self.state, Event.POWER_ON) not in TRANSITIONS:
+        if not self._lifecycle.can(Event.POWER_ON):
             raise CommandError(f"{self.board.name} is already on")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.boots += 1
@@ -209,7 +219,7 @@ class Machine:
         except CommandError:
             self.power_cut()
             raise CommandError(f"QEMU did not start: {self._stderr_tail()}") from None
-        self._move(Event.POWER_ON)
+        self._lifecycle.move(Event.POWER_ON)
 
     def wait_ready(self, timeout: float = 180.0) -> float:
         """Wait for the ready marker (and a responsive shell on a debug boot); seconds since
@@ -219,7 +229,7 @@ class Machine:
         if self.console_shell:
             self.console.sync(max(10.0, timeout - (time.monotonic() - start)))
             self.console.run("stty -echo", timeout=10)
-        self._move(Event.READY)
+        self._lifecycle.move(Event.READY)
         self.ready_at = time.monotonic()
         return time.monotonic() - start
 
@@ -285,13 +295,7 @@ class Machine:
             self._console.close()
             self._console = None
         self._proc = None
-        self._move(Event.OFF)
-
-    def _move(self, event: Event) -> None:
-        after = TRANSITIONS.get((self.state, event))
-        if after is None:
-            raise CommandError(f"{self.board.name}: {event.value} while {self.state.value}")
-        self.state = after
+        self._lifecycle.move(Event.OFF)
 
     def _stderr_tail(self) -> str:
         path = self.workdir / f"qemu-{self.boots}.stderr"
