@@ -1,7 +1,7 @@
 """A small explicit state machine: an Enum of states, an Enum of events, one transition table.
 
 Contract (for every lifecycle that adopts it: WAL recovery, the forwarder's connection, the
-provisioning dialogue on the device and the bus server; the QEMU machine may follow):
+provisioning dialogue on the device, the bus server and the QEMU board harness):
 
 - States and events are members of two `enum.Enum` classes owned by the component.
 - The table is a plain `dict[(state, event), next state]` written at module level next to the

@@ -15,7 +15,10 @@ in the device image, off elsewhere: a development machine keeps its own clock), 
 - at most one correction per `min_interval_s`;
 - the estimate is the bus's time plus half the call's round trip (the bus stamps its answer
   when it sends it);
-- after a step the new time is saved where the next boot takes its floor from.
+- after a step the new time is saved where the next boot takes its floor from;
+- every step is logged (ClockStep) so the capture can rebase what it holds: packets the kernel
+  stamped on the old clock and the flows still open move forward with the clock, so a step in
+  the middle of a conversation neither ends its flow early nor splits it.
 """
 
 from __future__ import annotations
@@ -29,6 +32,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ClockStep:
+    """One forward step: every time read before it is below before_ns (the clock just before
+    the step), every time read after it is at least before_ns + delta_ns."""
+
+    before_ns: int
+    delta_ns: int
+
+    def rebase(self, ns: int) -> int:
+        """A time read on the old clock, on the new one."""
+        return ns + self.delta_ns if ns < self.before_ns else ns
 
 
 @dataclass
@@ -46,8 +62,15 @@ class ClockFollower:
     offset_s: float = 0.0
     steps: int = 0
     slews: int = 0
+    step_log: list[ClockStep] = field(default_factory=list)
     _last_step: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def now_and_steps(self, seen: int) -> tuple[int, list[ClockStep]]:
+        """The clock now, and the steps after the first `seen`, read together: a time
+        returned here is on the clock of the last step returned with it."""
+        with self._lock:
+            return self.clock_ns(), self.step_log[seen:]
 
     def observe(self, bus_ns: int, sent_ns: int, received_ns: int) -> None:
         """One answer: the bus's stamp, and our clock when the call went out and came back."""
@@ -64,11 +87,13 @@ class ClockFollower:
             if offset < 0:
                 self._slew(offset)
                 return
+            before = self.clock_ns()
             try:
-                self.step_to_ns(self.clock_ns() + offset)
+                self.step_to_ns(before + offset)
             except OSError as exc:
                 log.warning("cannot step the clock %.1f s to the bus's: %s", offset / 1e9, exc)
                 return
+            self.step_log.append(ClockStep(before, offset))
             self.steps += 1
             self.offset_s = 0.0
         log.info("clock stepped %.1f s forward to the bus's time", offset / 1e9)

@@ -62,8 +62,12 @@ class FlowSource(Protocol):
     reason SHUTDOWN; stats() returns cumulative capture counters (packets, kernel drops, ...);
     capture_counts() returns each capture interface's kernel counters, accumulated (for the
     health sample). poll, close and capture_counts are called on the pipeline thread only;
-    stats from any thread.
+    stats from any thread. follow_clock(follower) is called once, before the pipeline starts:
+    a source that meters by the wall clock reads it through the follower and moves its open
+    flows with each step (agent.clock).
     """
+
+    def follow_clock(self, follower: ClockFollower) -> None: ...
 
     def poll(self, timeout_s: float) -> Sequence[FlowEvent]: ...
 
@@ -191,6 +195,7 @@ class Agent:
                 else lambda: None
             ),
         )
+        self.flows.follow_clock(self.clock_follower)
         self._make: Callable[[str], Transport] = transport or (
             lambda addr: GrpcTransport(addr, identity.tls, on_time=self.clock_follower.observe)
         )

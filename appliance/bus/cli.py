@@ -42,6 +42,18 @@ def register(sub: Any) -> None:
     serve.add_argument("--config", type=Path, help="YAML configuration (default: built-in)")
     serve.set_defaults(func=_serve)
 
+    consume = bus_sub.add_parser(
+        "consume",
+        help="write the JetStream stream into the SQLite store (with eventbus.sink jetstream)",
+    )
+    consume.add_argument("--config", type=Path, help="YAML configuration (default: built-in)")
+    consume.add_argument(
+        "--until-idle",
+        action="store_true",
+        help="stop once a fetch finds the stream drained (tests, one-off catch-up)",
+    )
+    consume.set_defaults(func=_consume)
+
     reload = bus_sub.add_parser(
         "reload", help="make the running bus reload its trust map (SIGHUP via its pidfile)"
     )
@@ -123,6 +135,31 @@ def _serve(args: argparse.Namespace) -> int:
             server.wait()
     finally:
         pidfile.release()
+    return 0
+
+
+def _consume(args: argparse.Namespace) -> int:
+    import signal
+
+    from appliance.bus.config import load_bus_settings
+    from appliance.bus.jetstream.consumer import StoreConsumer
+
+    settings = load_bus_settings(args.config)
+    if settings.eventbus.sink != "jetstream":
+        raise CommandError(
+            "bus consume reads a JetStream stream: set eventbus.sink: jetstream "
+            "(and eventbus.jetstream.servers) in the configuration"
+        )
+    consumer = StoreConsumer(settings)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda _s, _f: consumer.stop())
+    print(f"consuming into {consumer.store.path}", flush=True)
+    stats = consumer.run(until_idle=args.until_idle)
+    print(
+        f"stored {stats.stored}, duplicates {stats.duplicates}, refused {stats.refused}, "
+        f"undecodable {stats.undecodable}",
+        flush=True,
+    )
     return 0
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from appliance.bus.export.config import ExportConfig
+from appliance.bus.jetstream.config import JetStreamConfig
 from appliance.config import (
     STORAGE_ENV,
     CertFiles,
@@ -29,6 +30,8 @@ EVENTBUS_ENV = {
     "IS_CERT_DIR": "tls.cert_dir",
     "IS_TRUST_MAP": "trust_map",
     "BUS_DB_SYNC": "db_sync",
+    "BUS_SINK": "sink",
+    "BUS_NATS_SERVERS": "jetstream.servers",
 }
 
 
@@ -136,6 +139,11 @@ class EventBusConfig:
     handshake_timeout_s: float = 10.0
     #: A connection with no call for this long is closed with GOAWAY (the agent reconnects).
     max_connection_idle_s: float = 300.0
+    # -- the sink: where accepted envelopes go (appliance/bus/sink.py, docs/SCALE.md)
+    #: "sqlite": the embedded store above; "jetstream": a replicated NATS JetStream stream
+    #: (this bus is then a stateless replica; `bus consume` writes the store).
+    sink: Literal["sqlite", "jetstream"] = "sqlite"
+    jetstream: JetStreamConfig = field(default_factory=JetStreamConfig)
     # -- export: stored flows sent on to collectors (appliance/bus/export/, docs/EXPORT.md)
     export: ExportConfig = field(default_factory=ExportConfig)
     # -- updates delivered through the bus
@@ -198,6 +206,12 @@ class EventBusConfig:
             value = getattr(self, name)
             if not 0 < value <= 3600:
                 raise ValueError(f"{name}: {value} must be more than 0 and at most 3600 seconds")
+
+        if self.sink == "jetstream" and self.export.ipfix.collectors:
+            raise ValueError(
+                "export: with sink jetstream the replicas store nothing to export: run "
+                "`infraspectre bus export ipfix` beside `infraspectre bus consume` instead"
+            )
 
     def receive_cap(self) -> int:
         """The largest gRPC message accepted: the largest legal PublishBatchRequest.

@@ -34,6 +34,7 @@ from appliance.bus.export.exporter import ExportService
 from appliance.bus.fleet import AgentCollector
 from appliance.bus.gate import Caller, Gate
 from appliance.bus.metrics import BusMetrics
+from appliance.bus.sink import Sink, SinkBusy
 from appliance.bus.store import FlowStore, Outcome, Record, Retention, Row
 from appliance.bus.updates import (
     UPDATES_SERVICE,
@@ -78,7 +79,7 @@ class EventBusService:
     def __init__(
         self,
         settings: BusSettings,
-        store: FlowStore,
+        store: Sink,
         metrics: BusMetrics,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
@@ -236,6 +237,13 @@ class EventBusService:
             started = time.perf_counter()
             try:
                 result = self.store.submit(records).result(timeout=COMMIT_TIMEOUT_S)
+            except SinkBusy as exc:  # a full stream, no quorum: nothing was acked as stored
+                retry = PublishAck(
+                    status=RETRY, reason=exc.reason, backoff_hint_ms=exc.backoff_hint_ms
+                )
+                for i in accepted:
+                    acks[i] = retry
+                self._count(RETRY, n=len(accepted))
             except Exception as exc:  # the store failed or stalled: nothing was acked as stored
                 log.error("store commit failed for %d envelopes from %s: %s", len(records), cn, exc)
                 hint = self.cfg.backoff_hint_ms * 4
@@ -450,19 +458,35 @@ class BusServer:
         except OSError as exc:
             self._close_endpoints()
             raise CommandError(f"cannot open the HTTP endpoints: {exc.strerror}") from exc
-        self.store = FlowStore(
-            settings.storage.data_dir / cfg.db_name,
-            sync=cfg.db_sync,
-            gap_settle_s=cfg.gap_settle_s,
-            on_event=lambda kind: self.metrics.chain_events_total.labels(kind.value).inc(),
-            retention=Retention(cfg.retention_max_age_s, cfg.retention_max_bytes or 1 << 62),
-        )
+        self.store: Sink
+        if cfg.sink == "jetstream":  # a stateless replica: docs/SCALE.md
+            from appliance.bus.jetstream.sink import JetStreamSink
+
+            try:
+                self.store = JetStreamSink(cfg.jetstream, cfg.backoff_hint_ms)
+            except BaseException:
+                self._close_endpoints()
+                raise
+            where = f"JetStream stream {cfg.jetstream.stream}"
+            # no collectors (config.validate): `bus export ipfix` reads the consumer's store
+            store_path = settings.storage.data_dir / cfg.db_name
+        else:
+            flow_store = FlowStore(
+                settings.storage.data_dir / cfg.db_name,
+                sync=cfg.db_sync,
+                gap_settle_s=cfg.gap_settle_s,
+                on_event=lambda kind: self.metrics.chain_events_total.labels(kind.value).inc(),
+                retention=Retention(cfg.retention_max_age_s, cfg.retention_max_bytes or 1 << 62),
+            )
+            self.store = flow_store
+            store_path = flow_store.path
+            where = str(store_path)
         self.metrics.store_up.set_function(lambda: float(self.store.healthy()))
         self.metrics.store_bytes.set_function(self.store.size_bytes)
         self.service = EventBusService(settings, self.store, self.metrics)
         # IPFIX export (appliance/bus/export/): tails the store; stopped before the store closes
         self.export = ExportService(
-            cfg.export.ipfix, self.store.path, settings.storage.data_dir, self.metrics.export
+            cfg.export.ipfix, store_path, settings.storage.data_dir, self.metrics.export
         )
         if cfg.per_agent_metrics:
             self.metrics.registry.register(
@@ -532,7 +556,7 @@ class BusServer:
             cfg.host,
             self.port,
             len(self.trust.current),
-            self.store.path,
+            where,
         )
 
     @property

@@ -333,6 +333,21 @@ class FlowMeter:
         self._expire_into_pending(now_ns, self._used)
         return self._take_pending()
 
+    def rebase(self, before_ns: int, delta_ns: int) -> None:
+        """The clock stepped forward by delta_ns at before_ns: the open flows' times below
+        before_ns (read on the old clock) move forward with it, so their deadlines stay as far
+        ahead as they were and a packet stamped on the new clock continues the same flow."""
+        if delta_ns <= 0:
+            raise ValueError(f"a clock step must be forward, not {delta_ns} ns")
+        slots = np.flatnonzero(self._used)
+        t = self.t
+        for name in ("start_ns", "end_ns", "fin_ab", "fin_ba", "rst"):
+            col = getattr(t, name)
+            v = col[slots]
+            col[slots] = np.where((v != NONE_NS) & (v < before_ns), v + delta_ns, v)
+        if 0 < self._clock < before_ns:
+            self._clock += delta_ns
+
     def _expire_into_pending(self, now_ns: int, candidates: Bools) -> None:
         slots = np.flatnonzero(candidates)
         if len(slots):

@@ -16,10 +16,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
+import numpy as np
+
 from appliance.capture.config import MeterConfig
-from appliance.capture.decode import Decoder, FrameBatch
+from appliance.capture.decode import Decoder, FrameBatch, PacketColumns
 from appliance.capture.flows import FlowBatch
 from appliance.capture.meter import FlowMeter
+
+#: Clock steps a live meter remembers: the ring holds a few seconds of packets at most, and
+#: the agent steps at most once a minute.
+_KEPT_STEPS = 4
 
 
 class FrameSource(Protocol):
@@ -48,11 +54,27 @@ class LiveMeter:
         self.decoder = Decoder()
         self.meter = FlowMeter(config)
         self.lag_ns = lag_ns
+        self._steps: list[tuple[int, int]] = []  # (before_ns, delta_ns), oldest first
+
+    def rebase(self, before_ns: int, delta_ns: int) -> None:
+        """The clock stepped forward by delta_ns when it read before_ns (agent.clock): the
+        open flows move with it, and so does every packet stamped before the step that the
+        ring still holds. Call it before step() is given a time read after the step."""
+        self.meter.rebase(before_ns, delta_ns)
+        self._steps = [*self._steps[-(_KEPT_STEPS - 1) :], (before_ns, delta_ns)]
+
+    def _on_current_clock(self, pk: PacketColumns) -> PacketColumns:
+        for before, delta in self._steps:  # a packet from before several steps takes each
+            ts = pk.ts_ns
+            old = ts < before
+            if old.any():
+                pk.ts_ns = np.where(old, ts + delta, ts)
+        return pk
 
     def step(self, now_ns: int, timeout_s: float = 0.5) -> Iterator[FlowBatch]:
         """Meter the ready batches; yield every non-empty FlowBatch of ended flows."""
         for batch in self.source.batches(timeout_s):
-            ended = self.meter.add(self.decoder.decode(batch))
+            ended = self.meter.add(self._on_current_clock(self.decoder.decode(batch)))
             if len(ended):
                 yield ended
         expired = self.meter.expire(now_ns - self.lag_ns)

@@ -18,6 +18,7 @@ BENCH_MODULES = (
     "appliance.devkit.bus.export_bench",
     "appliance.devkit.wal.bench",
     "appliance.devkit.capture.bench",
+    "appliance.devkit.capture.agentlive",
     "appliance.devkit.pipeline_bench",
     "appliance.devkit.image.bench",
     "appliance.devkit.qemu.bench",

@@ -37,6 +37,9 @@ from appliance.image import bootcheck, debian, initramfs, manifest, overlay, roo
 from appliance.image.definition import Definition
 from appliance.update import firmware, slots
 
+#: The appliance package that is running: the card gets its runtime part (rootfs.RUNTIME).
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
 STEPS = 9
 
 
@@ -166,7 +169,7 @@ def build(
         rootfs.install_wheels(
             defn.lock, wheels, root, defn.site_packages, defn.python_version, defn.platforms
         )
-        rootfs.install_appliance(defn.source / "appliance", root, defn.site_packages)
+        rootfs.install_appliance(PACKAGE_DIR, root, defn.site_packages)
         note(f"{len(manifest.python_packages(root / defn.site_packages))} distributions")
 
     with progress.step("root") as note:

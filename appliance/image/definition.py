@@ -1,7 +1,8 @@
 """What an image is made of: image/debian.toml (every board) + image/boards/BOARD.toml.
 
-The definitions are data in the source tree's image/ folder; this module reads them into one
-typed, validated value. Unknown keys are errors that name the file and the key.
+The definitions are data in the image/ folder of the data folder (appliance.datafiles); this
+module reads them into one typed, validated value. Unknown keys are errors that name the file
+and the key.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from appliance import datafiles
 from appliance.errors import CommandError
 from appliance.image.debian import Archive
 
-#: The source tree this package was installed from (editable install, or a checkout).
-SOURCE_DIR = Path(__file__).resolve().parents[2]
+#: The data folder (image/, overlays/, requirements.lock): appliance.datafiles explains the
+#: lookup ($INFRASPECTRE_DATA, a wheel's packaged copy, or the source checkout).
+SOURCE_DIR = datafiles.root()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +72,8 @@ def boards(source: Path = SOURCE_DIR) -> list[str]:
 
 def load(board: str, source: Path = SOURCE_DIR) -> Definition:
     """Read and validate the definition of board from the source tree."""
+    if not (source / "image" / "debian.toml").is_file():
+        raise CommandError(f"no image definitions: {datafiles.missing(source / 'image')}")
     known = boards(source)
     if board not in known:
         raise CommandError(f"unknown board {board!r} (known: {', '.join(known) or 'none'})")

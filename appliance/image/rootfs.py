@@ -2,7 +2,8 @@
 
 Every step works on a directory on the host and runs no arm64 code: pruning, the kernel
 module subset (with the host's depmod), busybox applet links, the locked Python wheels for the
-device's interpreter, the appliance package itself and precompiled bytecode.
+device's interpreter, the appliance package's runtime part (RUNTIME, an allow-list: the
+development kit stays off the card) and precompiled bytecode.
 """
 
 from __future__ import annotations
@@ -171,19 +172,61 @@ def _platform_args(version: str, platforms: Sequence[str]) -> list[str]:
     return args
 
 
-def install_appliance(package_dir: Path, root: Path, site: str) -> list[str]:
-    """Copy the appliance package's files (sources and package data) and its dist-info."""
-    target = root / site / package_dir.name
-    copied = []
+#: The card's Python payload: what of appliance/ ships, by path below the package (a folder
+#: ends in "/" and ships whole). An allow-list, so that anything new stays off the card until it
+#: is named here: the development kit (devkit/: benches, the demo, the lab, the simulated disk,
+#: the pytest plugin) never is. tests/unit/image/test_rootfs.py checks that everything these
+#: import (also inside functions) is on the list, and tests/board/test_card.py that the built
+#: card's manifest holds no development module, pytest or scapy.
+RUNTIME = (
+    "__init__.py",
+    "__main__.py",
+    "py.typed",
+    "cli.py",
+    "configcheck.py",
+    "datafiles.py",
+    "errors.py",
+    "fsm.py",
+    "logformat.py",
+    "observability.py",
+    "sysclock.py",
+    "agent/",
+    "bus/",
+    "capture/",
+    "config/",
+    "crypto/",
+    "image/",
+    "pki/",
+    "provision/",
+    "qemu/",
+    "wal/",
+    "wire/",
+)
+#: File kinds a runtime folder ships (sources, typing stubs and markers, package data).
+SHIPPED_SUFFIXES = frozenset({".py", ".pyi", ".yaml", ".typed"})
+
+
+def runtime_files(package_dir: Path) -> list[Path]:
+    """The files of package_dir that RUNTIME puts on the card, sorted, relative to it."""
+    found = []
     for src in sorted(package_dir.rglob("*")):
         rel = src.relative_to(package_dir)
-        if "__pycache__" in rel.parts or src.is_dir():
+        if "__pycache__" in rel.parts or src.is_dir() or src.suffix not in SHIPPED_SUFFIXES:
             continue
-        if src.suffix not in {".py", ".pyi", ".yaml", ".typed"}:
-            continue
+        if str(rel) in RUNTIME or f"{rel.parts[0]}/" in RUNTIME:
+            found.append(rel)
+    return found
+
+
+def install_appliance(package_dir: Path, root: Path, site: str) -> list[str]:
+    """Copy the appliance package's runtime files (RUNTIME: sources and package data) and its
+    dist-info."""
+    target = root / site / package_dir.name
+    copied = []
+    for rel in runtime_files(package_dir):
         dst = target / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dst)
+        shutil.copyfile(package_dir / rel, dst)
         copied.append(str(rel))
     info = root / site / f"{DIST_NAME.replace('-', '_')}-{__version__}.dist-info"
     info.mkdir(parents=True, exist_ok=True)

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shutil
 import struct
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 from appliance.errors import CommandError
@@ -134,3 +136,26 @@ def board_cmdline(cmdline: str, console: str, extra: list[str]) -> str:
     """
     args = [a for a in cmdline.split() if not a.startswith(("console=", "panic="))]
     return " ".join([*args, f"console={console}", "panic=-1", *extra])
+
+
+def emulation_dtb(boot: BootFiles, disable: Sequence[str], delete: Sequence[str]) -> BootFiles:
+    """boot with its DTB replaced by a copy that QEMU can boot (emulation only).
+
+    disable: node paths set status = "disabled" (devices QEMU does not model); delete:
+    "NODE PROPERTY" pairs removed. fdtput (device-tree-compiler) edits the copy; the file
+    extracted from the card is left as it is, and the card itself is never touched.
+    """
+    if boot.dtb is None:
+        raise CommandError("the board needs DTB fixups but boots without a DTB")
+    copy = boot.dtb.with_name(boot.dtb.stem + ".emulated.dtb")
+    shutil.copyfile(boot.dtb, copy)
+    steps = [["fdtput", "-t", "s", str(copy), node, "status", "disabled"] for node in disable]
+    steps += [["fdtput", "-d", str(copy), *pair.split()] for pair in delete]
+    for step in steps:
+        try:
+            proc = subprocess.run(step, capture_output=True, text=True, check=False)
+        except FileNotFoundError:
+            raise CommandError("fdtput not found: install device-tree-compiler") from None
+        if proc.returncode != 0:
+            raise CommandError(f"DTB fixup {' '.join(step[3:])} failed: {proc.stderr.strip()}")
+    return dataclasses.replace(boot, dtb=copy)

@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 
 from appliance.errors import CommandError
-from appliance.qemu import bootfiles
+from appliance.fsm import Machine as StateMachine
+from appliance.qemu import bootfiles, qemu10
 from appliance.qemu.boards import BoardSpec
 from appliance.qemu.console import CommandResult, Console
 
@@ -65,7 +66,9 @@ class Event(enum.Enum):
     OFF = "power cut, halt or reset"
 
 
-#: The allowed transitions; anything else is a harness bug and raises.
+#: The allowed transitions (appliance.fsm); anything else is a harness bug and raises
+#: fsm.IllegalTransition. Powering on a board that is on is the one refusal a user can cause
+#: (power_on checks it first and says so in one line).
 TRANSITIONS: dict[tuple[State, Event], State] = {
     (State.OFF, Event.POWER_ON): State.BOOTING,
     (State.BOOTING, Event.READY): State.READY,
@@ -102,7 +105,9 @@ def qemu_command(
     extra = [f"infraspectre.uplink={board.uplink_interface}"]
     if mirror is not None:
         extra.append(f"infraspectre.mirror={board.mirror_interface}")
-    cmdline = bootfiles.board_cmdline(boot.cmdline, board.console, [*extra, *cmdline_extra])
+    cmdline = bootfiles.board_cmdline(
+        boot.cmdline, board.console, [*extra, *board.cmdline_extra, *cmdline_extra]
+    )
     uplink = "user,id=up,restrict=on"
     if uplink_port is not None:
         uplink += (
@@ -154,7 +159,9 @@ class Machine:
         self.cmdline_extra = cmdline_extra
         self.snapshot = snapshot
         self.qemu = qemu
-        self.state = State.OFF
+        self._lifecycle: StateMachine[State, Event] = StateMachine(
+            f"{board.name} board", TRANSITIONS, State.OFF
+        )
         self.boots = 0
         #: time.monotonic() when the current boot became READY (0.0: not yet)
         self.ready_at = 0.0
@@ -166,6 +173,11 @@ class Machine:
         self.tryboot_pending = False
         #: per boot: (config file that decided, os_prefix), for tests and failure reports
         self.boot_choices: list[tuple[str, str]] = []
+
+    @property
+    def state(self) -> State:
+        """Where the board is in its lifecycle."""
+        return self._lifecycle.state
 
     @property
     def console(self) -> Console:
@@ -183,7 +195,7 @@ class Machine:
         if self._boot is None:
             self._boot = self.choose_boot()
         serial = "mon:stdio" if console_stdio else f"tcp:127.0.0.1:{console_port},server=on,wait=on"
-        return qemu_command(
+        cmd = qemu_command(
             self.board,
             self._boot,
             self.image,
@@ -194,17 +206,22 @@ class Machine:
             cmdline_extra=self.cmdline_extra,
             qemu=self.qemu,
         )
+        if self.board.qemu == "qemu10":  # the pinned QEMU 10 from the cache, with its -L
+            cmd[:1] = qemu10.command()
+        return cmd
 
     def choose_boot(self) -> bootfiles.BootFiles:
         """What the firmware boots now (consuming the tryboot flag), extracted off the card."""
         tryboot, self.tryboot_pending = self.tryboot_pending, False
         boot = bootfiles.extract(self.image, self.workdir / "boot", self.board.dtb, tryboot=tryboot)
         self.boot_choices.append((boot.config, boot.prefix))
+        if self.board.dtb_fixups:
+            boot = bootfiles.emulation_dtb(boot, self.board.dtb_disable, self.board.dtb_delete)
         return boot
 
     def power_on(self) -> None:
         """Start QEMU and connect to its console (the guest starts once connected)."""
-        if (self.state, Event.POWER_ON) not in TRANSITIONS:
+        if not self._lifecycle.can(Event.POWER_ON):
             raise CommandError(f"{self.board.name} is already on")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.boots += 1
@@ -221,7 +238,7 @@ class Machine:
         except CommandError:
             self.power_cut()
             raise CommandError(f"QEMU did not start: {self._stderr_tail()}") from None
-        self._move(Event.POWER_ON)
+        self._lifecycle.move(Event.POWER_ON)
 
     def wait_ready(self, timeout: float = 180.0) -> float:
         """Wait for the ready marker (and a responsive shell on a debug boot); seconds since
@@ -231,7 +248,7 @@ class Machine:
         if self.console_shell:
             self.console.sync(max(10.0, timeout - (time.monotonic() - start)))
             self.console.run("stty -echo", timeout=10)
-        self._move(Event.READY)
+        self._lifecycle.move(Event.READY)
         self.ready_at = time.monotonic()
         return time.monotonic() - start
 
@@ -302,13 +319,7 @@ class Machine:
             text = log.read_text(errors="replace") if log.exists() else ""
             self.tryboot_pending = bool(bootfiles.TRYBOOT_LINE.search(text))
         self._proc = None
-        self._move(Event.OFF)
-
-    def _move(self, event: Event) -> None:
-        after = TRANSITIONS.get((self.state, event))
-        if after is None:
-            raise CommandError(f"{self.board.name}: {event.value} while {self.state.value}")
-        self.state = after
+        self._lifecycle.move(Event.OFF)
 
     def _stderr_tail(self) -> str:
         path = self.workdir / f"qemu-{self.boots}.stderr"

@@ -12,7 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from appliance.image import bootcheck, build, firstboot, lock, manifest, sdcard, settings
+from appliance.image import (
+    bootcheck,
+    build,
+    definition,
+    firstboot,
+    lock,
+    manifest,
+    rootfs,
+    sdcard,
+    settings,
+)
 from appliance.qemu.machine import Machine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,6 +119,28 @@ def test_manifest_lists_packages_locked_python_and_file_hashes(
             ).stdout
         ).hexdigest()
     )
+
+
+def test_the_card_carries_no_development_module_pytest_or_scapy(rpi_build: build.Result) -> None:
+    doc = manifest.read(rpi_build.manifest)
+    site = definition.load("rpi").site_packages
+    paths = [e["path"] for e in doc["files"]["root"]]
+    ours = {
+        p.removeprefix(f"{site}/appliance/")
+        for p in paths
+        if p.startswith(f"{site}/appliance/")
+        and "__pycache__" not in p
+        and not p.endswith("/")
+        and any(p.endswith(s) for s in rootfs.SHIPPED_SUFFIXES)
+    }
+    assert ours == {str(r) for r in rootfs.runtime_files(ROOT / "appliance")}
+    assert "agent/runtime.py" in ours
+    assert not [p for p in paths if "/appliance/devkit" in p]
+    # the site's top-level entries: packages, modules and NAME-VERSION.dist-info folders
+    tops = {p.rpartition("/")[2].split("-")[0] for p in paths if p.rpartition("/")[0] == site}
+    assert "grpc" in tops
+    assert not tops & {"pytest", "_pytest", "scapy", "hypothesis", "grpc_tools"}
+    assert not {p["name"].lower() for p in doc["python_packages"]} & {"pytest", "scapy"}
 
 
 def test_two_builds_are_bit_identical(

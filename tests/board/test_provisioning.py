@@ -11,10 +11,8 @@ this module runs a command on the guest: every check is on the console's text or
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -87,23 +85,12 @@ def test_console_is_the_responder_not_a_shell(box: Machine) -> None:
 
 
 def test_technician_provisions_the_box_over_its_console(
-    box: Machine, pki: Path, host_bus: BusServer
-) -> None:
-    box.console.wait_for(BANNER, timeout=300)
-    port = box.release_console()
-    try:
-        run = subprocess.run(
-            [sys.executable, "-m", "appliance", "provision", "--port",
-             f"socket://127.0.0.1:{port}", "--pki", str(pki), "--agent-id", AGENT_ID,
-             "--wait", "120"],
-            capture_output=True, text=True, timeout=400,
-        )  # fmt: skip
-    finally:
-        box.attach_console()
-    assert run.returncode == 0, run.stdout + run.stderr
+    box: Machine, pki: Path, host_bus: BusServer,
+    provision_over_console: Callable[[Machine, Path, str], str],
+) -> None:  # fmt: skip
+    said = provision_over_console(box, pki, AGENT_ID)  # asserts exit 0 and "provisioned"
     # the emulated Pi starts at the image's build time: HELLO set its clock for TLS
-    assert "box answered: unprovisioned" in run.stdout and "clock set" in run.stdout
-    assert f"provisioned {AGENT_ID}" in run.stdout
+    assert "box answered: unprovisioned" in said and "clock set" in said
     assert host_bus.reload_trust_map()  # what `kill -HUP` does to a running bus
     assert host_bus.trust.current.get(AGENT_ID) == load_verify_key(
         pki / "agents" / AGENT_ID / "ed25519.pub"

@@ -6,6 +6,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from appliance.agent.clock import ClockFollower
 from appliance.agent.health import CaptureCounts
 from appliance.wire import FlowEvent, InterfaceCounters, InterfaceStats
 
@@ -18,6 +19,9 @@ class ScriptedFlows:
         self.open_flows = list(open_flows)
         self.chunk = chunk
         self.closed = False
+
+    def follow_clock(self, follower: ClockFollower) -> None:
+        pass  # scripted flows carry their own times
 
     def poll(self, timeout_s: float) -> Sequence[FlowEvent]:
         if not self.ended:
@@ -59,6 +63,9 @@ class PcapFlows:
         self._summary_type = OfflineSummary
         self.summary: OfflineSummary | None = None
         self.flows = 0
+
+    def follow_clock(self, follower: ClockFollower) -> None:
+        pass  # the capture file's own clock drives the meter
 
     def poll(self, timeout_s: float) -> Sequence[FlowEvent]:
         from appliance.capture.flows import to_flow_event

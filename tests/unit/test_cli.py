@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from testsupport.capture_helpers import MS, T0, eth, frame_bytes
 
+from appliance import cli
 from appliance.capture.pcap import write_pcap
 from appliance.cli import main
 
@@ -133,3 +135,11 @@ def test_wal_inspect_of_a_wal_the_agent_holds_is_one_line(
         wal.close()
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "in use by another process" in err
+
+
+def test_the_devkit_adds_exactly_the_commands_the_card_answers_without_it() -> None:
+    from appliance.devkit import commands
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    commands.register(sub)
+    assert set(sub.choices) == set(cli.DEV_COMMANDS)

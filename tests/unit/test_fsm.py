@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import enum
+from pathlib import Path
 
 import pytest
 
 from appliance.fsm import IllegalTransition, Machine
+from appliance.qemu import boards
+from appliance.qemu.machine import TRANSITIONS as BOARD_TRANSITIONS
+from appliance.qemu.machine import Event as BoardEvent
+from appliance.qemu.machine import Machine as BoardMachine
+from appliance.qemu.machine import State as BoardState
 from appliance.wal.recovery import TRANSITIONS, RecoveryEvent, RecoveryState
 
 
@@ -61,3 +67,16 @@ def test_wal_lifecycle_reaches_every_state_and_every_state_can_close() -> None:
             m = Machine("wal", TRANSITIONS, state)
             while m.state is not RecoveryState.CLOSED:
                 m.move(RecoveryEvent.CLOSE if m.can(RecoveryEvent.CLOSE) else RecoveryEvent.ERROR)
+
+
+def test_board_lifecycle_can_always_be_cut_and_refuses_ready_before_power_on(
+    tmp_path: Path,
+) -> None:
+    for state in BoardState:  # pulling the power is legal whatever the board is doing
+        assert Machine("board", BOARD_TRANSITIONS, state).move(BoardEvent.OFF) is BoardState.OFF
+    board = BoardMachine(boards.load("virt"), tmp_path / "card.img", tmp_path)
+    board.power_cut()  # off already: a no-op, not an error
+    assert board.state is BoardState.OFF
+    with pytest.raises(IllegalTransition, match="virt board: no transition from OFF on READY"):
+        board._lifecycle.move(BoardEvent.READY)
+    assert board.state is BoardState.OFF

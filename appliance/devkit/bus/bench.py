@@ -68,11 +68,22 @@ def register(sub: Any) -> None:
         default=16,
         help="with --retention: the store's size bound while pruning (MiB, default 16)",
     )
+    p.add_argument(
+        "--sink",
+        choices=("sqlite", "jetstream"),
+        default="sqlite",
+        help="jetstream: batched ingest into SQLite beside JetStream with 1 and 2 bus replicas, "
+        "on a local 3-node NATS cluster, in one run (docs/SCALE.md)",
+    )
     hostile_bench.add_arguments(p)
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.sink == "jetstream":
+        from appliance.devkit.bus import scale_bench
+
+        return scale_bench.run(args)
     if args.hostile:
         return hostile_bench.run(args)
     if args.retention:
@@ -132,7 +143,6 @@ def _one_run(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, A
     from appliance.wire import (
         PUBLISH_BATCH_METHOD,
         PUBLISH_METHOD,
-        FlowEvent,
         PublishAck,
         PublishBatchResponse,
     )
@@ -156,13 +166,7 @@ def _one_run(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, A
             total = args.unary + args.batched
             t0 = time.perf_counter()
             envs = [
-                sealer.seal(
-                    FlowEvent(
-                        src_ip="192.0.2.1", dst_ip="198.51.100.7", src_port=1024 + i % 60000,
-                        dst_port=443, proto="TCP", bytes_tx=1500 * i, bytes_rx=900, packets_tx=9,
-                        packets_rx=7, start_time=T0_MS + i, end_time=T0_MS + 100 + i,
-                    )
-                )
+                sealer.seal(bench_flow(i))
                 for i in range(total)
             ]  # fmt: skip
             sign_per_s = total / (time.perf_counter() - t0)
@@ -244,6 +248,17 @@ def _one_run(args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, A
         "target_batched_per_s": 20000,
         "cpus": os.cpu_count(),
     }
+
+
+def bench_flow(i: int) -> Any:
+    """Flow number i of a bench: a TCP flow between documentation addresses, ended an hour ago."""
+    from appliance.wire import FlowEvent
+
+    return FlowEvent(
+        src_ip="192.0.2.1", dst_ip="198.51.100.7", src_port=1024 + i % 60000, dst_port=443,
+        proto="TCP", bytes_tx=1500 * i, bytes_rx=900, packets_tx=9, packets_rx=7,
+        start_time=T0_MS + i, end_time=T0_MS + 100 + i,
+    )  # fmt: skip
 
 
 def _phase(n: int, elapsed: float, bus_cpu: float) -> dict[str, float]:

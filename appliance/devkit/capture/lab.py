@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from types import TracebackType
 
 
@@ -108,13 +109,9 @@ class MirrorLab:
     def send_frames(self, host: str, dev: str, frames: list[bytes]) -> None:
         """Transmit raw Ethernet frames on dev inside host (AF_PACKET, from a helper)."""
         hexes = ",".join(f.hex() for f in frames)
-        code = (
-            "import socket,sys\n"
-            "s=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\n"
-            f"s.bind(({dev!r},0))\n"
-            "for h in sys.argv[1].split(','): s.send(bytes.fromhex(h))\n"
-        )
-        self.run(host, "/usr/bin/python3", "-c", code, hexes)
+        # the peer lives in labtraffic (which imports this module): named, not imported
+        peer = (sys.executable, "-m", "appliance.devkit.capture.labtraffic", "send-frames")
+        self.run(host, *peer, dev, hexes)
 
     def mac(self, host: str, dev: str) -> str:
         """The MAC address of dev inside host."""

@@ -1,66 +1,124 @@
 """Bounded, known traffic between the lab's hosts A and B (demo, agent system tests).
 
-Each function runs real programs inside the namespaces (ping, a Python UDP or TCP peer) and
-returns what it sent, so callers can compare metered flows with the truth. Every exchange is
-bounded in count and time.
+Each function runs real programs inside the namespaces (ping, or one of the Python peers below,
+run as `python -m appliance.devkit.capture.labtraffic PEER ...`: real module code that ruff and
+mypy check) and returns what it sent, so callers can compare metered flows with the truth.
+Every exchange is bounded in count and time.
 """
 
 from __future__ import annotations
 
+import socket
 import subprocess
+import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from appliance.devkit.capture.lab import MirrorLab
 
-PY = "/usr/bin/python3"
+#: The peers below run as `python -m appliance.devkit.capture.labtraffic PEER ...` inside a
+#: namespace, with this interpreter (so with this checkout's package, whatever the namespace).
+PEER = (sys.executable, "-m", "appliance.devkit.capture.labtraffic")
 
-_UDP_SERVER = """
-import socket, sys
-n, size = int(sys.argv[1]), int(sys.argv[2])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 5353)); s.settimeout(10)
-for _ in range(n):
-    data, peer = s.recvfrom(4096); s.sendto(b"r" * size, peer)
-"""
-_UDP_CLIENT = """
-import socket, sys
-n, size, dst, sport = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", sport)); s.settimeout(5)
-for _ in range(n):
-    s.sendto(b"q" * size, (dst, 5353)); s.recvfrom(4096)
-"""
-_TCP_SERVER = """
-import socket, sys
-reply = int(sys.argv[1])
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 8080)); s.listen(1); s.settimeout(10)
-c, _ = s.accept(); got = 0
-while True:
-    d = c.recv(65536)
-    if not d: break
-    got += len(d)
-c.sendall(b"s" * reply); c.close(); print(got)
-"""
-_TCP_CLIENT = """
-import socket, sys
-size, dst = int(sys.argv[1]), sys.argv[2]
-c = socket.create_connection((dst, 8080), timeout=10); c.sendall(b"c" * size)
-c.shutdown(socket.SHUT_WR); got = 0
-while True:
-    d = c.recv(65536)
-    if not d: break
-    got += len(d)
-c.close(); print(got)
-"""
-_UDP_SPRAY = """
-import socket, sys, time
-first, n, size, dst = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-for port in range(first, first + n):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", port))
-    s.sendto(b"x" * size, (dst, 9)); s.close()
-    if port % 200 == 0:
-        time.sleep(0.01)
-"""
+
+def udp_server_peer(rounds: int, reply: int) -> None:
+    """On B: answer `rounds` datagrams on port 5353 with `reply` bytes each."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", 5353))
+    s.settimeout(10)
+    for _ in range(rounds):
+        _, peer = s.recvfrom(4096)
+        s.sendto(b"r" * reply, peer)
+
+
+def udp_client_peer(rounds: int, size: int, dst: str, sport: int) -> None:
+    """On A: send `rounds` datagrams of `size` bytes from sport to dst:5353, awaiting each
+    answer."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", sport))
+    s.settimeout(5)
+    for _ in range(rounds):
+        s.sendto(b"q" * size, (dst, 5353))
+        s.recvfrom(4096)
+
+
+def _drain(conn: socket.socket) -> int:
+    got = 0
+    while data := conn.recv(65536):
+        got += len(data)
+    return got
+
+
+def tcp_server_peer(reply: int) -> None:
+    """On B: accept one connection on port 8080, read it to its end, answer `reply` bytes,
+    close; print how many bytes arrived."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", 8080))
+    s.listen(1)
+    s.settimeout(10)
+    conn, _ = s.accept()
+    got = _drain(conn)
+    conn.sendall(b"s" * reply)
+    conn.close()
+    print(got)
+
+
+def tcp_client_peer(size: int, dst: str) -> None:
+    """On A: connect to dst:8080, send `size` bytes, half-close, read the answer to its end;
+    print how many bytes arrived."""
+    conn = socket.create_connection((dst, 8080), timeout=10)
+    conn.sendall(b"c" * size)
+    conn.shutdown(socket.SHUT_WR)
+    got = _drain(conn)
+    conn.close()
+    print(got)
+
+
+def udp_spray_peer(first: int, count: int, size: int, dst: str) -> None:
+    """On A: one datagram of `size` bytes from each port first.. first+count-1 to dst:9, with
+    a short pause every 200 ports (the kernel's socket churn, not a rate limit)."""
+    for port in range(first, first + count):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("0.0.0.0", port))
+        s.sendto(b"x" * size, (dst, 9))
+        s.close()
+        if port % 200 == 0:
+            time.sleep(0.01)
+
+
+def send_frames_peer(dev: str, hexes: str) -> None:
+    """Transmit raw Ethernet frames (comma-separated hex) on dev (AF_PACKET)."""
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    s.bind((dev, 0))
+    for frame in hexes.split(","):
+        s.send(bytes.fromhex(frame))
+
+
+#: Peer name -> (function, argument converters), for main().
+PEERS: dict[str, tuple[Callable[..., None], tuple[Callable[[str], object], ...]]] = {
+    "udp-server": (udp_server_peer, (int, int)),
+    "udp-client": (udp_client_peer, (int, int, str, int)),
+    "tcp-server": (tcp_server_peer, (int,)),
+    "tcp-client": (tcp_client_peer, (int, str)),
+    "udp-spray": (udp_spray_peer, (int, int, int, str)),
+    "send-frames": (send_frames_peer, (str, str)),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m appliance.devkit.capture.labtraffic PEER ARG...`: run one peer."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] not in PEERS:
+        print(f"usage: labtraffic {{{','.join(PEERS)}}} ARG...", file=sys.stderr)
+        return 2
+    func, kinds = PEERS[args[0]]
+    if len(args) - 1 != len(kinds):
+        print(f"labtraffic {args[0]}: expected {len(kinds)} arguments", file=sys.stderr)
+        return 2
+    func(*(kind(a) for kind, a in zip(kinds, args[1:], strict=True)))
+    return 0
 
 
 @dataclass(frozen=True)
@@ -104,7 +162,7 @@ def ping(lab: MirrorLab, count: int = 3, v6: bool = False) -> Sent:
 def udp_server(lab: MirrorLab, rounds: int, reply: int) -> subprocess.Popen[str]:
     """A UDP server on B:5353 answering `rounds` datagrams with `reply` bytes each, listening
     when this returns; the caller waits for it or kills it."""
-    server = lab.popen("B", PY, "-c", _UDP_SERVER, str(rounds), str(reply))
+    server = lab.popen("B", *PEER, "udp-server", str(rounds), str(reply))
     try:
         wait_listen(lab, "u", 5353)
     except BaseException:
@@ -119,7 +177,7 @@ def udp_exchange(lab: MirrorLab, rounds: int = 3, size: int = 100, reply: int = 
     """A sends `rounds` UDP datagrams to B:5353, B answers each."""
     server = udp_server(lab, rounds, reply)
     try:
-        lab.run("A", PY, "-c", _UDP_CLIENT, str(rounds), str(size), lab.B4, str(sport))
+        lab.run("A", *PEER, "udp-client", str(rounds), str(size), lab.B4, str(sport))
         server.wait(timeout=15)
     finally:
         if server.poll() is None:
@@ -131,10 +189,10 @@ def udp_exchange(lab: MirrorLab, rounds: int = 3, size: int = 100, reply: int = 
 
 def tcp_exchange(lab: MirrorLab, size: int = 3000, reply: int = 5000) -> Sent:
     """A connects to B:8080, sends size bytes, B answers reply bytes; both close."""
-    server = lab.popen("B", PY, "-c", _TCP_SERVER, str(reply))
+    server = lab.popen("B", *PEER, "tcp-server", str(reply))
     try:
         wait_listen(lab, "t", 8080)
-        got = lab.run("A", PY, "-c", _TCP_CLIENT, str(size), lab.B4).strip()
+        got = lab.run("A", *PEER, "tcp-client", str(size), lab.B4).strip()
         out, _ = server.communicate(timeout=15)
     finally:
         if server.poll() is None:
@@ -148,7 +206,11 @@ def tcp_exchange(lab: MirrorLab, size: int = 3000, reply: int = 5000) -> Sent:
 
 def udp_spray(lab: MirrorLab, first_port: int, count: int, size: int = 20) -> list[Sent]:
     """count one-datagram UDP flows A:first_port.. -> B:9 (discard; B's ICMP answers aside)."""
-    lab.run("A", PY, "-c", _UDP_SPRAY, str(first_port), str(count), str(size), lab.B4,
+    lab.run("A", *PEER, "udp-spray", str(first_port), str(count), str(size), lab.B4,
             timeout=120)  # fmt: skip
     return [Sent("UDP", lab.A4, lab.B4, p, 9, 1, 0, 28 + size, 0)
             for p in range(first_port, first_port + count)]  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())

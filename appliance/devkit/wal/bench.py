@@ -13,7 +13,11 @@ Subjects: `ours` (this WAL, segments pre-allocated before the run as on the devi
 commit per record, one per ack batch); `sqlite_group` (WAL journal, synchronous=FULL,
 committing on the same triggers as ours: every flush_bytes of payload or flush interval).
 
-Without root or loop devices, it falls back to /proc/self/io write_bytes on a directory of the
+On the device itself (`--on-dir /data/bench`, e.g. inside the emulated board), the counter is
+the block device holding that directory instead: the f2fs data partition's own stat file
+(/sys/dev/block/MAJ:MIN/stat), settled with syncfs; the filesystem stays mounted, so what the
+rest of the system writes meanwhile is in the figure (the idle cycle measured first estimates
+it). Without root or loop devices, it falls back to /proc/self/io write_bytes on a directory of the
 current filesystem and says so in "counter".
 """
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -64,6 +69,12 @@ def register(sub: Any) -> None:
         "--workdir", type=Path, default=Path("/var/tmp"), help="where the ext4 image file goes"
     )
     p.add_argument("--image-mib", type=int, default=384, help="ext4 image size (384 MiB)")
+    p.add_argument(
+        "--on-dir",
+        type=Path,
+        help="measure on the block device holding this directory (the board's /data) "
+        "instead of a loop device",
+    )
     p.add_argument(
         "--mount-options",
         default="noatime",
@@ -128,6 +139,38 @@ class LoopCounter:
             with contextlib.suppress(CommandError):
                 _run("losetup", "-d", self.device)
         shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+class BlockDirCounter:
+    """A directory on a mounted block device (the board's f2fs /data): that device's counter."""
+
+    name = "block-device"
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.root = directory
+        st = os.stat(directory)
+        self.stat = Path(f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/stat")
+        if not self.stat.is_file():
+            raise CommandError(f"{directory} is not on a block device (no {self.stat})")
+        self.device = self.stat.resolve().parent.name
+        self.mount_options = "as mounted"
+
+    def settle(self) -> None:
+        fd = os.open(self.root, os.O_RDONLY)
+        try:  # syncfs(2): os.syncfs is Python 3.12+, the device runs 3.11
+            if ctypes.CDLL(None, use_errno=True).syncfs(fd) != 0:
+                raise CommandError(f"syncfs {self.root}: {os.strerror(ctypes.get_errno())}")
+        finally:
+            os.close(fd)
+
+    def read(self) -> tuple[int, int | None]:
+        fields = self.stat.read_text().split()
+        flushes = int(fields[15]) if len(fields) > 15 else None
+        return int(fields[6]) * 512, flushes
+
+    def close(self) -> None:
+        pass
 
 
 class ProcIoCounter:
@@ -442,10 +485,13 @@ def run_bench(
     image_mib: int,
     progress: bool,
     mount_options: str = "noatime",
+    on_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Run every subject over both workloads; the JSON-ready result."""
-    counter: LoopCounter | ProcIoCounter
-    if os.geteuid() == 0 and shutil.which("losetup") and Path("/sys/block").is_dir():
+    counter: LoopCounter | ProcIoCounter | BlockDirCounter
+    if on_dir is not None:
+        counter = BlockDirCounter(on_dir)
+    elif os.geteuid() == 0 and shutil.which("losetup") and Path("/sys/block").is_dir():
         counter = LoopCounter(workdir, image_mib, mount_options)
     else:
         counter = ProcIoCounter(workdir)
@@ -457,7 +503,10 @@ def run_bench(
         idle = b1 - b0
         result: dict[str, Any] = {
             "counter": counter.name,
-            "filesystem": "ext4" if isinstance(counter, LoopCounter) else "host",
+            "filesystem": {LoopCounter: "ext4", BlockDirCounter: "as mounted"}.get(
+                type(counter), "host"
+            ),
+            "device": getattr(counter, "device", None),
             "mount_options": getattr(counter, "mount_options", None),
             "idle_cycle_bytes_subtracted": idle,
             "workload": {
@@ -500,7 +549,9 @@ def _command(args: argparse.Namespace) -> int:
     if args.records <= 0 or args.paced_seconds <= 0 or args.paced_rate <= 0:
         raise CommandError("--records, --paced-rate and --paced-seconds must be positive")
     w = Workload(args.records, args.record_bytes, args.batch, args.paced_rate, args.paced_seconds)
-    result = run_bench(w, subjects, args.workdir, args.image_mib, not args.json, args.mount_options)
+    result = run_bench(
+        w, subjects, args.workdir, args.image_mib, not args.json, args.mount_options, args.on_dir
+    )
     if args.json:
         print(json.dumps(result))
         return 0

@@ -73,6 +73,7 @@ SKIPPED = {
     "/var/lib/grafana/dashboards/infraspectre/infraspectre-fleet.json": "installs into /var/lib",
     "systemctl restart grafana-server": "a system service",
     "infraspectre bench flows --json": "a benchmark: minutes of CPU",
+    ".venv/bin/pytest -q tests/system/scale": "a test tier of the checkout (make test runs it)",
     "infraspectre bench flows --live --json --duration 3": "a benchmark: minutes of CPU",
     "infraspectre bench flows --memory --json": "a benchmark: minutes of CPU",
     "infraspectre provision --port /dev/ttyUSB0 --pki pki --agent-id branch-042": "hardware: a "

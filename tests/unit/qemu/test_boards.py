@@ -79,3 +79,30 @@ def test_an_unknown_key_in_a_board_file_is_named(tmp_path: Path) -> None:
     (tmp_path / "odd.toml").write_text(text)
     with pytest.raises(CommandError, match=r"odd.toml: unknown key gpu"):
         boards.load("odd", tmp_path)
+
+
+def test_raspi4b_runs_on_qemu10_with_an_emulation_only_dtb() -> None:
+    board = boards.load("raspi4b")
+    assert board.qemu == "qemu10" and board.dtb == "bcm2711-rpi-4-b.dtb" and board.dtb_fixups
+    assert "/soc/mmc@7e300000 mmc-pwrseq" in board.dtb_delete
+    cmd = qemu_command(board, BOOT, Path("/c.img"), serial="tcp:x")
+    assert "clk_ignore_unused" in _after(cmd, "-append")[0]
+    # the PL011 (QEMU's first serial), freed from the Bluetooth node in the emulation copy
+    assert _after(cmd, "-serial") == ["tcp:x"]
+    assert "console=ttyAMA0,115200" in _after(cmd, "-append")[0]
+    assert "/soc/serial@7e201000/bluetooth" in board.dtb_disable
+    assert "-device" not in cmd  # no NIC: QEMU's raspi4b models neither PCIe nor GENET
+
+
+def test_a_board_with_an_unknown_qemu_is_refused(tmp_path: Path) -> None:
+    text = (boards.BOARDS_DIR / "virt.toml").read_text() + 'qemu = "qemu9"\n'
+    (tmp_path / "odd.toml").write_text(text)
+    with pytest.raises(CommandError, match=r"odd.toml: qemu must be one of system, qemu10"):
+        boards.load("odd", tmp_path)
+
+
+def test_a_malformed_dtb_delete_entry_is_named(tmp_path: Path) -> None:
+    text = (boards.BOARDS_DIR / "virt.toml").read_text() + 'dtb_delete = ["/soc"]\n'
+    (tmp_path / "odd.toml").write_text(text)
+    with pytest.raises(CommandError, match=r"dtb_delete entry '/soc' is not 'NODE PROPERTY'"):
+        boards.load("odd", tmp_path)

@@ -1,0 +1,115 @@
+"""A forward clock step in the middle of a conversation (the agent following the bus's clock
+after a power cut): the live meter moves its open flows and the ring's old-clock packets with
+the step, so the conversation is one flow, on the new clock."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from scapy.layers.inet import IP, TCP
+from testsupport.capture_helpers import MS, S, eth, frame_bytes
+
+from appliance.agent.clock import ClockFollower, ClockStep
+from appliance.capture.config import MeterConfig
+from appliance.capture.decode import FrameBatch
+from appliance.capture.source import LiveMeter
+
+OLD = 1_700_000_000 * S  # the floor the box booted on
+STEP = 5 * 86_400 * S  # five days behind the bus
+
+
+def _tcp(flags: str, reverse: bool = False) -> bytes:
+    a, b = ("192.0.2.1", 40000), ("192.0.2.2", 80)
+    (src, sport), (dst, dport) = (b, a) if reverse else (a, b)
+    return frame_bytes(eth() / IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags=flags))
+
+
+def _batch(frames: list[tuple[int, bytes]]) -> FrameBatch:
+    data = b"".join(f for _, f in frames)
+    sizes = np.array([len(f) for _, f in frames], dtype=np.int64)
+    return FrameBatch(
+        data=np.frombuffer(data, dtype=np.uint8),
+        offsets=np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64),
+        caplen=sizes,
+        ts_ns=np.array([t for t, _ in frames], dtype=np.int64),
+    )
+
+
+class Ring:
+    """Hands out the batches queued since the last call."""
+
+    def __init__(self) -> None:
+        self.queued: list[FrameBatch] = []
+
+    def batches(self, timeout_s: float = 0.5) -> Iterator[FrameBatch]:
+        out, self.queued = self.queued, []
+        yield from out
+
+
+def _conversation(rebase: bool) -> list[tuple[int, int, int, int]]:
+    ring = Ring()
+    live = LiveMeter(ring, MeterConfig(idle_timeout_s=60))
+    ended = []
+    # SYN and SYN-ACK on the old clock, metered
+    ring.queued.append(_batch([(OLD, _tcp("S")), (OLD + 1 * MS, _tcp("SA", reverse=True))]))
+    ended += list(live.step(OLD + 2 * MS))
+    # the ACK is stamped on the old clock, then the clock steps before the ring hands it over;
+    # the rest of the conversation is stamped on the new clock
+    before = OLD + 3 * MS
+    ring.queued.append(_batch([(OLD + 2 * MS, _tcp("A"))]))
+    if rebase:
+        live.rebase(before, STEP)
+    new = before + STEP
+    ring.queued.append(
+        _batch([(new + 1 * MS, _tcp("PA")), (new + 2 * MS, _tcp("A", reverse=True))])
+    )
+    ended += list(live.step(new + 3 * MS))
+    ended += [live.close()]
+    return [
+        (int(r.packets_tx), int(r.packets_rx), int(r.start_ns), int(r.end_ns))
+        for b in ended
+        for r in b.records()
+    ]
+
+
+def test_a_step_mid_conversation_keeps_one_flow_on_the_new_clock() -> None:
+    assert _conversation(rebase=True) == [(3, 2, OLD + STEP, OLD + STEP + 3 * MS + 2 * MS)]
+
+
+def test_without_the_rebase_the_step_would_split_the_flow() -> None:
+    """The failure the rebase prevents (so the test above can fail)."""
+    assert len(_conversation(rebase=False)) == 2
+
+
+def test_a_step_back_is_refused() -> None:
+    live = LiveMeter(Ring())
+    with pytest.raises(ValueError, match="forward"):
+        live.rebase(OLD, -S)
+
+
+def test_the_follower_logs_each_step_with_the_time_it_stepped_from() -> None:
+    now = [OLD]
+
+    def step(ns: int) -> None:
+        now[0] = ns
+
+    f = ClockFollower(enabled=True, step_to_ns=step, clock_ns=lambda: now[0], monotonic=lambda: 1.0)
+    f.observe(OLD + STEP, OLD, OLD)
+    assert f.now_and_steps(0) == (OLD + STEP, [ClockStep(OLD, STEP)])
+    assert f.now_and_steps(1) == (OLD + STEP, [])
+    assert ClockStep(OLD, STEP).rebase(OLD - 1) == OLD - 1 + STEP
+    assert ClockStep(OLD, STEP).rebase(OLD + STEP) == OLD + STEP
+
+
+def test_a_packet_stamped_before_the_step_is_moved_with_it() -> None:
+    """The first packet the meter sees was stamped on the old clock, handed over after the
+    step: it starts its flow on the new clock, not five days in the past (already idle)."""
+    ring = Ring()
+    live = LiveMeter(ring, MeterConfig(idle_timeout_s=60))
+    ring.queued.append(_batch([(OLD + 2 * MS, _tcp("S"))]))
+    live.rebase(OLD + 3 * MS, STEP)
+    assert [len(b) for b in live.step(OLD + STEP + 4 * MS)] == []  # still open
+    (closed,) = live.close().records()
+    assert (closed.start_ns, closed.end_ns) == (OLD + STEP + 2 * MS,) * 2
