@@ -199,6 +199,7 @@ RUNTIME = (
     "pki/",
     "provision/",
     "qemu/",
+    "update/",
     "wal/",
     "wire/",
 )
