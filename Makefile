@@ -107,7 +107,7 @@ test-board: venv qemu10
 # Every tier; non-zero on any failure. Lint is part of the contract.
 test: venv qemu10
 	$(MAKE) --no-print-directory lint
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q --durations=25 tests
 
 # Long campaigns, outside CI's budget (CI runs a bounded sample of each): the bus's
 # decode -> validate -> store property tests with 200,000 examples each; and power cuts at

@@ -43,20 +43,28 @@ def build_rpi(out: Path) -> build.Result:
     return build.build(definition.load("rpi"), out, CACHE, epoch=EPOCH, update_keys=[pub])
 
 
-#: INFRASPECTRE_BOARD_IMAGE=DIR boots the image an earlier session built from this same tree
-#: into DIR (infraspectre-rpi.img, its .sha256, manifest.json) instead of building it again: a
-#: build takes 5-15 min on a loaded host. For re-running a few board tests by hand; CI never
-#: sets it.
+#: INFRASPECTRE_BOARD_IMAGE=IMAGE (or the directory holding infraspectre-rpi.img, its .sha256
+#: and manifest.json) boots an image an earlier run built from this same tree instead of building
+#: it again (a build takes 3-15 min): for re-running a few board tests by hand; CI never sets it.
+#: The update tests need it built as the session builds it (build_rpi: EPOCH, UPDATE_KEY).
 PREBUILT = os.environ.get("INFRASPECTRE_BOARD_IMAGE", "")
+
+
+def _prebuilt_image() -> Path:
+    path = Path(PREBUILT)
+    image = path / "infraspectre-rpi.img" if path.is_dir() else path
+    if not image.is_file():
+        raise pytest.UsageError(f"INFRASPECTRE_BOARD_IMAGE={PREBUILT}: no such image")
+    return image.resolve()
 
 
 @pytest.fixture(scope="session")
 def rpi_build(tmp_path_factory: pytest.TempPathFactory) -> build.Result:
     """The rpi image, built once per session (the one CI boots on raspi3b)."""
     if PREBUILT:
-        d = Path(PREBUILT)
-        sha = (d / "infraspectre-rpi.img.sha256").read_text().split()[0]
-        return build.Result(d / "infraspectre-rpi.img", d / "manifest.json", sha, 0.0)
+        image = _prebuilt_image()
+        sha = image.with_name(image.name + ".sha256").read_text().split()[0]
+        return build.Result(image, image.with_name("manifest.json"), sha, 0.0)
     return build_rpi(tmp_path_factory.mktemp("image-rpi"))
 
 
@@ -73,11 +81,8 @@ def rpi_image(request: pytest.FixtureRequest) -> Path:
     $INFRASPECTRE_BOARD_IMAGE names an image built before (`make image`) to boot instead of
     building one for the session: a developer's loop on one test; CI never sets it. Tests of
     the build itself (manifest, reproducibility) still build through rpi_build."""
-    prebuilt = os.environ.get("INFRASPECTRE_BOARD_IMAGE")
-    if prebuilt:
-        if not Path(prebuilt).is_file():
-            raise pytest.UsageError(f"INFRASPECTRE_BOARD_IMAGE={prebuilt}: no such image")
-        return Path(prebuilt).resolve()
+    if PREBUILT:
+        return _prebuilt_image()
     result: build.Result = request.getfixturevalue("rpi_build")
     return result.image
 

@@ -78,6 +78,32 @@ SKIPPED = {
     "infraspectre bench flows --memory --json": "a benchmark: minutes of CPU",
     "infraspectre provision --port /dev/ttyUSB0 --pki pki --agent-id branch-042": "hardware: a "
     "box on a serial cable",
+    # updates: a bundle needs a built image (minutes); these run in the update tests
+    "sudo infraspectre image build --board rpi --out out/rpi --update-key keys/update.pub": "an "
+    "image build: minutes (tests/system/image; the board tests build with an update key)",
+    "infraspectre image bundle out/rpi/infraspectre-rpi.img --key keys/update.key --out "
+    "rpi-0.2.0.bundle": "needs the built image (tests/unit/update/test_image_bundle.py)",
+    "infraspectre image bundle out/rpi/infraspectre-rpi.img --key keys/update.key --out "
+    "rpi.bundle": "needs the built image (tests/unit/update/test_image_bundle.py)",
+    "infraspectre bench update out/rpi/infraspectre-rpi.img rpi.bundle --json": "a benchmark "
+    "on an emulated Pi: many minutes (tests/unit/update/test_bench.py)",
+    "infraspectre update apply /data/rpi-0.2.0.bundle": "runs on the box "
+    "(tests/board/test_update.py)",
+    "infraspectre update status": "runs on the box (tests/board/test_update.py)",
+    **{
+        f"infraspectre bus update {args} --config bus.yaml": "needs a bundle from a built image "
+        "and the bus's configuration (tests/system/agent/test_update_bus.py runs the commands)"
+        for args in (
+            "upload rpi-0.2.0.bundle",
+            "set --group default 0.2.0",
+            "set --agent branch-0042 0.2.1",
+            "set --agent branch-0042 none",
+            "status [--json]",
+            "status",
+        )
+    },
+    "infraspectre bus agents --config bus.yaml": "the bus's configuration of the update example "
+    "(tests/system/bus/test_fleet_view.py runs `bus agents`)",
 }
 
 #: Commands that run until stopped: how they say they are up ("" = they only have to stay up).
