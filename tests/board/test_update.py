@@ -6,14 +6,15 @@ the uplink's guestfwd), and drives `infraspectre update apply` on the console. T
 plays the firmware: after the kernel's "Restarting system with command '0 tryboot'" it boots
 what tryboot.txt names, otherwise what config.txt names; a power cut is a killed QEMU.
 
-CI runs two boxes. The first is refused four bad bundles (nothing switches), then takes the
-update A -> B through three power cuts, one drawn from each phase with a printed seed
-(UPDATE_CUT_SEED=N repeats a draw): during the slot write (the same bundle then resumes),
-between the switch and the commit (back on A, rolled back), during the commit (on B,
-committed); after each cut it delivers again, and at the end it runs B with its identity and
-settings, the bus holding every record it acknowledged, no sequence number used twice. The
-second box tries a bundle without /sbin/init and rolls back by itself. `make soak` cuts a fresh
-box at each of the updater's twelve checkpoints (UPDATE_SOAK=1).
+CI runs two boxes. The first is refused four bad bundles (nothing switches), then tries a
+bundle without /sbin/init and rolls back by itself. The second takes the update A -> B through
+one power cut at a checkpoint of the updater drawn with a printed seed (UPDATE_CUT_SEED=N
+repeats a draw), then carries the update to its commit; after the cut it delivers again, and at
+the end it runs B with its identity and settings, the bus holding every record it
+acknowledged. `make soak` (UPDATE_SOAK=1) cuts a fresh box at each of the twelve checkpoints,
+and runs the chain of three cuts on one box (one drawn from each phase: during the slot write,
+the same bundle then resumes; between the switch and the commit, back on A, rolled back; during
+the commit, on B, committed) with the chain's records checked end to end.
 """
 
 from __future__ import annotations
@@ -195,8 +196,11 @@ def _delivers_again(
     return rows
 
 
-def test_bad_bundles_are_refused_with_one_line_and_nothing_switches(box) -> None:  # type: ignore[no-untyped-def]
-    pi = box(*REFUSALS)
+def test_bad_bundles_are_refused_then_a_system_that_never_starts_rolls_back(box) -> None:  # type: ignore[no-untyped-def]
+    """One box (a boot costs minutes): four bad bundles refused with one line each and nothing
+    switched; then a signed bundle whose system has no init: the trial kernel panics, the
+    board resets, the firmware boots A again and the updater records the rollback."""
+    pi = box(*REFUSALS, "broken-init.bundle")
     # one console command for the four (each start of Python costs minutes on a loaded host)
     result = pi.run(
         f"for n in {' '.join(REFUSALS)}; do "
@@ -223,6 +227,7 @@ def test_bad_bundles_are_refused_with_one_line_and_nothing_switches(box) -> None
     assert "os_prefix=slot-a/" in boot_config(pi.image)
     pi.boot(BOOT_TIMEOUT)
     assert running(pi) == ("a", EPOCH)
+    _rolls_back_from_a_system_that_never_starts(pi)
 
 
 #: checkpoint -> (slot the box comes back on, update state it then settles in)
@@ -283,6 +288,7 @@ def cut_draw(request: pytest.FixtureRequest) -> tuple[str, str, str]:
     return draw  # type: ignore[return-value]
 
 
+@pytest.mark.skipif(not SOAK, reason="the three-cut chain runs in `make soak`")
 def test_update_a_to_b_through_power_cuts_in_the_write_the_trial_and_the_commit(  # type: ignore[no-untyped-def]
     box, host_bus: BusServer, cut_draw: tuple[str, str, str]
 ) -> None:
@@ -330,8 +336,7 @@ def test_update_a_to_b_through_power_cuts_in_the_write_the_trial_and_the_commit(
     assert "os_prefix=slot-b/" in boot_config(pi.image)  # committed: the next boot is b
 
 
-def test_a_bundle_whose_system_never_starts_rolls_back_to_a(box) -> None:  # type: ignore[no-untyped-def]
-    pi = box("broken-init.bundle")
+def _rolls_back_from_a_system_that_never_starts(pi: Machine) -> None:
     mark = start_apply(pi, "broken-init.bundle")
     wait_trial_reboot(pi, mark)
     pi.power_on()
@@ -344,6 +349,47 @@ def test_a_bundle_whose_system_never_starts_rolls_back_to_a(box) -> None:  # typ
     assert record["slots"]["b"]["status"] == "bad"  # type: ignore[index]
     assert "never reached its system" in record["last_result"]["reason"]  # type: ignore[index]
     assert running(pi) == ("a", EPOCH)
+
+
+@pytest.fixture
+def one_cut(request: pytest.FixtureRequest) -> str:
+    """CI's sample of the twelve-point campaign: one checkpoint, from UPDATE_CUT_SEED or a
+    fresh seed, printed."""
+    seed = int(os.environ.get("UPDATE_CUT_SEED") or random.SystemRandom().randrange(10**6))
+    point = random.Random(seed).choice(tuple(CUT_POINTS))
+    capman = request.config.pluginmanager.getplugin("capturemanager")
+    with capman.global_and_fixture_disabled():
+        print(f"\npower cut: UPDATE_CUT_SEED={seed} draws {point}", flush=True)
+    return point
+
+
+def test_update_a_to_b_through_a_power_cut_at_a_drawn_point(  # type: ignore[no-untyped-def]
+    box, host_bus: BusServer, one_cut: str
+) -> None:
+    """A power cut at one of the updater's twelve checkpoints (seeded draw), then the update
+    carried to its end: the box comes back on a working slot, delivers again, and the same
+    bundle (resumed, or applied again after a rollback) ends committed on b with identity,
+    settings and every acknowledged record intact."""
+    pi = box("b.bundle", pause=one_cut)
+    wait_agent_ready(pi)
+    delivered = _delivers_again(host_bus, [], "before the update")
+    keys = pi.run("sha256sum /data/keys/*").output
+    settings = pi.run("cat /run/appliance/settings").output
+    _cut_at(pi, one_cut, start_apply(pi, "b.bundle"))
+    record = _settles(pi, one_cut)
+    delivered = _delivers_again(host_bus, delivered, f"after the cut at {one_cut}")
+    if record["state"] != "committed":
+        mark = start_apply(pi, "b.bundle")
+        wait_trial_reboot(pi, mark)
+        pi.boot(BOOT_TIMEOUT)
+        record = wait_update_settled(pi)
+    assert record["state"] == "committed", record
+    assert running(pi) == ("b", B_BUILD)
+    assert pi.run("sha256sum /data/keys/*").output == keys
+    assert pi.run("cat /run/appliance/settings").output == settings
+    _delivers_again(host_bus, delivered, "on b")
+    pi.power_cut()
+    assert "os_prefix=slot-b/" in boot_config(pi.image)
 
 
 @pytest.mark.skipif(not SOAK, reason="the twelve-point campaign runs in `make soak`")
