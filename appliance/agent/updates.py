@@ -383,9 +383,9 @@ class UpdatePoller:
         """The running slot's copies (None when this is not a slotted system)."""
         try:
             slot = slots.running_slot(self.paths.cmdline.read_text())
-        except OSError:
+            return None if slot is None else self.updater.seed(slot)
+        except OSError:  # no command line, or no card (/run/appliance/disk): fetch it all
             return None
-        return None if slot is None else self.updater.seed(slot)
 
 
 class _Fetch:
