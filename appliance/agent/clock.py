@@ -66,11 +66,16 @@ class ClockFollower:
     _last_step: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def now_and_steps(self, seen: int) -> tuple[int, list[ClockStep]]:
-        """The clock now, and the steps after the first `seen`, read together: a time
-        returned here is on the clock of the last step returned with it."""
+    def now(self) -> int:
+        """The clock, read so that every step it is after is already in step_log (a step
+        and its entry are made under the same lock)."""
         with self._lock:
-            return self.clock_ns(), self.step_log[seen:]
+            return self.clock_ns()
+
+    def steps_since(self, seen: int) -> list[ClockStep]:
+        """The steps after the first `seen` (any thread)."""
+        with self._lock:
+            return self.step_log[seen:]
 
     def observe(self, bus_ns: int, sent_ns: int, received_ns: int) -> None:
         """One answer: the bus's stamp, and our clock when the call went out and came back."""

@@ -80,8 +80,6 @@ class LiveFlowSource:
                 port.ring.close()
             raise
         self._clock_ns = clock_ns
-        self._follower: ClockFollower | None = None
-        self._steps_seen = 0
         self._poll = select.poll()
         for port in self.ports:
             self._poll.register(port.ring.fileno(), select.POLLIN | select.POLLERR)
@@ -92,20 +90,15 @@ class LiveFlowSource:
         return ",".join(self.interfaces)
 
     def follow_clock(self, follower: ClockFollower) -> None:
-        """Read the time through the follower, and rebase the meters at each of its steps."""
-        self._follower = follower
-        self._steps_seen = len(follower.step_log)
+        """Read the time through the follower; every meter applies its steps (rebase)."""
+        self._clock_ns = follower.now
 
-    def _now(self) -> int:
-        if self._follower is None:
-            return self._clock_ns()
-        now, steps = self._follower.now_and_steps(self._steps_seen)
-        for step in steps:
-            log.info("clock stepped %.1f s: open flows follow it", step.delta_ns / 1e9)
-            for port in self.ports:
-                port.live.rebase(step.before_ns, step.delta_ns)
-        self._steps_seen += len(steps)
-        return now
+        def steps(seen: int) -> list[tuple[int, int]]:
+            return [(s.before_ns, s.delta_ns) for s in follower.steps_since(seen)]
+
+        for port in self.ports:
+            port.live.clock_steps = steps
+            port.live.skip_steps(len(follower.step_log))
 
     def poll(self, timeout_s: float) -> Sequence[FlowEvent]:
         """Wait up to timeout_s for any port's ring, then meter what every port has ready."""
@@ -113,7 +106,7 @@ class LiveFlowSource:
             self._poll.poll(int(timeout_s * 1000))
             timeout_s = 0.0  # each port's own wait: the one above was for all of them
         out: list[FlowEvent] = []
-        now = self._now()
+        now = self._clock_ns()
         for port in self.ports:
             for batch in port.live.step(now, timeout_s):
                 out.extend(port.events(batch))

@@ -13,7 +13,8 @@ it after LiveMeter.close). Nothing here blocks longer than the source's poll tim
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -22,6 +23,11 @@ from appliance.capture.config import MeterConfig
 from appliance.capture.decode import Decoder, FrameBatch, PacketColumns
 from appliance.capture.flows import FlowBatch
 from appliance.capture.meter import FlowMeter
+
+log = logging.getLogger(__name__)
+
+#: A log of forward clock steps: steps(seen) -> the (before_ns, delta_ns) after the first seen.
+StepLog = Callable[[int], Sequence[tuple[int, int]]]
 
 #: Clock steps a live meter remembers: the ring holds a few seconds of packets at most, and
 #: the agent steps at most once a minute.
@@ -45,23 +51,48 @@ class LiveMeter:
     block the kernel has not handed over yet holds packets up to the ring's retire timeout
     old, so expiry stays `lag_ns` (default 1 s, keep it above retire_timeout_ms) behind the
     clock and never ends a flow that such a packet would extend (meter docstring).
+
+    Clock steps: when the caller's clock can step forward (the agent following the bus's time),
+    clock_steps tells of each step; before every batch the meter applies the new ones (rebase),
+    so a flow open across a step, or a packet stamped before it and read after, stays on one
+    clock. now_ns given to step() must be read so that every step before it is already logged.
     """
 
     def __init__(
-        self, source: FrameSource, config: MeterConfig | None = None, lag_ns: int = 1_000_000_000
+        self,
+        source: FrameSource,
+        config: MeterConfig | None = None,
+        lag_ns: int = 1_000_000_000,
+        clock_steps: StepLog | None = None,
     ) -> None:
         self.source = source
         self.decoder = Decoder()
         self.meter = FlowMeter(config)
         self.lag_ns = lag_ns
+        self.clock_steps = clock_steps
+        self._seen = 0  # steps of clock_steps already applied
         self._steps: list[tuple[int, int]] = []  # (before_ns, delta_ns), oldest first
 
     def rebase(self, before_ns: int, delta_ns: int) -> None:
         """The clock stepped forward by delta_ns when it read before_ns (agent.clock): the
         open flows move with it, and so does every packet stamped before the step that the
-        ring still holds. Call it before step() is given a time read after the step."""
+        ring still holds."""
         self.meter.rebase(before_ns, delta_ns)
         self._steps = [*self._steps[-(_KEPT_STEPS - 1) :], (before_ns, delta_ns)]
+
+    def skip_steps(self, count: int) -> None:
+        """The first count steps of clock_steps happened before this meter saw a packet."""
+        self._seen = count
+
+    def _catch_up(self) -> None:
+        """Apply the steps clock_steps logged since the last look. Called before every batch:
+        a batch can hold packets stamped after a step that happened while it was read."""
+        if self.clock_steps is None:
+            return
+        for before, delta in self.clock_steps(self._seen):
+            log.info("clock stepped %.1f s: the open flows follow it", delta / 1e9)
+            self.rebase(before, delta)
+            self._seen += 1
 
     def _on_current_clock(self, pk: PacketColumns) -> PacketColumns:
         for before, delta in self._steps:  # a packet from before several steps takes each
@@ -73,7 +104,9 @@ class LiveMeter:
 
     def step(self, now_ns: int, timeout_s: float = 0.5) -> Iterator[FlowBatch]:
         """Meter the ready batches; yield every non-empty FlowBatch of ended flows."""
+        self._catch_up()
         for batch in self.source.batches(timeout_s):
+            self._catch_up()
             ended = self.meter.add(self._on_current_clock(self.decoder.decode(batch)))
             if len(ended):
                 yield ended

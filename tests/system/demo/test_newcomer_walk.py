@@ -138,6 +138,9 @@ def netns() -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
 
 
+#: every documented command, servers among them, each a Python start (seconds on a busy 2-core
+#: machine): a hang guard, not a speed target (each command has its own 180 s limit)
+@pytest.mark.timeout(1200)
 def test_the_docs_quick_start_commands_run_verbatim(walk_dir: Path, netns: str) -> None:
     for tool in ("sqlite3", "promtool"):  # make apt installs them: missing is a failure
         assert shutil.which(tool), f"{tool} missing: run make apt"

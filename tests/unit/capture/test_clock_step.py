@@ -4,7 +4,7 @@ the step, so the conversation is one flow, on the new clock."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -38,14 +38,19 @@ def _batch(frames: list[tuple[int, bytes]]) -> FrameBatch:
 
 
 class Ring:
-    """Hands out the batches queued since the last call."""
+    """Hands out the batches queued since the last call; a queued callable is called instead
+    (what happens while the ring is read)."""
 
     def __init__(self) -> None:
-        self.queued: list[FrameBatch] = []
+        self.queued: list[FrameBatch | Callable[[], object]] = []
 
     def batches(self, timeout_s: float = 0.5) -> Iterator[FrameBatch]:
         out, self.queued = self.queued, []
-        yield from out
+        for item in out:
+            if isinstance(item, FrameBatch):
+                yield item
+            else:
+                item()
 
 
 def _conversation(rebase: bool) -> list[tuple[int, int, int, int]]:
@@ -97,10 +102,26 @@ def test_the_follower_logs_each_step_with_the_time_it_stepped_from() -> None:
 
     f = ClockFollower(enabled=True, step_to_ns=step, clock_ns=lambda: now[0], monotonic=lambda: 1.0)
     f.observe(OLD + STEP, OLD, OLD)
-    assert f.now_and_steps(0) == (OLD + STEP, [ClockStep(OLD, STEP)])
-    assert f.now_and_steps(1) == (OLD + STEP, [])
+    assert (f.now(), f.steps_since(0), f.steps_since(1)) == (OLD + STEP, [ClockStep(OLD, STEP)], [])
     assert ClockStep(OLD, STEP).rebase(OLD - 1) == OLD - 1 + STEP
     assert ClockStep(OLD, STEP).rebase(OLD + STEP) == OLD + STEP
+
+
+def test_a_step_logged_while_the_ring_is_read_is_applied_before_the_batch() -> None:
+    """The capture read its time before the step; the step came; the ring then handed over
+    the SYN (old clock) and the SYN-ACK (new clock) in one poll: one flow, on the new clock."""
+    ring = Ring()
+    log: list[tuple[int, int]] = []
+    live = LiveMeter(ring, MeterConfig(idle_timeout_s=60), clock_steps=lambda seen: log[seen:])
+    now = OLD + 1 * MS  # read before the step
+    before = OLD + 2 * MS
+    ring.queued.append(_batch([(OLD + 1 * MS, _tcp("S"))]))
+    ring.queued.append(lambda: log.append((before, STEP)))  # the agent steps meanwhile
+    ring.queued.append(_batch([(before + STEP + 1 * MS, _tcp("SA", reverse=True))]))
+    assert list(live.step(now)) == []
+    (flow,) = live.close().records()
+    assert (flow.packets_tx, flow.packets_rx) == (1, 1)
+    assert flow.start_ns == OLD + 1 * MS + STEP
 
 
 def test_a_packet_stamped_before_the_step_is_moved_with_it() -> None:
