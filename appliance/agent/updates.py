@@ -181,6 +181,8 @@ class UpdatePoller:
         self._thread = threading.Thread(target=self._run, name="agent-updates", daemon=True)
         #: the download in progress: (sha256, bytes on the box)
         self._download: tuple[str, int] = ("", 0)
+        #: bytes fetched over the network for the download in progress, or the last one
+        self._fetched = 0
         #: the updater's (state, last result time) as last reported to the bus
         self._reported: tuple[str, str] = ("", "")
 
@@ -262,6 +264,7 @@ class UpdatePoller:
             group=self.cfg.group,
             download=self._download[0],
             downloaded=self._download[1],
+            fetched=self._fetched,
         )
 
     def check_once(self) -> str:
@@ -350,6 +353,7 @@ class UpdatePoller:
                 os.ftruncate(fd, 0)
             os.ftruncate(fd, offer.size)  # full length: what is never fetched stays a hole
             self._download = (offer.bundle, 0)
+            self._fetched = 0
             fetch = _Fetch(self, offer, fd)
             manifest = fetch.head(path)
             if manifest is None or manifest.total != offer.size:
@@ -494,12 +498,14 @@ class _Fetch:
                 os.ftruncate(fd, offset + got)
                 os.fsync(fd)
                 self.fetched += got
+                poller._fetched = self.fetched
                 return False
         os.fsync(fd)  # a piece is on the card before the next is asked for
         self.fetched += got
         self.pieces += 1
         sha, have = poller._download
         poller._download = (self.offer.bundle, (have if sha == self.offer.bundle else 0) + got)
+        poller._fetched = self.fetched
         poller.updater.checkpoint(f"download-{self.pieces}")
         rate = poller.cfg.rate_bytes_s
         if rate:
