@@ -44,7 +44,7 @@ import grpc
 from appliance.agent.config import AgentUpdate
 from appliance.agent.transport import Identity
 from appliance.errors import CommandError
-from appliance.update import device, slots
+from appliance.update import bundle, delta, device, slots
 from appliance.wire import pb
 from appliance.wire.channel import mtls_channel
 
@@ -181,6 +181,8 @@ class UpdatePoller:
         self._thread = threading.Thread(target=self._run, name="agent-updates", daemon=True)
         #: the download in progress: (sha256, bytes on the box)
         self._download: tuple[str, int] = ("", 0)
+        #: bytes fetched over the network for the download in progress, or the last one
+        self._fetched = 0
         #: the updater's (state, last result time) as last reported to the bus
         self._reported: tuple[str, str] = ("", "")
 
@@ -262,6 +264,7 @@ class UpdatePoller:
             group=self.cfg.group,
             download=self._download[0],
             downloaded=self._download[1],
+            fetched=self._fetched,
         )
 
     def check_once(self) -> str:
@@ -326,54 +329,187 @@ class UpdatePoller:
                 part.unlink(missing_ok=True)
 
     def download(self, offer: Any) -> Path | None:
-        """The offered bundle in <data>/update-download/<sha>.part, resumed at the file's
-        length; None if the poller was stopped. The file ends where the bus says the bundle
-        ends (a short bundle stays short: the updater refuses it as truncated)."""
+        """The offered bundle in <data>/update-download/<sha>.part, fetching only what the box
+        lacks (appliance.update.delta); None if the poller was stopped.
+
+        The head (header, manifest, signature) comes first and is verified with the update
+        keys this system trusts; then each payload chunk that neither the file nor the running
+        slot holds is fetched and written at its offset into a file of the bundle's full
+        length (what the running slot holds stays a hole, which `update apply` fills from the
+        slot). A power cut loses nothing: the next round re-checks every chunk. A head that
+        does not verify, or a bundle the bus serves shorter than offered, is handed to the
+        updater as it is, which refuses it with its own one-line reason."""
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / f"{offer.bundle}.part"
-        have = path.stat().st_size if path.exists() else 0
-        free = shutil.disk_usage(self.dir).free
-        if offer.size - have + DATA_RESERVE > free:
-            # the WAL lives here too: a download never takes its last room
+        usage = shutil.disk_usage(self.dir)
+        if offer.size + DATA_RESERVE > usage.total:
             raise CommandError(
-                f"no room for the {offer.size}-byte bundle in {self.dir} ({free} bytes free, "
-                f"{DATA_RESERVE} kept for the WAL)"
+                f"no room for the {offer.size}-byte bundle in {self.dir} ({usage.total} bytes in "
+                f"all, {DATA_RESERVE} kept for the WAL)"
             )
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            offset = os.fstat(fd).st_size
-            if offset > offer.size:  # longer than the bundle: not ours to trust, start over
+            if os.fstat(fd).st_size > offer.size:  # longer than the bundle: start over
                 os.ftruncate(fd, 0)
-                offset = 0
-            if offset:
-                log.info("resuming the download of %s at byte %d", offer.bundle[:12], offset)
-            chunk = min(self.cfg.chunk_bytes, offer.max_chunk or self.cfg.chunk_bytes)
-            started, sent = self._clock(), 0
-            while offset < offer.size:
-                if self._stop.is_set():
-                    return None
-                try:
-                    piece = self.client.fetch(offer.bundle, offset, chunk)
-                except grpc.RpcError as err:
-                    if err.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
-                        raise
-                    self._stop.wait(retry_after_s(err))
-                    continue
-                if piece.offset != offset:
-                    raise CommandError(f"the bus answered offset {piece.offset} for {offset}")
-                if piece.data:
-                    os.write(fd, piece.data)
-                    os.fsync(fd)  # the resume point is the file's length: make it true
-                    offset += len(piece.data)
-                    sent += len(piece.data)
-                    self._download = (offer.bundle, offset)
-                if piece.eof or not piece.data:
-                    break
-                if self.cfg.rate_bytes_s:
-                    ahead = started + sent / self.cfg.rate_bytes_s - self._clock()
-                    if ahead > 0:
-                        self._stop.wait(ahead)
+            os.ftruncate(fd, offer.size)  # full length: what is never fetched stays a hole
+            self._download = (offer.bundle, 0)
+            self._fetched = 0
+            fetch = _Fetch(self, offer, fd)
+            manifest = fetch.head(path)
+            if manifest is None or manifest.total != offer.size:
+                return None if self._stop.is_set() else path
+            plan = delta.plan(manifest, self._seed(), have=path)
+            need = plan.fetch_bytes
+            free = shutil.disk_usage(self.dir).free
+            if need + DATA_RESERVE > free:
+                # the WAL lives here too: a download never takes its last room
+                raise CommandError(
+                    f"no room for the {need} bytes to fetch in {self.dir} ({free} bytes free, "
+                    f"{DATA_RESERVE} kept for the WAL)"
+                )
+            log.info(
+                "update %s: fetching %d of its %d bytes (%d held by the running slot, "
+                "%d already downloaded)",
+                offer.bundle[:12], need, offer.size, plan.in_seed, plan.in_file,
+            )  # fmt: skip
+            self._download = (offer.bundle, offer.size - need)
+            if not fetch.chunks(plan, path):
+                return None if self._stop.is_set() else path
         finally:
             os.close(fd)
-        log.info("downloaded %s: %d bytes", offer.bundle[:12], offset)
+        log.info(
+            "downloaded %s: fetched %d of its %d bytes",
+            offer.bundle[:12], fetch.fetched, offer.size,
+        )  # fmt: skip
         return path
+
+    def _seed(self) -> delta.Seed | None:
+        """The running slot's copies (None when this is not a slotted system)."""
+        try:
+            slot = slots.running_slot(self.paths.cmdline.read_text())
+            return None if slot is None else self.updater.seed(slot)
+        except OSError:  # no command line, or no card (/run/appliance/disk): fetch it all
+            return None
+
+
+class _Fetch:
+    """One download round of an offered bundle into its file (descriptor fd): pieces on a
+    grid of the served chunk size from the bundle's start, each fetched at most once, written
+    at its offset and fsynced, at most agent.update.rate_bytes_s."""
+
+    def __init__(self, poller: UpdatePoller, offer: Any, fd: int) -> None:
+        self.poller = poller
+        self.offer = offer
+        self.fd = fd
+        cfg = poller.cfg
+        self.piece = min(cfg.chunk_bytes, offer.max_chunk or cfg.chunk_bytes)
+        self.done: set[int] = set()
+        self.fetched = 0
+        self.pieces = 0
+        self.started = poller._clock()
+
+    def head(self, path: Path) -> bundle.Manifest | None:
+        """The bundle's verified manifest: from the file when its head is already there and
+        verifies, else fetched; None when it does not verify (or the poller stopped)."""
+        keys = device.trusted_keys(self.poller.paths)
+        try:
+            with path.open("rb") as fh:
+                return bundle.read_manifest(fh, keys)
+        except bundle.BundleError:
+            pass
+        if not self._get(0, bundle.HEADER.size):
+            return None
+        with path.open("rb") as fh:
+            raw = fh.read(bundle.HEADER.size)
+        length = bundle.HEADER.unpack(raw)[3] if raw[:8] == bundle.MAGIC else 0
+        head = bundle.HEADER.size + length + bundle.SIG_LEN
+        if 0 < length <= bundle.MAX_MANIFEST and not self._get(0, head):
+            return None
+        try:
+            with path.open("rb") as fh:
+                return bundle.read_manifest(fh, keys)
+        except bundle.BundleError as exc:
+            log.warning("update %s: %s", self.offer.bundle[:12], exc)
+            return None
+
+    def chunks(self, plan: delta.Plan, path: Path) -> bool:
+        """Fetch what plan lacks; False when it ended early (stopped, or served short).
+
+        A piece already written whole (no hole in it: a round cut by a power cut wrote it)
+        is not fetched again; a chunk that still does not hash right afterwards (a piece torn
+        by the cut) has its pieces fetched once more. What is wrong after that is the
+        updater's to refuse."""
+        for offset, _ in delta.ranges(plan.fetch, self.piece):
+            if self._written(offset):
+                self.done.add(offset // self.piece)
+            elif not self._get(offset, offset + 1):
+                return False
+        wrong = tuple(
+            c
+            for c in plan.fetch
+            if not delta.hashes_right(delta.read_at(path, c.offset, c.size), c.sha256)
+        )
+        for offset, _ in delta.ranges(wrong, self.piece):
+            self.done.discard(offset // self.piece)
+            if not self._get(offset, offset + 1):
+                return False
+        return True
+
+    def _written(self, offset: int) -> bool:
+        """The piece at offset is all data in the file (no hole: it was written)."""
+        end: int = min(offset + self.piece, self.offer.size)
+        try:
+            return os.lseek(self.fd, offset, os.SEEK_HOLE) >= end
+        except OSError:
+            return False
+
+    def _get(self, begin: int, end: int) -> bool:
+        """Make sure the grid pieces covering [begin, end) of the bundle are in the file."""
+        size = self.offer.size
+        for k in range(begin // self.piece, (min(end, size) - 1) // self.piece + 1):
+            if k in self.done:
+                continue
+            offset = k * self.piece
+            if not self._piece(offset, min(self.piece, size - offset)):
+                return False
+            self.done.add(k)
+        return True
+
+    def _piece(self, offset: int, length: int) -> bool:
+        poller, fd = self.poller, self.fd
+        got = 0
+        while got < length:
+            if poller._stop.is_set():
+                return False
+            try:
+                piece = poller.client.fetch(self.offer.bundle, offset + got, length - got)
+            except grpc.RpcError as err:
+                if err.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    raise
+                poller._stop.wait(retry_after_s(err))
+                continue
+            if piece.offset != offset + got:
+                raise CommandError(f"the bus answered offset {piece.offset} for {offset + got}")
+            if piece.data:
+                os.pwrite(fd, piece.data, offset + got)
+                got += len(piece.data)
+            if not piece.data or (piece.eof and got < length):
+                # the bundle as served ends here: a short file, which the updater refuses
+                os.ftruncate(fd, offset + got)
+                os.fsync(fd)
+                self.fetched += got
+                poller._fetched = self.fetched
+                return False
+        os.fsync(fd)  # a piece is on the card before the next is asked for
+        self.fetched += got
+        self.pieces += 1
+        sha, have = poller._download
+        poller._download = (self.offer.bundle, (have if sha == self.offer.bundle else 0) + got)
+        poller._fetched = self.fetched
+        poller.updater.checkpoint(f"download-{self.pieces}")
+        rate = poller.cfg.rate_bytes_s
+        if rate:
+            ahead = self.started + self.fetched / rate - poller._clock()
+            if ahead > 0:
+                poller._stop.wait(ahead)
+        return True

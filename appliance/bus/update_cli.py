@@ -130,6 +130,6 @@ def _status(args: argparse.Namespace) -> int:
             line += f" {terminal_safe(r.last_version)} at {_when(r.last_at)}: "
             line += terminal_safe(r.last_reason)
         if r.download:
-            line += f" (downloading {r.download[:12]}: {r.downloaded} B)"
+            line += f" (downloading {r.download[:12]}: {r.downloaded} B, {r.fetched} B fetched)"
         print(line)
     return 0

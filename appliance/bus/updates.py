@@ -70,14 +70,23 @@ CREATE TABLE IF NOT EXISTS desired (
 CREATE TABLE IF NOT EXISTS reports (
   agent_id TEXT PRIMARY KEY, version TEXT, build INTEGER, board TEXT, slot TEXT, state TEXT,
   last_result TEXT, last_reason TEXT, last_version TEXT, last_at INTEGER, update_group TEXT,
-  download TEXT, downloaded INTEGER, reported_at INTEGER
+  download TEXT, downloaded INTEGER, reported_at INTEGER, fetched INTEGER
 );
 """
 
 REPORT_COLUMNS = (
     "agent_id", "version", "build", "board", "slot", "state", "last_result", "last_reason",
     "last_version", "last_at", "update_group", "download", "downloaded", "reported_at",
+    "fetched",
 )  # fmt: skip
+
+
+def _columns(conn: sqlite3.Connection) -> str:
+    """REPORT_COLUMNS to select: `fetched` is 0 where a store made before it lacks the column
+    (read-only readers) or a row recorded before it has none."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(reports)")}
+    picked = {"fetched": "COALESCE(fetched, 0)" if "fetched" in have else "0"}
+    return ", ".join(picked.get(c, c) for c in REPORT_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -110,6 +119,8 @@ class Report:
     download: str = ""
     downloaded: int = 0
     reported_at: int = 0
+    #: bytes of the download fetched over the network (a delta fetches what the box lacked)
+    fetched: int = 0
 
     def as_json(self) -> dict[str, object]:
         return dict(self.__dict__)
@@ -170,6 +181,9 @@ class UpdateStore:
             )
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.executescript(_SCHEMA)
+            have = {row[1] for row in self._conn.execute("PRAGMA table_info(reports)")}
+            if "fetched" not in have:  # a store made before delta downloads
+                self._conn.execute("ALTER TABLE reports ADD COLUMN fetched INTEGER")
         except (OSError, sqlite3.Error) as exc:
             raise CommandError(f"cannot open the update store in {directory}: {exc}") from exc
         self._lock = threading.Lock()
@@ -307,7 +321,7 @@ class UpdateStore:
             agent, t(status.version), status.build, t(status.board), t(status.slot),
             t(status.state), t(status.last_result), t(status.last_reason), t(status.last_version),
             status.last_at, t(status.group), t(status.download), status.downloaded,
-            int(self._clock()),
+            int(self._clock()), status.fetched,
         )  # fmt: skip
         with self._tx() as conn:
             conn.execute(
@@ -320,7 +334,7 @@ class UpdateStore:
     def reports(self) -> list[Report]:
         with self._lock:
             rows = self._conn.execute(
-                f"SELECT {', '.join(REPORT_COLUMNS)} FROM reports ORDER BY agent_id"
+                f"SELECT {_columns(self._conn)} FROM reports ORDER BY agent_id"
             ).fetchall()
         return [Report(*r) for r in rows]
 
@@ -333,9 +347,8 @@ def read_reports(directory: Path) -> dict[str, Report]:
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
-            rows = conn.execute(
-                f"SELECT {', '.join(REPORT_COLUMNS)} FROM reports ORDER BY agent_id"
-            ).fetchall()
+            query = f"SELECT {_columns(conn)} FROM reports ORDER BY agent_id"
+            rows = conn.execute(query).fetchall()
         finally:
             conn.close()
     except sqlite3.Error as exc:

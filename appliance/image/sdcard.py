@@ -172,31 +172,65 @@ def make_boot(files: Mapping[str, Path], size: int, out: Path, staging: Path, ep
         run(["mcopy", "-i", str(out), "-m", "-Q", *names, target], "mcopy", env=env)
 
 
+#: What changes between our releases, written last in the root squashfs (mksquashfs `-sort`:
+#: a lower priority is written later; everything else keeps priority 0). An update downloads
+#: only the 4 MiB chunks the running slot lacks (appliance.update.delta): with these at the end,
+#: a release that changes the appliance's own package and its release file changes the
+#: squashfs's tail (and its superblock), not every chunk after the first change. Globs relative
+#: to the root; a directory's priority covers everything below it (.py, .pyc, data).
+CHANGES_LAST = (
+    ("usr/local/lib/python3*/dist-packages/appliance", -2),
+    ("usr/local/lib/python3*/dist-packages/infraspectre*.dist-info", -2),
+    ("etc/appliance", -3),
+)
+
+
+def sort_entries(tree: Path) -> list[str]:
+    """The mksquashfs sort file's lines for tree (CHANGES_LAST that exist, sorted)."""
+    lines = []
+    for pattern, priority in CHANGES_LAST:
+        for path in sorted(tree.glob(pattern)):
+            rel = path.relative_to(tree).as_posix()
+            if any(c.isspace() for c in rel):  # the sort file is "PATH PRIORITY" per line
+                raise CommandError(f"cannot order {rel!r} in the squashfs: a space in its name")
+            lines.append(f"{rel} {priority}")
+    return lines
+
+
 def make_root(tree: Path, out: Path, epoch: int, options: Sequence[str]) -> None:
     """A squashfs of tree (compression options given): owners and modes as in the tree (the
-    build runs as root, overlays declare theirs), every time epoch, sorted (reproducible)."""
+    build runs as root, overlays declare theirs), every time epoch, sorted (reproducible), and
+    what changes between releases last (CHANGES_LAST). The one way a root image is made: the
+    build and the update tests' derived roots both come through here."""
     out.unlink(missing_ok=True)
-    run(
-        [
+    order = out.with_name(out.name + ".sort")
+    entries = sort_entries(tree)
+    order.write_text("".join(line + "\n" for line in entries))
+    try:
+        run(
+            [
+                "mksquashfs",
+                str(tree),
+                str(out),
+                "-noappend",
+                *options,
+                *(["-sort", str(order)] if entries else []),
+                "-mkfs-time",
+                str(epoch),
+                "-all-time",
+                str(epoch),
+                "-no-xattrs",
+                "-quiet",
+                "-no-progress",
+                "-reproducible",
+            ],
             "mksquashfs",
-            str(tree),
-            str(out),
-            "-noappend",
-            *options,
-            "-mkfs-time",
-            str(epoch),
-            "-all-time",
-            str(epoch),
-            "-no-xattrs",
-            "-quiet",
-            "-no-progress",
-            "-reproducible",
-        ],
-        "mksquashfs",
-        # mksquashfs (4.5+) refuses SOURCE_DATE_EPOCH together with -mkfs-time/-all-time;
-        # the build already took its time from the variable (build.source_date_epoch).
-        env={k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"},
-    )
+            # mksquashfs (4.5+) refuses SOURCE_DATE_EPOCH together with -mkfs-time/-all-time;
+            # the build already took its time from the variable (build.source_date_epoch).
+            env={k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"},
+        )
+    finally:
+        order.unlink(missing_ok=True)
 
 
 def make_data(tree: Path, size: int, out: Path, epoch: int) -> None:

@@ -15,7 +15,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from appliance.crypto.keys import load_signing_key
+from nacl.signing import VerifyKey
+
+from appliance.crypto.keys import load_signing_key, load_verify_key
 from appliance.errors import CommandError
 from appliance.image import firstboot, sdcard
 from appliance.update import bundle, firmware, slots
@@ -95,30 +97,50 @@ def cmdline_template(text: str, slot: str) -> str:
     return " ".join(words) + "\n"
 
 
+def slot_files(image: Path, work: Path) -> tuple[str, Path, dict[str, Path]]:
+    """The image's committed slot: (slot, its root squashfs in work/root.squashfs, its boot set
+    files as on the card in work/boot/)."""
+    slot = committed_slot(image)
+    folder = slots.prefix(slot)
+    work.mkdir(parents=True, exist_ok=True)
+    root = work / "root.squashfs"
+    extract_root(image, slot, root)
+    listing = _mtools(image, ["mdir", "-b", f"::/{folder}"])
+    names = sorted(
+        line.strip().rsplit("/", 1)[-1]
+        for line in listing.splitlines()
+        if line.strip() and not line.strip().endswith("/")
+    )
+    boot: dict[str, Path] = {}
+    for name in names:
+        dst = work / "boot" / name
+        dst.parent.mkdir(exist_ok=True)
+        _mtools(image, ["mcopy", "-n", f"::/{folder}{name}", str(dst)])
+        boot[name] = dst
+    return slot, root, boot
+
+
+def trusted_keys(root: Path, work: Path) -> list[VerifyKey]:
+    """The update keys a root squashfs trusts (its /etc/appliance/update-keys/*.pub)."""
+    out = work / "update-keys"
+    proc = subprocess.run(
+        ["unsquashfs", "-q", "-n", "-d", str(out), str(root), "etc/appliance/update-keys"],
+        capture_output=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise CommandError(f"the root trusts no update key: {proc.stderr.decode().strip()[:200]}")
+    return [load_verify_key(p) for p in sorted(out.glob("etc/appliance/update-keys/*.pub"))]
+
+
 def make(image: Path, key_file: Path, out: Path) -> bundle.Manifest:
     """Write the bundle of image's committed slot to out, signed with the key in key_file."""
     key = load_signing_key(key_file)
-    slot = committed_slot(image)
-    folder = slots.prefix(slot)
     with tempfile.TemporaryDirectory(prefix="bundle-") as tmp:
-        work = Path(tmp)
-        root = work / "root.squashfs"
-        extract_root(image, slot, root)
+        slot, root, boot = slot_files(image, Path(tmp))
         rel = release_of(root)
-        listing = _mtools(image, ["mdir", "-b", f"::/{folder}"])
-        names = sorted(
-            line.strip().rsplit("/", 1)[-1]
-            for line in listing.splitlines()
-            if line.strip() and not line.strip().endswith("/")
-        )
-        boot: dict[str, Path] = {}
-        for name in names:
-            dst = work / "boot" / name
-            dst.parent.mkdir(exist_ok=True)
-            _mtools(image, ["mcopy", "-n", f"::/{folder}{name}", str(dst)])
-            boot[name] = dst
         if bundle.CMDLINE not in boot:
-            raise CommandError(f"{image}: {folder} has no {bundle.CMDLINE}")
+            raise CommandError(f"{image}: {slots.prefix(slot)} has no {bundle.CMDLINE}")
         cmdline = boot[bundle.CMDLINE]
         cmdline.write_text(cmdline_template(cmdline.read_text(), slot))
         return bundle.write(

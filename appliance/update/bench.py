@@ -9,10 +9,13 @@ One run, both sides measured on this machine:
   in the guest, and what the guest's SD card was asked to write, from the kernel's own
   counters (/sys/class/block/mmcblk0/stat, 512-byte sectors, per partition too): the wear, from the
   device's side of the block layer, as FIELD-NOTES advises (not /proc/self/io).
-- the network: the bundle's size (what a box downloads from a file today; delivery through
-  the bus streams the same bytes) against the card image compressed with zstd (what a reflash
-  downloads); and the bundle compressed the same way, what a compressed transfer would move
-  (the bundle's kernel Image is stored uncompressed).
+- the network: the bundle's size (what a box downloads from a file) against the card image
+  compressed with zstd (what a reflash downloads); the bundle compressed the same way, what a
+  compressed transfer would move (the bundle's kernel Image is stored uncompressed); and the
+  delta download through the bus: what a box running IMAGE fetches of BUNDLE, computed on the
+  host by the agent's own plan (appliance.update.delta: the head, and each chunk the running
+  slot does not hold, in pieces of --piece-bytes on the bundle's grid). `--network-only`
+  reports this side alone (no guest, no reflash).
 - the reflash: `image flash IMAGE FILE --force` on the host (write, fsync, read back), its
   time and the bytes it made the target hold (allocated blocks: a reflash writes every byte
   of the card image, zeros included).
@@ -57,8 +60,41 @@ def register(sub: Any) -> None:
     bench.add_argument(
         "--zstd-level", type=int, default=19, help="zstd level of the reflash download (19)"
     )
+    bench.add_argument(
+        "--piece-bytes",
+        type=int,
+        default=256 * 1024,
+        help="bytes per Fetch of the delta download (agent.update.chunk_bytes: 262144)",
+    )
+    bench.add_argument(
+        "--network-only",
+        action="store_true",
+        help="only the bytes over the network (bundle, delta, reflash): no guest, no flash",
+    )
     bench.add_argument("--json", action="store_true", help="one JSON object on stdout")
     bench.set_defaults(func=_run)
+
+
+def delta_download(image: Path, bundle_file: Path, piece: int, work: Path) -> dict[str, int]:
+    """What a box running image fetches of bundle_file through the bus, planned as its agent
+    plans it (appliance.update.delta.plan against the image's committed slot, the update keys
+    its root trusts, pieces on the bundle's grid): bytes fetched, chunks fetched of all."""
+    from appliance.image import updatebundle
+    from appliance.update import bundle, delta
+
+    _, root, _ = updatebundle.slot_files(image, work / "seed")
+    keys = updatebundle.trusted_keys(root, work)
+    with bundle_file.open("rb") as fh:
+        manifest = bundle.read_manifest(fh, keys)
+    seed = delta.Seed(root, work / "seed" / "boot")
+    plan = delta.plan(manifest, seed)
+    pieces = delta.ranges(plan.fetch, piece, head=manifest.payload_offset)
+    return {
+        "bytes": sum(min(length, manifest.total - offset) for offset, length in pieces),
+        "chunks": len(plan.fetch),
+        "chunks_total": sum(len(f.chunks) for f in manifest.files),
+        "held_bytes": plan.in_seed,
+    }
 
 
 def sectors_written(stat: str) -> int:
@@ -111,9 +147,10 @@ def report(
     update_written: dict[str, int],
     reflash_s: float,
     reflash_written: int,
+    delta: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """The bench's JSON object: both sides and their ratios (update / reflash)."""
-    return {
+    doc: dict[str, Any] = {
         "bench": "update",
         "update": {
             "apply_s": round(apply_s, 1),
@@ -133,6 +170,35 @@ def report(
         "ratio": {
             "network": round(bundle_bytes / image_zstd_bytes, 3),
             "card_written": round(update_written["card"] / reflash_written, 3),
+        },
+    }
+    if delta is not None:
+        doc["update"]["network_bytes_delta"] = delta["bytes"]
+        doc["update"]["delta_chunks"] = f"{delta['chunks']} of {delta['chunks_total']}"
+        doc["ratio"]["network_delta"] = round(delta["bytes"] / image_zstd_bytes, 4)
+    return doc
+
+
+def network_report(
+    *, bundle_bytes: int, image_zstd_bytes: int, zstd_level: int, delta: dict[str, int]
+) -> dict[str, Any]:
+    """--network-only: the bytes over the network of the full bundle, the delta download and
+    the compressed reflash."""
+    return {
+        "bench": "update",
+        "update": {
+            "network_bytes": bundle_bytes,
+            "network_bytes_delta": delta["bytes"],
+            "delta_chunks": f"{delta['chunks']} of {delta['chunks_total']}",
+        },
+        "reflash": {
+            "network_bytes": image_zstd_bytes,
+            "network_compression": f"zstd -{zstd_level}",
+        },
+        "ratio": {
+            "network": round(bundle_bytes / image_zstd_bytes, 3),
+            "network_delta": round(delta["bytes"] / image_zstd_bytes, 4),
+            "delta_of_bundle": round(delta["bytes"] / bundle_bytes, 4),
         },
     }
 
@@ -216,21 +282,34 @@ def _run(args: argparse.Namespace) -> int:
             raise CommandError(f"no {what} {path}")
     if not 1 <= args.zstd_level <= 19:
         raise CommandError("--zstd-level must be between 1 and 19")
+    if not 4096 <= args.piece_bytes <= 4 << 20:
+        raise CommandError("--piece-bytes must be between 4096 and 4194304")
     with tempfile.TemporaryDirectory(prefix="infraspectre-bench-update-") as tmp:
         work = Path(tmp)
-        apply_s, written = _guest_update(args.image, args.bundle, args.board, work)
-        reflash_s, reflash_written = _reflash(args.image, work)
-    doc = report(
-        bundle_bytes=args.bundle.stat().st_size,
-        bundle_zstd_bytes=_zstd_size(args.bundle, args.zstd_level),
-        image_bytes=args.image.stat().st_size,
-        image_zstd_bytes=_zstd_size(args.image, args.zstd_level),
-        zstd_level=args.zstd_level,
-        apply_s=apply_s,
-        update_written=written,
-        reflash_s=reflash_s,
-        reflash_written=reflash_written,
-    )
+        delta = delta_download(args.image, args.bundle, args.piece_bytes, work)
+        image_zstd = _zstd_size(args.image, args.zstd_level)
+        if args.network_only:
+            doc = network_report(
+                bundle_bytes=args.bundle.stat().st_size,
+                image_zstd_bytes=image_zstd,
+                zstd_level=args.zstd_level,
+                delta=delta,
+            )
+        else:
+            apply_s, written = _guest_update(args.image, args.bundle, args.board, work)
+            reflash_s, reflash_written = _reflash(args.image, work)
+            doc = report(
+                bundle_bytes=args.bundle.stat().st_size,
+                bundle_zstd_bytes=_zstd_size(args.bundle, args.zstd_level),
+                image_bytes=args.image.stat().st_size,
+                image_zstd_bytes=image_zstd,
+                zstd_level=args.zstd_level,
+                apply_s=apply_s,
+                update_written=written,
+                reflash_s=reflash_s,
+                reflash_written=reflash_written,
+                delta=delta,
+            )
     if args.json:
         print(json.dumps(doc, sort_keys=True))
     else:

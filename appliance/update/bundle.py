@@ -41,7 +41,7 @@ import io
 import json
 import re
 import struct
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -281,13 +281,23 @@ def _entry(raw: Any, chunk: int) -> FileEntry:
     return FileEntry(name, target, size, digest, tuple(chunks))
 
 
+#: a chunk's bytes from elsewhere (the running slot: appliance.update.delta), given the file's
+#: entry, the chunk index and its length; None when there are none
+Fill = Callable[[FileEntry, int, int], bytes | None]
+
+
 def payload(
-    stream: BinaryIO, manifest: Manifest, start: tuple[int, int] = (0, 0)
+    stream: BinaryIO,
+    manifest: Manifest,
+    start: tuple[int, int] = (0, 0),
+    fill: Fill | None = None,
 ) -> Iterator[tuple[int, int, bytes]]:
     """Yield (file index, chunk index, bytes) of the payload from start on, each chunk checked
-    against its hash before it is yielded; the stream must be at start's offset. At the end of
-    each file started from its first chunk the whole-file hash is checked too; after the last
-    file the input must end."""
+    against its hash before it is yielded; the stream must be at start's offset. A chunk whose
+    bytes in the stream do not hash right is taken from fill (a delta download leaves what
+    the running slot holds as holes) when fill's bytes hash right, and refused otherwise. At
+    the end of each file started from its first chunk the whole-file hash is checked too;
+    after the last file the input must end."""
     first_file, first_chunk = start
     for index in range(first_file, len(manifest.files)):
         entry = manifest.files[index]
@@ -299,7 +309,10 @@ def payload(
             if len(data) != want:
                 raise _fail(f"truncated in {entry.name} (chunk {n} of {len(entry.chunks)})")
             if hashlib.sha256(data).hexdigest() != entry.chunks[n]:
-                raise _fail(f"hash mismatch in {entry.name}, chunk {n}")
+                alt = fill(entry, n, want) if fill is not None else None
+                if alt is None or hashlib.sha256(alt).hexdigest() != entry.chunks[n]:
+                    raise _fail(f"hash mismatch in {entry.name}, chunk {n}")
+                data = alt
             if whole is not None:
                 whole.update(data)
             yield index, n, data

@@ -44,7 +44,7 @@ from typing import IO, Protocol
 from nacl.signing import VerifyKey
 
 from appliance.errors import CommandError
-from appliance.update import bundle, firmware, slots
+from appliance.update import bundle, delta, firmware, slots
 from appliance.update.state import (
     Event,
     Record,
@@ -319,7 +319,7 @@ class Updater:
             self.store.save(rec)
             self.checkpoint("verified")
             try:
-                rec = self._write(stream, manifest, rec, target)
+                rec = self._write(stream, manifest, rec, target, self.seed(running))
                 self._read_back(manifest, target)
             except CommandError as exc:
                 self._refuse(rec, str(exc))
@@ -382,10 +382,29 @@ class Updater:
     def _boot_path(self, target: str, name: str) -> Path:
         return self.paths.boot_dir / slots.prefix(target) / name
 
+    def seed(self, running: str) -> delta.Seed:
+        """The running slot's copies of a bundle's files (appliance.update.delta): what a
+        delta download left out is taken from there."""
+        return delta.Seed.running(
+            self.paths.partition(slots.PARTITION[running]), self.paths.boot_dir, running
+        )
+
     def _write(
-        self, stream: IO[bytes], manifest: bundle.Manifest, rec: Record, target: str
+        self,
+        stream: IO[bytes],
+        manifest: bundle.Manifest,
+        rec: Record,
+        target: str,
+        seed: delta.Seed,
     ) -> Record:
         start = rec.progress
+        filled = [0]
+
+        def fill(entry: bundle.FileEntry, n: int, size: int) -> bytes | None:
+            data = seed.read(entry, n, size, manifest.chunk)
+            filled[0] += 1
+            return data
+
         if stream.seekable():
             stream.seek(manifest.offset(*start))
         else:  # a pipe: skip what is already on the card
@@ -395,7 +414,8 @@ class Updater:
         out: IO[bytes] | None = None
         current = -1
         try:
-            for index, n, data in bundle.payload(stream, manifest, start):  # type: ignore[arg-type]
+            chunks = bundle.payload(stream, manifest, start, fill)  # type: ignore[arg-type]
+            for index, n, data in chunks:
                 entry = manifest.files[index]
                 if index != current:
                     if out is not None:
@@ -427,6 +447,8 @@ class Updater:
             if out is not None:
                 _close_durably(out)
                 out = None
+            if filled[0]:
+                self.log(f"{filled[0]} chunks taken from the running slot (a delta download)")
             # an empty boot file yields no chunk: create it
             for entry in manifest.boot:
                 if entry.size == 0:

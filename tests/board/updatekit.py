@@ -3,7 +3,7 @@ steps of an update driven on the console.
 
 A "B" system is the session's image with a changed root: its squashfs unpacked, its
 /etc/appliance/release given a later build (and, for the failure cases, something broken),
-packed again (a fast zstd level: what is tested is the update, not the compression) and put
+packed again the way `image build` packs a root (appliance.image.sdcard.make_root) and put
 in a copy of the image's slot a, from which `image bundle` makes the signed bundle. The card a
 test boots is the session's image with /data prepared on the host (sload.f2fs, as the build
 makes it): an identity (so the agent runs and the trial can be healthy), the clock, the
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from appliance.devkit.qemu.fixtures import sparse_copy
-from appliance.image import firstboot, sdcard, settings, updatebundle
+from appliance.image import definition, firstboot, sdcard, settings, updatebundle
 from appliance.pki import init_pki, issue_agent
 from appliance.qemu.console import CommandResult
 from appliance.qemu.machine import GUESTFWD_ADDR, Machine
@@ -35,10 +35,20 @@ BOOT_TIMEOUT = 300.0
 
 
 def derive_image(
-    image: Path, out: Path, *, build: int, remove: tuple[str, ...] = (), work: Path
+    image: Path,
+    out: Path,
+    *,
+    build: int,
+    remove: tuple[str, ...] = (),
+    work: Path,
+    level: int | None = None,
 ) -> Path:
     """A copy of image whose slot a holds a root with release build `build`, without the paths
-    in remove."""
+    in remove. The root is packed as `image build` packs one (sdcard.make_root with the rpi
+    definition's options, the build time as its epoch), so a derived B differs from A as a
+    next release would: a bundle of it shares A's unchanged chunks (delta downloads). level:
+    another compression level, faster where the test is not about what the download shares
+    (then every chunk differs from A's)."""
     work.mkdir(parents=True, exist_ok=True)
     squash, tree = work / "root.squashfs", work / "tree"
     updatebundle.extract_root(image, "a", squash)
@@ -51,11 +61,10 @@ def derive_image(
     for path in remove:
         (tree / path).unlink()
     new = work / "new.squashfs"
-    subprocess.run(
-        ["mksquashfs", str(tree), str(new), "-noappend", "-comp", "zstd",
-         "-Xcompression-level", "3", "-b", "1M", "-no-xattrs", "-quiet", "-no-progress"],
-        check=True,
-    )  # fmt: skip
+    options = list(definition.load("rpi").squashfs_options)
+    if level is not None:
+        options[options.index("-Xcompression-level") + 1] = str(level)
+    sdcard.make_root(tree, new, build, options)
     shutil.rmtree(tree)
     sparse_copy(image, out)
     start, size = firstboot.mbr_partition(out, 2)

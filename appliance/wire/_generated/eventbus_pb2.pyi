@@ -232,7 +232,7 @@ class PublishBatchResponse(_message.Message):
     def __init__(self, acks: _Optional[_Iterable[_Union[PublishAck, _Mapping]]] = ...) -> None: ...
 
 class UpdateStatus(_message.Message):
-    __slots__ = ("version", "build", "board", "slot", "state", "last_result", "last_reason", "last_version", "last_at", "group", "download", "downloaded")
+    __slots__ = ("version", "build", "board", "slot", "state", "last_result", "last_reason", "last_version", "last_at", "group", "download", "downloaded", "fetched")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BUILD_FIELD_NUMBER: _ClassVar[int]
     BOARD_FIELD_NUMBER: _ClassVar[int]
@@ -245,6 +245,7 @@ class UpdateStatus(_message.Message):
     GROUP_FIELD_NUMBER: _ClassVar[int]
     DOWNLOAD_FIELD_NUMBER: _ClassVar[int]
     DOWNLOADED_FIELD_NUMBER: _ClassVar[int]
+    FETCHED_FIELD_NUMBER: _ClassVar[int]
     version: str
     build: int
     board: str
@@ -257,7 +258,8 @@ class UpdateStatus(_message.Message):
     group: str
     download: str
     downloaded: int
-    def __init__(self, version: _Optional[str] = ..., build: _Optional[int] = ..., board: _Optional[str] = ..., slot: _Optional[str] = ..., state: _Optional[str] = ..., last_result: _Optional[str] = ..., last_reason: _Optional[str] = ..., last_version: _Optional[str] = ..., last_at: _Optional[int] = ..., group: _Optional[str] = ..., download: _Optional[str] = ..., downloaded: _Optional[int] = ...) -> None: ...
+    fetched: int
+    def __init__(self, version: _Optional[str] = ..., build: _Optional[int] = ..., board: _Optional[str] = ..., slot: _Optional[str] = ..., state: _Optional[str] = ..., last_result: _Optional[str] = ..., last_reason: _Optional[str] = ..., last_version: _Optional[str] = ..., last_at: _Optional[int] = ..., group: _Optional[str] = ..., download: _Optional[str] = ..., downloaded: _Optional[int] = ..., fetched: _Optional[int] = ...) -> None: ...
 
 class UpdateCheckRequest(_message.Message):
     __slots__ = ("status",)

@@ -116,6 +116,7 @@ def test_a_to_b_through_the_bus_is_reported_after_the_reboot(rig: Rig, agent_fac
     # the box downloads, the updater writes slot b and asks for the trial boot
     rep = rig.wait_report(state="trying")
     assert (rep["version"], rep["slot"], rep["update_group"]) == ("0.1.0", "a", "lab")
+    assert rep["fetched"] == b.stat().st_size  # slot a holds none of it: every byte fetched
     assert rig.device.reboot_requested() == "tryboot"
     root = root_of(b)
     assert rig.device.slot_bytes("b")[: len(root)] == root

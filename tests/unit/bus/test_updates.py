@@ -122,3 +122,34 @@ def test_fetch_above_the_peer_rate_is_refused_with_a_retry_hint(tmp_path: Path) 
     assert ("retry-after-ms", "1000") in ctx.trailing
     now[0] += 1.0
     svc.fetch(req, Context(), caller)
+
+
+def test_a_store_made_before_delta_downloads_gains_the_fetched_column(tmp_path: Path) -> None:
+    """An update store of an older bus (reports without `fetched`): read-only readers see 0,
+    opening it adds the column, old rows read 0 and new reports keep what the box fetched."""
+    import sqlite3
+
+    from appliance.bus.updates import DB_NAME, read_reports
+
+    old = ["agent_id", "version", "downloaded", "reported_at"]
+    conn = sqlite3.connect(tmp_path / DB_NAME)
+    conn.execute(
+        "CREATE TABLE reports (agent_id TEXT PRIMARY KEY, version TEXT, build INTEGER, "
+        "board TEXT, slot TEXT, state TEXT, last_result TEXT, last_reason TEXT, "
+        "last_version TEXT, last_at INTEGER, update_group TEXT, download TEXT, "
+        "downloaded INTEGER, reported_at INTEGER)"
+    )
+    conn.execute(f"INSERT INTO reports ({', '.join(old)}) VALUES ('branch-1', '0.1.0', 5, 9)")
+    conn.commit()
+    conn.close()
+    assert read_reports(tmp_path)["branch-1"].fetched == 0
+    store = UpdateStore(tmp_path)
+    try:
+        assert [(r.agent_id, r.version, r.fetched) for r in store.reports()] == [
+            ("branch-1", "0.1.0", 0)
+        ]
+        store.record("branch-2", pb.UpdateStatus(version="0.1.0", downloaded=90, fetched=12))
+        assert {r.agent_id: r.fetched for r in store.reports()} == {"branch-1": 0, "branch-2": 12}
+    finally:
+        store.close()
+    assert read_reports(tmp_path)["branch-2"].fetched == 12

@@ -1,12 +1,16 @@
 """Card layout: a power of two, aligned partitions, room for the root and the data."""
 
 import itertools
+import random
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from appliance.errors import CommandError
 from appliance.image import sdcard
+
+EPOCH = 1_795_737_600
 
 
 @pytest.mark.parametrize("root_bytes", [1, 57_344_000, 64 << 20, sdcard.SLOT_SIZE])
@@ -75,3 +79,78 @@ def test_root_squashfs_command_carries_the_time_and_not_the_variable(
     assert isinstance(cmd, list) and cmd[cmd.index("-all-time") + 1] == "42"
     env = seen["env"]
     assert isinstance(env, dict) and "SOURCE_DATE_EPOCH" not in env and "PATH" in env
+
+
+def _release_tree(tree: Path) -> Path:
+    """A root like ours in miniature: a base (big files and many small ones, which mksquashfs
+    packs into fragments), the appliance package and its release file; compressible, like a
+    real root (a block that does not compress is stored as it is and shifts nothing)."""
+    rnd = random.Random(13)
+    words = [rnd.randbytes(rnd.randint(2, 9)).hex().encode() for _ in range(4000)]
+
+    def text(size: int) -> bytes:
+        return b" ".join(rnd.choices(words, k=size // 9))[:size]
+
+    for n in range(24):  # big files before and after the appliance's (usr/local) in name order
+        path = tree / ("usr/lib/base" if n % 2 else "usr/share/zoneinfo") / f"lib{n:02d}.so"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(text(100_000))
+    for n in range(100):
+        path = tree / f"usr/share/doc/pkg{n:03d}/copyright"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(text(1000))
+    app = tree / "usr/local/lib/python3.11/dist-packages/appliance"
+    for n in range(10):
+        (app / f"mod{n:02d}").mkdir(parents=True, exist_ok=True)
+        (app / f"mod{n:02d}/core.py").write_bytes(text(3000))
+    info = tree / "usr/local/lib/python3.11/dist-packages/infraspectre-0.1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Name: infraspectre\nVersion: 0.1.0\n")
+    (tree / "etc/appliance").mkdir(parents=True)
+    (tree / "etc/appliance/release").write_text('{"build": 1000, "version": "0.1.0"}\n')
+    return tree
+
+
+def _differing_chunks(a: Path, b: Path, chunk: int = 16 << 10) -> tuple[list[int], int]:
+    x, y = a.read_bytes(), b.read_bytes()
+    n = max(-(-len(x) // chunk), -(-len(y) // chunk))
+    return [
+        i for i in range(n) if x[i * chunk : (i + 1) * chunk] != y[i * chunk : (i + 1) * chunk]
+    ], n
+
+
+@pytest.mark.parametrize(
+    ("change", "ordered"), [("release", True), ("one .py", True), ("release", False)]
+)
+def test_what_changes_between_releases_lands_in_the_squashfs_tail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str, ordered: bool
+) -> None:
+    """Two roots through the build's own make_root: a changed release file or appliance
+    module changes the superblock (chunk 0) and the last chunks only; without the order
+    (CHANGES_LAST emptied) the change spreads to every chunk after the change point, which is
+    what makes the ordered result worth asserting. The same tree packed twice is the same
+    bytes (the order keeps the build reproducible)."""
+    if not ordered:
+        monkeypatch.setattr(sdcard, "CHANGES_LAST", ())
+    tree = _release_tree(tmp_path / "tree")
+    a, b = tmp_path / "a.sqfs", tmp_path / "b.sqfs"
+    options = ["-comp", "gzip", "-Xcompression-level", "1", "-b", "32K"]
+    sdcard.make_root(tree, a, EPOCH, options)
+    if change == "release":
+        (tree / "etc/appliance/release").write_text('{"build": 1001, "version": "0.2.0rc1"}\n')
+    else:
+        mod = tree / "usr/local/lib/python3.11/dist-packages/appliance/mod07/core.py"
+        mod.write_bytes(mod.read_bytes() + b"\n# a one-line fix\n")
+    sdcard.make_root(tree, b, EPOCH, options)
+    again = tmp_path / "again.sqfs"
+    if change == "release":
+        (tree / "etc/appliance/release").write_text('{"build": 1000, "version": "0.1.0"}\n')
+        sdcard.make_root(tree, again, EPOCH, options)
+        assert again.read_bytes() == a.read_bytes()
+    differ, total = _differing_chunks(a, b)
+    assert total >= 40
+    tail = [i for i in differ if i != 0]
+    if ordered:
+        assert tail and min(tail) >= total - 3, (differ, total)
+    else:
+        assert len(tail) > total // 4, (differ, total)

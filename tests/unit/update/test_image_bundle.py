@@ -18,12 +18,14 @@ ROOT = Path(__file__).resolve().parents[3]
 EPOCH = 1_795_737_600
 
 
-def _card(tmp_path: Path, release: dict[str, object]) -> Path:
+def _card(tmp_path: Path, release: dict[str, object], update_pub: Path | None = None) -> Path:
     """A small card as `image build` lays it out: config.txt and slot-a/ on the FAT, a root
-    squashfs with /etc/appliance/release in slot a."""
+    squashfs with /etc/appliance/release (and the update key update_pub) in slot a."""
     tree = tmp_path / "tree"
-    (tree / "etc/appliance").mkdir(parents=True)
+    (tree / "etc/appliance/update-keys").mkdir(parents=True)
     (tree / "etc/appliance/release").write_text(json.dumps(release))
+    if update_pub is not None:
+        (tree / "etc/appliance/update-keys/org.pub").write_bytes(update_pub.read_bytes())
     squash = tmp_path / "root.sqfs"
     sdcard.make_root(tree, squash, EPOCH, ["-comp", "gzip"])
     src = tmp_path / "boot-src"
