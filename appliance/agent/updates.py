@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -45,6 +46,7 @@ from appliance.agent.config import AgentUpdate
 from appliance.agent.transport import Identity
 from appliance.errors import CommandError
 from appliance.update import bundle, delta, device, slots
+from appliance.update.state import replace_durably
 from appliance.wire import pb
 from appliance.wire.channel import mtls_channel
 
@@ -181,8 +183,10 @@ class UpdatePoller:
         self._thread = threading.Thread(target=self._run, name="agent-updates", daemon=True)
         #: the download in progress: (sha256, bytes on the box)
         self._download: tuple[str, int] = ("", 0)
-        #: bytes fetched over the network for the download in progress, or the last one
-        self._fetched = 0
+        #: bytes fetched over the network for the download in progress, or the last one (kept
+        #: in the agent's data across the update's reboot, so the new system reports it)
+        self._fetched_file = data_dir / "agent" / "update-fetched.json"
+        self._fetched = self._last_fetched()
         #: the updater's (state, last result time) as last reported to the bus
         self._reported: tuple[str, str] = ("", "")
 
@@ -381,7 +385,26 @@ class UpdatePoller:
             "downloaded %s: fetched %d of its %d bytes",
             offer.bundle[:12], fetch.fetched, offer.size,
         )  # fmt: skip
+        self._keep_fetched(offer.bundle, plan.in_file + fetch.fetched)  # earlier rounds too
         return path
+
+    def _last_fetched(self) -> int:
+        try:
+            doc = json.loads(self._fetched_file.read_text())
+            return max(0, int(doc["fetched"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0  # none yet, or unreadable: a statistic, never a reason to stop
+
+    def _keep_fetched(self, sha: str, fetched: int) -> None:
+        """The completed download's bytes over the network: this round's, and the chunks
+        earlier rounds completed (the pieces of a chunk a power cut interrupted are not
+        counted again, so after a cut the figure can be short by up to one chunk)."""
+        self._fetched = fetched
+        doc = {"bundle": sha, "fetched": fetched}
+        try:
+            replace_durably(self._fetched_file, (json.dumps(doc) + "\n").encode())
+        except OSError as exc:
+            log.warning("cannot keep the download's byte count: %s", exc)
 
     def _seed(self) -> delta.Seed | None:
         """The running slot's copies (None when this is not a slotted system)."""

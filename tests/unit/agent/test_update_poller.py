@@ -164,6 +164,9 @@ def test_only_what_the_running_slot_lacks_is_fetched(tmp_path: Path, device: Any
     assert len(bus.fetched) == len(want)  # each piece once
     assert sum(n for _, n in bus.fetched) < len(bus.data) // 2
     assert bus.reports[-1].fetched == sum(n for _, n in bus.fetched)  # reported to the bus
+    # the system the update reboots into (a new agent) still reports what the download took
+    assert _poller(tmp_path, bus).check_once() == "skipped"  # a trial is running
+    assert bus.reports[-1].fetched == sum(n for _, n in bus.fetched)
     root = root_of(b)
     assert device.slot_bytes("b")[: len(root)] == root  # the rest came from slot a
     assert device.reboot_requested() == "tryboot"
