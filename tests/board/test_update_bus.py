@@ -3,11 +3,12 @@
 A box is booted on the session's image (system A) with its identity on /data, delivering to a
 real bus on the host through the uplink's guestfwd; the bus holds bundle B (the session's
 system with a later build) as the desired version of the box's group. Nothing is typed on the
-console to update: the agent's poller asks the bus, downloads the chunks of B its running slot
-lacks at its bounded rate (the power is cut after the first piece is on /data: the download
-resumes after the boot), hands it to the updater, which writes slot b and reboots into the trial; the harness plays the
-firmware (tryboot.txt); B proves healthy (READY, its agent, a delivery acknowledged) and is
-committed; its agent reports it, and the bus shows the new build on slot b, committed.
+console to update: the agent's poller asks the bus and downloads, at its bounded rate, the
+chunks of B its running slot lacks (the power is cut after the first piece is on /data: the
+download resumes after the boot); it hands the download to the updater, which writes slot b
+and reboots into the trial; the harness plays the firmware (tryboot.txt); B proves healthy
+(READY, its agent, a delivery acknowledged) and is committed; its agent reports it, with the
+bytes it fetched, and the bus shows the new build on slot b, committed.
 """
 
 from __future__ import annotations
