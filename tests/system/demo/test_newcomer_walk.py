@@ -87,6 +87,10 @@ SKIPPED = {
     "rpi.bundle": "needs the built image (tests/unit/update/test_image_bundle.py)",
     "infraspectre bench update out/rpi/infraspectre-rpi.img rpi.bundle --json": "a benchmark "
     "on an emulated Pi: many minutes (tests/unit/update/test_bench.py)",
+    "infraspectre image bundle B.img --key keys/update.key --out B.bundle": "needs two built "
+    "images (tests/unit/update/test_bench.py builds cards of its own)",
+    "infraspectre bench update A.img B.bundle --network-only --json": "needs two built images "
+    "(tests/unit/update/test_bench.py)",
     "infraspectre update apply /data/rpi-0.2.0.bundle": "runs on the box "
     "(tests/board/test_update.py)",
     "infraspectre update status": "runs on the box (tests/board/test_update.py)",
