@@ -456,6 +456,7 @@ class Updater:
                         self.system.remount_boot(True)
                         boot_rw = True
                     self._boot_path(target, entry.name).write_bytes(b"")
+                    fsync_dir(self._boot_path(target, entry.name).parent)
         finally:
             if out is not None:
                 out.close()
@@ -465,11 +466,14 @@ class Updater:
 
     def _clear_boot_set(self, target: str, manifest: bundle.Manifest) -> None:
         folder = self.paths.boot_dir / slots.prefix(target)
-        folder.mkdir(parents=True, exist_ok=True)
+        if not folder.is_dir():
+            folder.mkdir(parents=True)
+            fsync_dir(folder.parent)
         keep = {f.name.lower() for f in manifest.boot}
         for stale in folder.iterdir():
             if stale.is_file() and stale.name.lower() not in keep:
                 stale.unlink()
+        fsync_dir(folder)
 
     def _open_target(self, device: Path, target: str, entry: bundle.FileEntry, n: int) -> IO[bytes]:
         if entry.target == "slot":
@@ -477,7 +481,12 @@ class Updater:
         path = self._boot_path(target, entry.name)
         path.parent.mkdir(parents=True, exist_ok=True)
         if n == 0 or not path.exists():
-            return path.open("w+b")
+            fh = path.open("w+b")
+            # the new name must outlive a power cut once a chunk of it is recorded as written:
+            # on vfat a long name spans several directory entries that fsync of the file alone
+            # does not write (a cut then left the resumed write without its DTB)
+            fsync_dir(path.parent)
+            return fh
         return path.open("r+b")
 
     def _read_back(self, manifest: bundle.Manifest, target: str) -> None:

@@ -214,3 +214,50 @@ def test_the_next_update_goes_to_the_slot_not_running(box: Box, tmp_path: Path) 
         hashlib.sha256(box.slot_bytes("a")[: len(root)]).digest() == hashlib.sha256(root).digest()
     )
     assert "os_prefix=slot-a/" in box.boot_text("tryboot.txt")
+
+
+def test_every_new_boot_set_name_is_made_durable_before_a_chunk_of_it_is_recorded(
+    box: Box, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On vfat a long file name spans directory entries that fsync of the file does not
+    write: after a power cut the recorded progress named chunks of a DTB the boot partition no
+    longer listed, and the resumed write failed. Each new name's folder is fsynced first."""
+    from appliance.update import device as device_module
+
+    events: list[tuple[str, str]] = []
+    real_fsync_dir = device_module.fsync_dir
+
+    def fsync_dir(folder: Path) -> None:
+        events.append(("fsync-dir", str(folder)))
+        real_fsync_dir(folder)
+
+    monkeypatch.setattr(device_module, "fsync_dir", fsync_dir)
+    updater = box.updater()
+    real_save = updater.store.save
+
+    def save(rec: object) -> None:
+        events.append(("save", _progress(rec)))
+        real_save(rec)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(updater.store, "save", save)
+    path = make_bundle(tmp_path)
+    updater.apply(path)
+    with path.open("rb") as fh:
+        manifest = bundle.read_manifest(fh, [KEY.verify_key])
+    folder = str(box.paths.boot_dir / "slot-b")
+    checked = 0
+    for index, entry in enumerate(manifest.files):
+        if entry.target != "boot" or not entry.chunks:
+            continue
+        # between the record that names the file's first chunk as next and the record of
+        # that chunk written, the file is created: its folder must be fsynced in between
+        start = events.index(("save", f"{index}-0"))
+        written = next(i for i in range(start + 1, len(events)) if events[i][0] == "save")
+        assert ("fsync-dir", folder) in events[start:written], (entry.name, events)
+        checked += 1
+    assert checked >= 2, manifest.files  # the bundle has boot files to check
+
+
+def _progress(rec: object) -> str:
+    progress = getattr(rec, "progress", None) or (0, 0)
+    return f"{progress[0]}-{progress[1]}"
