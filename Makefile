@@ -13,6 +13,8 @@ APT_PACKAGES := \
 	python3-dev \
 	gcc \
 	libc6-dev \
+	gcc-aarch64-linux-gnu \
+	libc6-dev-arm64-cross \
 	iproute2 \
 	sqlite3 \
 	openssl \

@@ -6,7 +6,8 @@ Steps (each reports its time on the terminal):
  2. unpack     extract them into a root tree (no maintainer script, no arm64 code runs)
  3. kernel     take the kernel, DTBs and firmware for the boot partition; depmod
  4. initramfs  busybox + init + the drivers that carry the card
- 5. python     the locked cp311 aarch64 wheels, the appliance package
+ 5. python     the locked cp311 aarch64 wheels, the appliance package, its C extensions
+               cross-compiled for the device (appliance.image.native)
  6. root       prune, the kernel module subset, busybox applet links, overlays/, bytecode
  7. squashfs   the read-only root
  8. card       boot FAT32 | root squashfs | data f2fs in a power-of-two MBR image
@@ -33,7 +34,16 @@ from typing import TextIO
 
 from appliance import __version__
 from appliance.errors import CommandError
-from appliance.image import bootcheck, debian, initramfs, manifest, overlay, rootfs, sdcard
+from appliance.image import (
+    bootcheck,
+    debian,
+    initramfs,
+    manifest,
+    native,
+    overlay,
+    rootfs,
+    sdcard,
+)
 from appliance.image.definition import Definition
 from appliance.update import firmware, slots
 
@@ -134,6 +144,8 @@ def build(
         ]
         pkgs.sort(key=lambda p: p.name)
         fetched = apt.download(pkgs)
+        native.compiler()  # a missing cross compiler is said before minutes of work
+        headers, includes = native.fetch_headers(apt, defn.python_version, work / "python-headers")
         note(f"{len(pkgs)} packages, {fetched} downloaded")
 
     with progress.step("unpack"):
@@ -170,7 +182,11 @@ def build(
             defn.lock, wheels, root, defn.site_packages, defn.python_version, defn.platforms
         )
         rootfs.install_appliance(PACKAGE_DIR, root, defn.site_packages)
-        note(f"{len(manifest.python_packages(root / defn.site_packages))} distributions")
+        built = native.build(
+            PACKAGE_DIR, root / defn.site_packages / PACKAGE_DIR.name, includes, epoch
+        )
+        count = len(manifest.python_packages(root / defn.site_packages))
+        note(f"{count} distributions, {len(built)} C extension(s) for aarch64")
 
     with progress.step("root") as note:
         rootfs.prune(root, defn.prune)
@@ -225,6 +241,11 @@ def build(
                 for p in pkgs
             ],
             "python_packages": manifest.python_packages(root / defn.site_packages),
+            # what the card's C extensions were compiled against (not installed on the card)
+            "build_packages": [
+                {"name": p.name, "version": p.version, "arch": p.arch, "sha256": p.sha256()}
+                for p in [headers]
+            ],
             "files": {
                 "boot": manifest.tree_entries(work / "boot-set"),
                 "root": manifest.tree_entries(root),

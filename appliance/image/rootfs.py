@@ -203,6 +203,11 @@ RUNTIME = (
     "wal/",
     "wire/",
 )
+#: The card's C extensions, by source below the package: cross-compiled for the device by
+#: appliance.image.native (the module file next to its source), an allow-list like RUNTIME.
+#: The bus's Ed25519 batch verifier (crypto/_ed25519_batch.c) is not here: the card runs the
+#: agent, which never batch-verifies.
+NATIVE = ("capture/_fastpath.c",)
 #: File kinds a runtime folder ships (sources, typing stubs and markers, package data).
 SHIPPED_SUFFIXES = frozenset({".py", ".pyi", ".yaml", ".typed"})
 

@@ -19,6 +19,7 @@ from appliance.image import (
     firstboot,
     lock,
     manifest,
+    native,
     rootfs,
     sdcard,
     settings,
@@ -135,6 +136,14 @@ def test_the_card_carries_no_development_module_pytest_or_scapy(rpi_build: build
     }
     assert ours == {str(r) for r in rootfs.runtime_files(ROOT / "appliance")}
     assert "agent/runtime.py" in ours
+    # its C extensions, cross-compiled for the device (appliance.image.native): just those
+    built = {
+        p.removeprefix(f"{site}/appliance/")
+        for p in paths
+        if p.startswith(f"{site}/appliance/") and p.endswith(".so")
+    }
+    assert built == {native.target(rel) for rel in rootfs.NATIVE}
+    assert "python3.11-dev" in {p["name"].removeprefix("lib") for p in doc["build_packages"]}
     assert not [p for p in paths if "/appliance/devkit" in p]
     # the site's top-level entries: packages, modules and NAME-VERSION.dist-info folders
     tops = {p.rpartition("/")[2].split("-")[0] for p in paths if p.rpartition("/")[0] == site}

@@ -6,6 +6,8 @@ own card.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import re
 import shutil
 import subprocess
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from appliance import __version__
+from appliance.devkit.capture.synth import generate
 from appliance.devkit.qemu.fixtures import Listener, MirrorPort
 from appliance.image import manifest, settings
 from appliance.image.build import Result
@@ -75,6 +78,40 @@ def test_guest_python_distributions_are_the_locked_versions(pi: Machine) -> None
     assert result.status == 0, result.output
     found = dict(line.split() for line in result.output.splitlines() if line.strip())
     assert {normalise(k): v for k, v in found.items()} == lock
+
+
+def test_guest_meters_with_the_c_fast_path_byte_for_byte_as_the_host(
+    pi: Machine, tmp_path: Path
+) -> None:
+    # the card carries appliance/capture/_fastpath.c built for aarch64 (image build), and the
+    # meter uses it: without it pcap, decode and flows fall back to numpy and Python
+    native = pi.run(
+        "python3 -c 'import appliance.capture._fastpath as f; "
+        "from appliance.capture import pcap, decode, flows; "
+        "print(f.__file__, all(m._fastpath is f for m in (pcap, decode, flows)))'",
+        timeout=180,
+    )
+    assert native.status == 0, native.output
+    assert native.output.split()[-1] == "True", native.output
+    assert native.output.split()[0].endswith("_fastpath.cpython-311-aarch64-linux-gnu.so")
+    # the same capture metered on the host and on the card: the same JSON lines, byte for byte
+    pcap = tmp_path / "mixed.pcap"
+    generate(pcap, seed=11, packets=1000, flows=50)  # TCP, UDP, ICMP, VLAN, IPv6, ARP
+    host = subprocess.run(
+        [sys.executable, "-m", "appliance", "flows", "--pcap", str(pcap), "--json"],
+        capture_output=True,
+        check=True,
+        timeout=300,
+    ).stdout
+    assert host.count(b"\n") == 50
+    pi.put_file("/tmp/mixed.pcap.gz", gzip.compress(pcap.read_bytes(), 9, mtime=0))
+    guest = pi.run(
+        "gunzip -f /tmp/mixed.pcap.gz && infraspectre flows --pcap /tmp/mixed.pcap --json "
+        "> /tmp/mixed.jsonl && sha256sum /tmp/mixed.jsonl && wc -l < /tmp/mixed.jsonl",
+        timeout=300,
+    )
+    assert guest.status == 0, guest.output
+    assert guest.output.split()[0] == hashlib.sha256(host).hexdigest(), guest.output
 
 
 def test_root_is_read_only(pi: Machine) -> None:

@@ -28,6 +28,9 @@ it keys ICMP without the echo id, so its flow count differs by design (docs/FLOW
 the process's anonymous RSS, against the documented bound (docs/PERFORMANCE.md).
 
 --live: see appliance.devkit.capture.livebench.
+
+--board raspi3b|virt: the offline bench inside the emulated board, on a bench-only card that
+carries softflowd: see appliance.devkit.capture.boardbench.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from appliance.devkit.capture import boardbench
 from appliance.errors import CommandError
 
 NFCAPD_PORT = 9995
@@ -61,9 +65,13 @@ def register(sub: Any) -> None:
     p.add_argument("--pcap", type=Path, help="meter this capture instead of the synthetic one")
     p.add_argument("--truth", type=Path, help="ground truth JSON for --pcap (synth.Truth)")
     p.add_argument("--seed", type=int, default=1, help="synthetic capture seed (default 1)")
-    p.add_argument("--packets", type=int, default=1_000_000, help="synthetic capture size")
+    p.add_argument(
+        "--packets", type=int, help="synthetic capture size (default 1,000,000; --board 300,000)"
+    )
     p.add_argument("--cache", type=Path, default=Path("cache"), help="where captures are kept")
-    p.add_argument("--repeat", type=int, default=7, help="runs per tool (median reported)")
+    p.add_argument(
+        "--repeat", type=int, help="runs per tool, median reported (default 7; --board 3)"
+    )
     p.add_argument("--no-softflowd", action="store_true", help="only our meter")
     p.add_argument("--memory", action="store_true", help="RSS with a full flow table instead")
     p.add_argument("--max-flows", type=int, default=200_000, help="table bound for --memory")
@@ -74,11 +82,14 @@ def register(sub: Any) -> None:
         default="50000,100000,150000,200000,250000,300000",
         help="--live: packets/s steps, comma separated",
     )
+    boardbench.register_args(p)
     p.set_defaults(func=_bench)
 
 
 def _bench(args: argparse.Namespace) -> int:
-    if args.live:
+    if args.board is not None:
+        result = boardbench.run_board_bench(args)
+    elif args.live:
         from appliance.devkit.capture.livebench import run_live_bench
 
         result = run_live_bench(
@@ -87,6 +98,8 @@ def _bench(args: argparse.Namespace) -> int:
     elif args.memory:
         result = memory_bench(args.max_flows)
     else:
+        args.packets = 1_000_000 if args.packets is None else args.packets
+        args.repeat = 7 if args.repeat is None else args.repeat
         result = offline_bench(args)
     if args.json:
         print(json.dumps(result, sort_keys=True))
@@ -139,15 +152,28 @@ def offline_bench(args: argparse.Namespace) -> dict[str, Any]:
             if run_softflowd:
                 sf_runs.append(_run_softflowd(path))
             inproc_runs.append(_run_ours(path))
+    result = compare_runs(ours_runs, inproc_runs, sf_runs, (ours_base, sf_base), truth)
+    result["capture"] = {"path": str(path), "frames": result["ours"]["frames"]}
+    result["capture"]["bytes"] = path.stat().st_size
+    return result
+
+
+def compare_runs(
+    ours_runs: list[dict[str, Any]],
+    inproc_runs: list[dict[str, Any]],
+    sf_runs: list[dict[str, Any]],
+    baselines: tuple[int, int],
+    truth: Any,
+) -> dict[str, Any]:
+    """The result's tools, truth checks and ratios from the runs of each tool (baselines: the
+    peak RSS KiB of ours and softflowd on the one-frame capture)."""
     ours = _median_run(ours_runs)
     inproc = _median_run(inproc_runs)
     ours["peak_rss_kib_max"] = max(int(r["peak_rss_kib"]) for r in ours_runs)
-    ours["rss_per_flow_bytes"] = _per_flow(ours["peak_rss_kib_max"], ours_base, ours["peak_flows"])
-    result: dict[str, Any] = {
-        "capture": {"path": str(path), "frames": ours["frames"], "bytes": path.stat().st_size},
-        "ours": ours,
-        "ours_in_process": inproc,
-    }
+    ours["rss_per_flow_bytes"] = _per_flow(
+        ours["peak_rss_kib_max"], baselines[0], ours["peak_flows"]
+    )
+    result: dict[str, Any] = {"ours": ours, "ours_in_process": inproc}
     if truth is not None:
         result["truth"] = truth.by_proto
         result["matches_truth"] = _matches(ours, truth)
@@ -155,7 +181,7 @@ def offline_bench(args: argparse.Namespace) -> dict[str, Any]:
     if sf_runs:
         sf = _median_run(sf_runs)
         sf["peak_rss_kib_max"] = max(int(r["peak_rss_kib"]) for r in sf_runs)
-        sf["rss_per_flow_bytes"] = _per_flow(sf["peak_rss_kib_max"], sf_base, sf["flows"])
+        sf["rss_per_flow_bytes"] = _per_flow(sf["peak_rss_kib_max"], baselines[1], sf["flows"])
         result["softflowd"] = sf
         result["ratio"] = round(ours["packets_per_s"] / sf["packets_per_s"], 3)
         result["ratio_best"] = round(ours["best_packets_per_s"] / sf["best_packets_per_s"], 3)
