@@ -481,7 +481,10 @@ def run_board_bench(args: argparse.Namespace) -> dict[str, Any]:
             # the supervised services (the unprovisioned agent) would share the guest's CPU
             guest.sh(
                 "for f in /run/appliance/*.supervise; do kill $(cat $f) 2>/dev/null; done; "
-                f"sleep 3; ip link set lo up; mkdir -p {GUEST_TMP}",
+                f"sleep 3; ip link set lo up; mkdir -p {GUEST_TMP}; "
+                # nfcapd asks for an 8 MB socket buffer (-B); the kernel caps it at rmem_max
+                # (208 KiB by default), and under emulation it then loses NetFlow datagrams
+                "echo 16777216 > /proc/sys/net/core/rmem_max",
                 "stopping the services",
             )
             native = guest.helper("native")
