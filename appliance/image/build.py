@@ -119,6 +119,7 @@ def build(
     trusts the update_keys (Ed25519 public key files) for update bundles."""
     if os.geteuid() != 0:
         raise CommandError("image build runs as root: the root filesystem's files are root's")
+    native.compiler()  # a missing cross compiler is said before minutes of work
     progress = progress or Progress()
     began = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
@@ -144,7 +145,6 @@ def build(
         ]
         pkgs.sort(key=lambda p: p.name)
         fetched = apt.download(pkgs)
-        native.compiler()  # a missing cross compiler is said before minutes of work
         headers, includes = native.fetch_headers(apt, defn.python_version, work / "python-headers")
         note(f"{len(pkgs)} packages, {fetched} downloaded")
 

@@ -71,3 +71,15 @@ def test_the_card_ships_the_meters_fast_path_and_not_the_bus_verifier() -> None:
         text=True,
     )
     assert agent.stdout == ""
+
+
+def test_image_build_without_the_cross_compiler_stops_before_any_work(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from appliance.image import build, definition
+
+    monkeypatch.setattr(build.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(CommandError, match="aarch64-linux-gnu-gcc is not installed"):
+        build.build(definition.load("rpi"), tmp_path / "out", tmp_path / "cache", epoch=1)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
