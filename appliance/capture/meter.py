@@ -73,6 +73,9 @@ from appliance.capture.flows import FLOW_COLUMNS, EndReason, FlowBatch
 NONE_NS = np.iinfo(np.int64).max
 #: Flows whose deadlines are computed at a time (expire, flush): bounds their temporaries.
 DUE_CHUNK = 16384
+_RST, _FIN, _SHUTDOWN = (
+    np.uint8(r) for r in (EndReason.TCP_RST, EndReason.TCP_FIN, EndReason.SHUTDOWN)
+)
 
 _C1 = np.uint64(0xFF51AFD7ED558CCD)
 _C2 = np.uint64(0xC4CEB9FE1A85EC53)
@@ -409,26 +412,25 @@ class FlowMeter:
     def _flush_plan(self) -> tuple[I64, U8]:
         """The open flows in the order flush() ends them, and their reasons: first those
         already past a deadline at the last packet's time (whenever expire() last ran),
-        then the rest (SHUTDOWN, or TCP_FIN / TCP_RST when closed), each in slot order."""
+        then the rest (SHUTDOWN, or TCP_FIN / TCP_RST when closed), each in slot order.
+        Computed DUE_CHUNK slots at a time, like _due."""
         slots = np.flatnonzero(self._used)
-        if not len(slots):
-            return slots, np.zeros(0, dtype=np.uint8)
-        if self._clock > 0:
-            due, reason = self._due(slots, self._clock)
-        else:
-            due, reason = np.zeros(len(slots), dtype=np.bool_), np.zeros(len(slots), np.uint8)
-        rest = slots[~due]
+        due = np.zeros(len(slots), dtype=np.bool_)
+        reason = np.zeros(len(slots), dtype=np.uint8)
         t = self.t
-        rst = t.rst[rest]
-        closed = _close_ns(rst, t.fin_ab[rest], t.fin_ba[rest]) != NONE_NS
-        rest_reason = np.where(
-            closed,
-            np.where(rst != NONE_NS, EndReason.TCP_RST, EndReason.TCP_FIN),
-            EndReason.SHUTDOWN,
-        ).astype(np.uint8)
-        return (
-            np.concatenate([slots[due], rest]),
-            np.concatenate([reason[due], rest_reason]),
+        for at in range(0, len(slots), DUE_CHUNK):
+            part = slots[at : at + DUE_CHUNK]
+            deadline, why = self._deadlines(part)
+            if self._clock > 0:
+                due[at : at + DUE_CHUNK] = deadline < self._clock
+            rst = t.rst[part]
+            closed = _close_ns(rst, t.fin_ab[part], t.fin_ba[part]) != NONE_NS
+            at_end = np.where(closed, np.where(rst != NONE_NS, _RST, _FIN), _SHUTDOWN)
+            reason[at : at + DUE_CHUNK] = np.where(due[at : at + DUE_CHUNK], why, at_end)
+        if not due.any():
+            return slots, reason
+        return np.concatenate([slots[due], slots[~due]]), np.concatenate(
+            [reason[due], reason[~due]]
         )
 
     # -- the batch path -------------------------------------------------------------------
