@@ -549,11 +549,16 @@ class FlowMeter:
         nbytes = pk.nbytes[g.order]
         flags = g.flags
         cnt = g.ends - g.starts
-        p_ba = np.add.reduceat(rev.astype(np.int64), g.starts)
-        b_all = np.add.reduceat(nbytes, g.starts)
-        b_ba = np.add.reduceat(np.where(rev, nbytes, 0), g.starts)
-        f_ab = np.bitwise_or.reduceat(np.where(rev, 0, flags), g.starts)
-        f_ba = np.bitwise_or.reduceat(np.where(rev, flags, 0), g.starts)
+        p_ba = rev.astype(np.int64)
+        b_all, b_ba = nbytes, np.where(rev, nbytes, 0)
+        f_ab, f_ba = np.where(rev, 0, flags), np.where(rev, flags, 0)
+        if len(g) < len(rev):  # some key has several packets: sum them (with many open
+            # flows most batches hold each key once, and the packets are the sums)
+            p_ba = np.add.reduceat(p_ba, g.starts)
+            b_all = np.add.reduceat(b_all, g.starts)
+            b_ba = np.add.reduceat(b_ba, g.starts)
+            f_ab = np.bitwise_or.reduceat(f_ab, g.starts)
+            f_ba = np.bitwise_or.reduceat(f_ba, g.starts)
         sel: Bools | slice = slice(None) if fast.all() else fast  # no copies when all are
         fsl = slot[sel]
         t.pkts_ab[fsl] += (cnt - p_ba)[sel]
