@@ -457,7 +457,10 @@ def test_one_box_through_a_power_cut_at_each_of_the_twelve_checkpoints(  # type:
         if point == "committed":  # B is committed: the last cut comes in B -> C
             assert running(pi) == ("b", B_BUILD)
             old, new, name = "b", "a", "c.bundle"
-        pi.run(f"echo {point} > /data/update/pause")
+        # (the first apply makes /data/update)
+        pause = pi.run(f"mkdir -p /data/update && echo {point} > /data/update/pause && "
+                       "cat /data/update/pause").output  # fmt: skip
+        assert pause.strip() == point, pause
         _cut_at(pi, point, start_apply(pi, name))
         record = wait_update_settled(pi)
         slot = old if back_on == "a" else new

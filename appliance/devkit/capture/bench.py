@@ -1,7 +1,9 @@
 """`infraspectre bench flows`: our meter against softflowd on the same capture, same run.
 
 Offline (default): a seeded 1M-frame synthetic capture (cached under --cache, keyed by seed and
-size) or --pcap FILE [--truth FILE]. Each tool meters the whole file --repeat times,
+size), or with --concurrent N one whose N flows are all open at once until the end of the file
+(synth.generate_concurrent: --packets // N rounds of one frame per flow, 1 s apart; the table's
+worst case), or --pcap FILE [--truth FILE]. Each tool meters the whole file --repeat times,
 alternating, as a user meets it: a whole process that starts, meters and writes its records.
 - ours: `infraspectre flows --pcap FILE --json` (this interpreter, `-m appliance`), JSON lines
   to a file; its totals are read back from that file.
@@ -48,12 +50,17 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from appliance.devkit.capture import boardbench
 from appliance.errors import CommandError
 
+if TYPE_CHECKING:
+    from appliance.devkit.capture.synth import Truth
+
 NFCAPD_PORT = 9995
+#: Both meters' table size in these runs: ours' default max_flows and softflowd's `-m`.
+TABLE_FLOWS = 200_000
 #: GNU time (Debian package `time`): CPU and peak RSS of one command, see _timed_process.
 TIME = "/usr/bin/time"
 
@@ -67,6 +74,13 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=1, help="synthetic capture seed (default 1)")
     p.add_argument(
         "--packets", type=int, help="synthetic capture size (default 1,000,000; --board 300,000)"
+    )
+    p.add_argument(
+        "--concurrent",
+        type=int,
+        metavar="N",
+        help=f"a capture of N flows all open at once (at most {TABLE_FLOWS:,}), --packets // N "
+        "frames each",
     )
     p.add_argument("--cache", type=Path, default=Path("cache"), help="where captures are kept")
     p.add_argument(
@@ -126,11 +140,15 @@ def offline_bench(args: argparse.Namespace) -> dict[str, Any]:
 
     truth: Truth | None = None
     if args.pcap is not None:
+        if args.concurrent is not None:
+            raise CommandError("--concurrent makes its own capture: not with --pcap")
         path = args.pcap
         if not path.exists():
             raise CommandError(f"{path}: no such file")
         if args.truth is not None:
             truth = Truth.from_json(args.truth.read_text())
+    elif args.concurrent is not None:
+        path, truth = _concurrent_capture(args)
     else:
         path, truth = cached_capture(args.cache, args.seed, args.packets)
     run_softflowd = not args.no_softflowd
@@ -155,6 +173,8 @@ def offline_bench(args: argparse.Namespace) -> dict[str, Any]:
     result = compare_runs(ours_runs, inproc_runs, sf_runs, (ours_base, sf_base), truth)
     result["capture"] = {"path": str(path), "frames": result["ours"]["frames"]}
     result["capture"]["bytes"] = path.stat().st_size
+    if args.concurrent is not None:
+        result["capture"]["concurrent_flows"] = args.concurrent
     return result
 
 
@@ -194,6 +214,24 @@ def compare_runs(
                 k: v["packets"] for k, v in truth.by_proto.items()
             }
     return result
+
+
+def _concurrent_capture(args: argparse.Namespace) -> tuple[Path, Truth]:
+    """--concurrent N: the cached capture of N flows open at once, --packets // N rounds."""
+    from appliance.devkit.capture.synth import cached_concurrent_capture
+
+    n = args.concurrent
+    if not 1 <= n <= TABLE_FLOWS:
+        raise CommandError(
+            f"--concurrent {n}: from 1 to {TABLE_FLOWS} flows (both meters' table size here)"
+        )
+    rounds = args.packets // n
+    if not 3 <= rounds < 1800:
+        raise CommandError(
+            f"--concurrent {n} --packets {args.packets}: each flow needs 3 to 1799 frames "
+            f"(--packets from {3 * n} to {1799 * n})"
+        )
+    return cached_concurrent_capture(args.cache, args.seed, n, rounds)
 
 
 #: A minimal Ethernet + IPv4 + UDP frame (documentation addresses), for the start-up baseline.
@@ -352,7 +390,7 @@ def _run_softflowd(path: Path) -> dict[str, Any]:
         nfcapd_cmd = ["ip", "netns", "exec", ns, "nfcapd", "-w", str(flowdir)]
         nfcapd_cmd += ["-b", "127.0.0.1", "-p", str(NFCAPD_PORT), "-B", "8000000"]
         softflowd_cmd = ["ip", "netns", "exec", ns, "softflowd", "-r", str(path), "-c", "none"]
-        softflowd_cmd += ["-m", "200000", "-v", "9", "-n", f"127.0.0.1:{NFCAPD_PORT}"]
+        softflowd_cmd += ["-m", str(TABLE_FLOWS), "-v", "9", "-n", f"127.0.0.1:{NFCAPD_PORT}"]
         nfcapd = subprocess.Popen(
             nfcapd_cmd,
             stdout=subprocess.DEVNULL,

@@ -160,6 +160,8 @@ def check_args(args: argparse.Namespace) -> tuple[int, int]:
     """Validate the board bench's arguments; (packets, repeat) with the board's defaults."""
     if args.live or args.memory:
         raise CommandError("--board runs the offline bench: drop --live and --memory")
+    if getattr(args, "concurrent", None) is not None:
+        raise CommandError("--board meters the synthetic capture or --pcap: drop --concurrent")
     packets = DEFAULT_PACKETS if args.packets is None else args.packets
     repeat = DEFAULT_REPEAT if args.repeat is None else args.repeat
     if not 1_000 <= packets <= MAX_PACKETS:

@@ -58,6 +58,7 @@ def test_board_defaults_are_a_few_hundred_thousand_frames_three_runs() -> None:
         ({"repeat": 50}, "--repeat must be between"),
         ({"pcap": Path("/nonexistent/x.pcap")}, "no such file"),
         ({"truth": Path("t.json")}, "--truth goes with --pcap"),
+        ({"concurrent": 1000}, "drop --concurrent"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(kw: dict[str, object], message: str) -> None:
