@@ -240,11 +240,11 @@ def _demo(args: argparse.Namespace, port: int, stack: contextlib.ExitStack) -> b
     db = root / "bus-data" / "bus.sqlite"
     table = LiveTable(db, key_path)
     stack.callback(table.stop)
-    table.start()
     print(
         "== flows as the bus stores them (every record of the box verified on the host: "
         "signature, chain link):"
     )
+    table.start()
     if not table.wait_records(1, DELIVER_S):
         raise CommandError(f"the box's agent delivered nothing within {DELIVER_S:.0f} s of "
                            "provisioning")  # fmt: skip
@@ -253,12 +253,13 @@ def _demo(args: argparse.Namespace, port: int, stack: contextlib.ExitStack) -> b
     sent = _traffic(lab, args.burst)
     print(
         f"== traffic done: {len(sent)} conversations between {lab.A4}/{lab.A6} and "
-        f"{lab.B4}/{lab.B6} (one on VLAN {VLAN}), {relay.relayed} frames relayed to the "
-        "box's mirror port; UDP and ICMP flows leave the box's meter after 60 s idle"
+        f"{lab.B4}/{lab.B6} (one on VLAN {VLAN}); UDP and ICMP flows leave the box's meter "
+        "after 60 s idle"
     )
     stored = wait_for_flows(db, sent, FLOWS_S)
     time.sleep(2)  # let the table print the last rows
     table.stop()
+    print(f"== {relay.relayed} frames mirrored into the box's mirror port")
     return _verdict(db, key_path, sent, stored, table, mirror.received)
 
 
