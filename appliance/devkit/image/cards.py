@@ -27,11 +27,14 @@ from appliance.image import build, definition, rootfs
 EPOCH = 1795737600
 
 
-def source_key(defn: definition.Definition, epoch: int = EPOCH) -> str:
-    """The key of the card defn builds: a hash over what goes onto it (module docstring)."""
+def source_key(
+    defn: definition.Definition, epoch: int = EPOCH, package_dir: Path = build.PACKAGE_DIR
+) -> str:
+    """The key of the card defn builds with package_dir's runtime part: a hash over what goes
+    onto it (module docstring)."""
     digest = hashlib.sha256(f"{defn.board.name}\0{epoch}\0".encode())
-    files = [(f"appliance/{rel}", build.PACKAGE_DIR / rel)
-             for rel in rootfs.runtime_files(build.PACKAGE_DIR)]  # fmt: skip
+    files = [(f"appliance/{rel}", package_dir / rel)
+             for rel in rootfs.runtime_files(package_dir)]  # fmt: skip
     for top in (defn.image_dir, defn.overlays):
         files += [(str(p.relative_to(defn.source)), p) for p in sorted(top.rglob("*"))
                   if p.is_file() and "__pycache__" not in p.parts]  # fmt: skip
