@@ -131,6 +131,8 @@ def preflight(args: argparse.Namespace) -> int:
 
 def _bound_port(port: int) -> int:
     with socket.socket() as s:
+        # as the bus binds: a port left in TIME_WAIT by an earlier run is free, a bound one not
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", port))
         return int(s.getsockname()[1])
 
