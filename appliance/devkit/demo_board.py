@@ -53,13 +53,9 @@ MACHINES = ("raspi3b", "virt")
 #: idle timeout).
 BOOT_S, DELIVER_S, FLOWS_S = 420.0, 420.0, 300.0
 #: The VLAN-tagged conversation (the lab's kernel has no 802.1Q devices: sent as raw frames).
-VLAN, VLAN_A, VLAN_B, VLAN_PORTS, VLAN_PAYLOAD = (
-    42,
-    "198.51.100.1",
-    "198.51.100.2",
-    (7000, 7001),
-    50,
-)
+VLAN = 42
+VLAN_A, VLAN_B = "198.51.100.1", "198.51.100.2"
+VLAN_PORTS, VLAN_PAYLOAD = (7000, 7001), 50
 #: Tools the board needs on the host: QEMU, and socat for each guestfwd connection.
 TOOLS = ("qemu-system-aarch64", "socat")
 
