@@ -116,9 +116,10 @@ test: venv qemu10
 
 # Long campaigns, outside CI's budget (CI runs a bounded sample of each): the bus's
 # decode -> validate -> store property tests with 200,000 examples each; and power cuts at
-# all twelve checkpoints of an A/B update on the emulated Pi (CI: three, one per phase,
-# drawn with a printed seed: UPDATE_CUT_SEED=N repeats it; docs/UPDATE.md); and A -> B through
-# the bus on the emulated Pi (~45 min of download here; CI: the loopback system tests).
+# all twelve checkpoints of an A/B update on the emulated Pi: one box cut at each in turn,
+# then a fresh box per checkpoint, and a seeded chain of three (CI: one checkpoint drawn with
+# a printed seed: UPDATE_CUT_SEED=N repeats it; docs/UPDATE.md); and A -> B through the bus on
+# the emulated Pi with a cut during the download (CI: the loopback system tests).
 soak: venv
 	HYPOTHESIS_PROFILE=soak $(BIN)/pytest -q -p no:cacheprovider --timeout=0 tests/unit/bus/test_validate.py --hypothesis-show-statistics
 	UPDATE_SOAK=1 $(BIN)/pytest -q -p no:cacheprovider tests/board/test_update.py -k power_cut

@@ -36,7 +36,6 @@
 #include <arpa/inet.h>
 #include <inttypes.h>
 #include <stdint.h>
-#include <stdio.h>
 #include <string.h>
 
 static PyObject *walk_le(PyObject *self, PyObject *args) {
@@ -297,29 +296,72 @@ static int64_t floor_div(int64_t a, int64_t b) {
     return (a % b != 0 && (a < 0) != (b < 0)) ? q - 1 : q;
 }
 
-static void format_ip(char *dst, int v6, uint64_t hi, uint64_t lo) {
+/* Decimal digits without printf: snprintf of the 25 fields was 3.5 us per flow, a third of
+ * `flows --pcap --json`'s CPU at 100k flows; these are what json.dumps writes for an int. */
+static const char DIGITS2[201] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
+static char *put_u64(char *w, uint64_t v) {
+    char tmp[20];
+    char *p = tmp + sizeof tmp;
+    while (v >= 100) {
+        unsigned d = (unsigned)(v % 100) * 2;
+        v /= 100;
+        *--p = DIGITS2[d + 1];
+        *--p = DIGITS2[d];
+    }
+    if (v >= 10) {
+        *--p = DIGITS2[v * 2 + 1];
+        *--p = DIGITS2[v * 2];
+    } else {
+        *--p = (char)('0' + v);
+    }
+    size_t n = (size_t)(tmp + sizeof tmp - p);
+    memcpy(w, p, n);
+    return w + n;
+}
+
+static char *put_i64(char *w, int64_t v) {
+    if (v >= 0) return put_u64(w, (uint64_t)v);
+    *w++ = '-';
+    return put_u64(w, (uint64_t)0 - (uint64_t)v);
+}
+
+/* A string literal, without its NUL. */
+#define PUT(w, lit) (memcpy((w), (lit), sizeof(lit) - 1), (w) + sizeof(lit) - 1)
+
+static char *put_ip(char *w, int v6, uint64_t hi, uint64_t lo) {
     if (v6) {
         uint8_t b[16];
         for (int i = 0; i < 8; i++) {
             b[i] = (uint8_t)(hi >> (56 - 8 * i));
             b[8 + i] = (uint8_t)(lo >> (56 - 8 * i));
         }
-        inet_ntop(AF_INET6, b, dst, INET6_ADDRSTRLEN);
-    } else {
-        uint8_t b[4] = {(uint8_t)(lo >> 24), (uint8_t)(lo >> 16), (uint8_t)(lo >> 8), (uint8_t)lo};
-        inet_ntop(AF_INET, b, dst, INET_ADDRSTRLEN);
+        char text[INET6_ADDRSTRLEN];
+        inet_ntop(AF_INET6, b, text, sizeof text);
+        size_t n = strlen(text);
+        memcpy(w, text, n);
+        return w + n;
     }
+    /* inet_ntop's dotted quad (the address is the low 32 bits). */
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        w = put_u64(w, (lo >> shift) & 0xFF);
+        if (shift) *w++ = '.';
+    }
+    return w;
 }
 
-static const char *proto_name(unsigned p, char *tmp) {
+static char *put_proto(char *w, unsigned p) {
     switch (p) {
-    case 6: return "TCP";
-    case 17: return "UDP";
-    case 1: return "ICMP";
-    case 58: return "ICMPV6";
-    case 132: return "SCTP";
-    case 47: return "GRE";
-    default: snprintf(tmp, 4, "%u", p); return tmp;
+    case 6: return PUT(w, "TCP");
+    case 17: return PUT(w, "UDP");
+    case 1: return PUT(w, "ICMP");
+    case 58: return PUT(w, "ICMPV6");
+    case 132: return PUT(w, "SCTP");
+    case 47: return PUT(w, "GRE");
+    default: return put_u64(w, p);
     }
 }
 
@@ -381,9 +423,6 @@ static PyObject *flows_json(PyObject *self, PyObject *args) {
     char *w = text;
     for (Py_ssize_t i = 0; i < n; i++) {
         int ib = init_b[i] != 0, v6 = ipver[i] == 6;
-        char src[INET6_ADDRSTRLEN], dst[INET6_ADDRSTRLEN], ptmp[4];
-        format_ip(src, v6, ib ? b_hi[i] : a_hi[i], ib ? b_lo[i] : a_lo[i]);
-        format_ip(dst, v6, ib ? a_hi[i] : b_hi[i], ib ? a_lo[i] : b_lo[i]);
         uint32_t sp = ib ? port_b[i] : port_a[i], dp = ib ? port_a[i] : port_b[i], iid = 0;
         if ((proto[i] == 1 && !v6) || (proto[i] == 58 && v6)) {
             iid = sp < ICMP_KEY_BIT ? sp : 0;
@@ -394,19 +433,57 @@ static PyObject *flows_json(PyObject *self, PyObject *args) {
         int64_t b_tx = ib ? bytes_ba[i] : bytes_ab[i], b_rx = ib ? bytes_ab[i] : bytes_ba[i];
         unsigned f_tx = ib ? flags_ba[i] : flags_ab[i], f_rx = ib ? flags_ab[i] : flags_ba[i];
         int64_t t0 = floor_div(start_ns[i], 1000000), t1 = floor_div(end_ns[i], 1000000);
-        w += snprintf(
-            w, LINE_MAX_BYTES,
-            "{\"src_ip\": \"%s\", \"dst_ip\": \"%s\", \"src_port\": %" PRIu32
-            ", \"dst_port\": %" PRIu32 ", \"proto\": \"%s\", \"bytes_tx\": %" PRId64
-            ", \"bytes_rx\": %" PRId64 ", \"packets_tx\": %" PRId64 ", \"packets_rx\": %" PRId64
-            ", \"duration_ms\": %" PRId64 ", \"start_time\": %" PRId64 ", \"end_time\": %" PRId64
-            ", \"flags\": %u, \"flags_tx\": %u, \"flags_rx\": %u, \"vlan\": %u"
-            ", \"ip_version\": %u, \"ip_proto\": %u, \"icmp_type\": %u, \"icmp_code\": %u"
-            ", \"icmp_id\": %" PRIu32 ", \"end_reason\": \"%s\", \"interface\": \"\""
-            ", \"start_ns\": %" PRId64 ", \"end_ns\": %" PRId64 "}\n",
-            src, dst, sp, dp, proto_name(proto[i], ptmp), b_tx, b_rx, p_tx, p_rx, t1 - t0, t0, t1,
-            f_tx | f_rx, f_tx, f_rx, vlan[i], ipver[i], proto[i], itype[i], icode[i], iid,
-            REASONS[reason[i]], start_ns[i], end_ns[i]);
+        w = PUT(w, "{\"src_ip\": \"");
+        w = put_ip(w, v6, ib ? b_hi[i] : a_hi[i], ib ? b_lo[i] : a_lo[i]);
+        w = PUT(w, "\", \"dst_ip\": \"");
+        w = put_ip(w, v6, ib ? a_hi[i] : b_hi[i], ib ? a_lo[i] : b_lo[i]);
+        w = PUT(w, "\", \"src_port\": ");
+        w = put_u64(w, sp);
+        w = PUT(w, ", \"dst_port\": ");
+        w = put_u64(w, dp);
+        w = PUT(w, ", \"proto\": \"");
+        w = put_proto(w, proto[i]);
+        w = PUT(w, "\", \"bytes_tx\": ");
+        w = put_i64(w, b_tx);
+        w = PUT(w, ", \"bytes_rx\": ");
+        w = put_i64(w, b_rx);
+        w = PUT(w, ", \"packets_tx\": ");
+        w = put_i64(w, p_tx);
+        w = PUT(w, ", \"packets_rx\": ");
+        w = put_i64(w, p_rx);
+        w = PUT(w, ", \"duration_ms\": ");
+        w = put_i64(w, t1 - t0);
+        w = PUT(w, ", \"start_time\": ");
+        w = put_i64(w, t0);
+        w = PUT(w, ", \"end_time\": ");
+        w = put_i64(w, t1);
+        w = PUT(w, ", \"flags\": ");
+        w = put_u64(w, f_tx | f_rx);
+        w = PUT(w, ", \"flags_tx\": ");
+        w = put_u64(w, f_tx);
+        w = PUT(w, ", \"flags_rx\": ");
+        w = put_u64(w, f_rx);
+        w = PUT(w, ", \"vlan\": ");
+        w = put_u64(w, vlan[i]);
+        w = PUT(w, ", \"ip_version\": ");
+        w = put_u64(w, ipver[i]);
+        w = PUT(w, ", \"ip_proto\": ");
+        w = put_u64(w, proto[i]);
+        w = PUT(w, ", \"icmp_type\": ");
+        w = put_u64(w, itype[i]);
+        w = PUT(w, ", \"icmp_code\": ");
+        w = put_u64(w, icode[i]);
+        w = PUT(w, ", \"icmp_id\": ");
+        w = put_u64(w, iid);
+        w = PUT(w, ", \"end_reason\": \"");
+        size_t rn = strlen(REASONS[reason[i]]);
+        memcpy(w, REASONS[reason[i]], rn);
+        w += rn;
+        w = PUT(w, "\", \"interface\": \"\", \"start_ns\": ");
+        w = put_i64(w, start_ns[i]);
+        w = PUT(w, ", \"end_ns\": ");
+        w = put_i64(w, end_ns[i]);
+        w = PUT(w, "}\n");
     }
     result = PyBytes_FromStringAndSize(text, w - text);
 done:

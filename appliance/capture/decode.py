@@ -200,8 +200,8 @@ class PacketColumns:
     def __len__(self) -> int:
         return len(self.ts_ns)
 
-    def take(self, idx: npt.NDArray[np.intp] | Bools) -> PacketColumns:
-        """The rows idx (indices or a mask), as a new PacketColumns."""
+    def take(self, idx: npt.NDArray[np.intp] | Bools | slice) -> PacketColumns:
+        """The rows idx (indices or a mask: a copy; a slice: views of these columns)."""
         return PacketColumns(**{k: v[idx] for k, v in self.__dict__.items()})
 
     @staticmethod

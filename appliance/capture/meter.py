@@ -47,6 +47,7 @@ hash index; nothing grows with traffic.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from typing import NamedTuple
 
@@ -70,6 +71,11 @@ from appliance.capture.decode import (
 from appliance.capture.flows import FLOW_COLUMNS, EndReason, FlowBatch
 
 NONE_NS = np.iinfo(np.int64).max
+#: Flows whose deadlines are computed at a time (expire, flush): bounds their temporaries.
+DUE_CHUNK = 16384
+_RST, _FIN, _SHUTDOWN = (
+    np.uint8(r) for r in (EndReason.TCP_RST, EndReason.TCP_FIN, EndReason.SHUTDOWN)
+)
 
 _C1 = np.uint64(0xFF51AFD7ED558CCD)
 _C2 = np.uint64(0xC4CEB9FE1A85EC53)
@@ -141,8 +147,7 @@ class FlowTable:
     start_ns: I64
     end_ns: I64  # the latest packet
     # Meter state.
-    h1: U64  # the key's hashes (the index holds h1; h2 catches h1 collisions)
-    h2: U64
+    h2: U64  # the key's second hash (the index holds the first; h2 catches its collisions)
     fin_ab: I64  # first FIN each way, first RST; NONE_NS until seen
     fin_ba: I64
     rst: I64
@@ -163,7 +168,6 @@ class FlowTable:
 _EXPORTED = tuple(name for name in FLOW_COLUMNS if name != "reason")
 _TABLE_DTYPES: dict[str, type[np.generic]] = {
     **{name: FLOW_COLUMNS[name] for name in _EXPORTED},
-    "h1": np.uint64,
     "h2": np.uint64,
     "fin_ab": np.int64,
     "fin_ba": np.int64,
@@ -272,8 +276,8 @@ class FlowMeter:
 
     #: Bytes per table slot (columns + hash index entry), for the memory bound.
     SLOT_BYTES = (
-        sum(np.dtype(t).itemsize for t in _TABLE_DTYPES.values()) + 8 + 8 + 1
-    )  # index hash, index slot, used flag
+        sum(np.dtype(t).itemsize for t in _TABLE_DTYPES.values()) + 8 + 8 + 8 + 1
+    )  # index hash, index slot, free stack entry, used flag
 
     def __init__(self, config: MeterConfig | None = None) -> None:
         self.config = config or MeterConfig()
@@ -284,9 +288,12 @@ class FlowMeter:
         self._linger = int(self.config.close_linger_s * 1e9)
         self.t = FlowTable.allocate(cap)
         self._used = np.zeros(cap, dtype=np.bool_)
-        # Free slots: a stack, _free[:_n_free].
-        self._free = np.arange(cap - 1, -1, -1, dtype=np.int64)
+        # Free slots: a stack, _free[:_n_free], that starts as cap-1 ... 1, 0 (taken from the
+        # top: 0 first). Its first _n_untouched entries are that initial value, never
+        # written (np.empty: pages the kernel maps only when used): _take_free makes them up.
+        self._free = np.empty(cap, dtype=np.int64)
         self._n_free = cap
+        self._n_untouched = cap
         self._idx_h1: U64 = np.zeros(0, dtype=np.uint64)  # sorted
         self._idx_slot: I64 = np.zeros(0, dtype=np.int64)
         self._clock = np.iinfo(np.int64).min
@@ -351,10 +358,21 @@ class FlowMeter:
     def _expire_into_pending(self, now_ns: int, candidates: Bools) -> None:
         slots = np.flatnonzero(candidates)
         if len(slots):
-            deadline, reason = self._deadlines(slots)
-            done = deadline < now_ns
-            if done.any():
-                self._end(slots[done], reason[done])
+            due, reason = self._due(slots, now_ns)
+            if due.any():
+                self._end(slots[due], reason[due])
+
+    def _due(self, slots: I64, now_ns: int) -> tuple[Bools, U8]:
+        """Which flows in slots are past a deadline at now_ns, and each one's reason.
+
+        In pieces of DUE_CHUNK slots: the deadlines of a whole 100k-flow table at once were
+        a peak of the process's memory (eight temporary columns, ~6 MB)."""
+        due = np.zeros(len(slots), dtype=np.bool_)
+        reason = np.zeros(len(slots), dtype=np.uint8)
+        for at in range(0, len(slots), DUE_CHUNK):
+            deadline, reason[at : at + DUE_CHUNK] = self._deadlines(slots[at : at + DUE_CHUNK])
+            due[at : at + DUE_CHUNK] = deadline < now_ns
+        return due, reason
 
     def flush(self) -> FlowBatch:
         """End every open flow: at end of file or when the agent stops.
@@ -363,23 +381,57 @@ class FlowMeter:
         others end as SHUTDOWN, except flows closed by FIN or RST (still inside their
         linger), which keep TCP_FIN / TCP_RST.
         """
-        if self._clock > 0:
-            # Flows already past a deadline at the last packet's time end for that reason,
-            # whenever expire() last ran.
-            expired = self.expire(self._clock)  # (expire() replaces self._pending)
-            self._pending.append(expired)
-        slots = np.flatnonzero(self._used)
+        slots, reason = self._flush_plan()
         if len(slots):
-            t = self.t
-            rst = t.rst[slots]
-            closed = _close_ns(rst, t.fin_ab[slots], t.fin_ba[slots]) != NONE_NS
-            reason = np.where(
-                closed,
-                np.where(rst != NONE_NS, EndReason.TCP_RST, EndReason.TCP_FIN),
-                EndReason.SHUTDOWN,
-            )
-            self._end(slots, reason.astype(np.uint8))
+            self._end(slots, reason)
         return self._take_pending()
+
+    def flush_in_end_order(self, chunk: int = 16384) -> Iterator[FlowBatch]:
+        """flush() in pieces of at most `chunk` flows, in the order of their last packet,
+        then first packet (ties in flush()'s order): the same flows with the same reasons.
+
+        For a caller that writes flows in end order anyway (`flows --pcap`): flush()'s one
+        batch of every open flow, then ordering it, was the process's memory peak at 100k
+        open flows; this exports one piece at a time. The table is empty once the last piece
+        has been taken, exactly as after flush().
+        """
+        pending = self._take_pending()
+        if len(pending):
+            yield pending
+        slots, reason = self._flush_plan()
+        if not len(slots):
+            return
+        order = np.lexsort((self.t.start_ns[slots], self.t.end_ns[slots]))
+        for at in range(0, len(order), chunk):
+            piece = order[at : at + chunk]
+            self._export(slots[piece], reason[piece])
+            yield self._take_pending()
+        del order
+        self._release(slots)
+
+    def _flush_plan(self) -> tuple[I64, U8]:
+        """The open flows in the order flush() ends them, and their reasons: first those
+        already past a deadline at the last packet's time (whenever expire() last ran),
+        then the rest (SHUTDOWN, or TCP_FIN / TCP_RST when closed), each in slot order.
+        Computed DUE_CHUNK slots at a time, like _due."""
+        slots = np.flatnonzero(self._used)
+        due = np.zeros(len(slots), dtype=np.bool_)
+        reason = np.zeros(len(slots), dtype=np.uint8)
+        t = self.t
+        for at in range(0, len(slots), DUE_CHUNK):
+            part = slots[at : at + DUE_CHUNK]
+            deadline, why = self._deadlines(part)
+            if self._clock > 0:
+                due[at : at + DUE_CHUNK] = deadline < self._clock
+            rst = t.rst[part]
+            closed = _close_ns(rst, t.fin_ab[part], t.fin_ba[part]) != NONE_NS
+            at_end = np.where(closed, np.where(rst != NONE_NS, _RST, _FIN), _SHUTDOWN)
+            reason[at : at + DUE_CHUNK] = np.where(due[at : at + DUE_CHUNK], why, at_end)
+        if not due.any():
+            return slots, reason
+        return np.concatenate([slots[due], slots[~due]]), np.concatenate(
+            [reason[due], reason[~due]]
+        )
 
     # -- the batch path -------------------------------------------------------------------
 
@@ -434,9 +486,13 @@ class FlowMeter:
         close = np.full(n, NONE_NS, dtype=np.int64)
         deadline = np.full(n, NONE_NS, dtype=np.int64)
         reason = np.zeros(n, dtype=np.uint8)
-        start[found] = self.t.start_ns[fs]
-        close[found] = _close_ns(self.t.rst[fs], self.t.fin_ab[fs], self.t.fin_ba[fs])
-        deadline[found], reason[found] = self._deadlines(fs)
+        t = self.t
+        # Each column gathered once: these are random reads all over the table.
+        f_start, f_rst = t.start_ns[fs], t.rst[fs]
+        f_close = _close_ns(f_rst, t.fin_ab[fs], t.fin_ba[fs])
+        start[found] = f_start
+        close[found] = f_close
+        deadline[found], reason[found] = self._earliest(t.end_ns[fs], f_start, f_rst, f_close)
         return _Resident(found & (deadline < g.t_first), reason, start, close)
 
     def _may_end_inside(self, g: _Groups, found: Bools, resident: _Resident, closers: I64) -> Bools:
@@ -476,14 +532,12 @@ class FlowMeter:
             self._expire_into_pending(first_ns, untouched)
         if n_new > self._n_free:
             self._evict(n_new - self._n_free, slot[found])
-        self._n_free -= n_new
-        new_slots = self._free[self._n_free : self._n_free + n_new].copy()
+        new_slots = self._take_free(n_new)
         slot[new] = new_slots
         self._used[new_slots] = True
         ins = np.searchsorted(self._idx_h1, gh1[new])
         self._idx_h1 = np.insert(self._idx_h1, ins, gh1[new])
         self._idx_slot = np.insert(self._idx_slot, ins, new_slots)
-        self.t.h1[new_slots] = gh1[new]
         self.stats.peak_flows = max(self.stats.peak_flows, len(self._idx_h1))
 
     def _accumulate(
@@ -495,19 +549,25 @@ class FlowMeter:
         nbytes = pk.nbytes[g.order]
         flags = g.flags
         cnt = g.ends - g.starts
-        p_ba = np.add.reduceat(rev.astype(np.int64), g.starts)
-        b_all = np.add.reduceat(nbytes, g.starts)
-        b_ba = np.add.reduceat(np.where(rev, nbytes, 0), g.starts)
-        f_ab = np.bitwise_or.reduceat(np.where(rev, 0, flags), g.starts)
-        f_ba = np.bitwise_or.reduceat(np.where(rev, flags, 0), g.starts)
-        fsl = slot[fast]
-        t.pkts_ab[fsl] += (cnt - p_ba)[fast]
-        t.pkts_ba[fsl] += p_ba[fast]
-        t.bytes_ab[fsl] += (b_all - b_ba)[fast]
-        t.bytes_ba[fsl] += b_ba[fast]
-        t.flags_ab[fsl] |= f_ab[fast].astype(np.uint8)
-        t.flags_ba[fsl] |= f_ba[fast].astype(np.uint8)
-        t.end_ns[fsl] = g.t_last[fast]
+        p_ba = rev.astype(np.int64)
+        b_all, b_ba = nbytes, np.where(rev, nbytes, 0)
+        f_ab, f_ba = np.where(rev, 0, flags), np.where(rev, flags, 0)
+        if len(g) < len(rev):  # some key has several packets: sum them (with many open
+            # flows most batches hold each key once, and the packets are the sums)
+            p_ba = np.add.reduceat(p_ba, g.starts)
+            b_all = np.add.reduceat(b_all, g.starts)
+            b_ba = np.add.reduceat(b_ba, g.starts)
+            f_ab = np.bitwise_or.reduceat(f_ab, g.starts)
+            f_ba = np.bitwise_or.reduceat(f_ba, g.starts)
+        sel: Bools | slice = slice(None) if fast.all() else fast  # no copies when all are
+        fsl = slot[sel]
+        t.pkts_ab[fsl] += (cnt - p_ba)[sel]
+        t.pkts_ba[fsl] += p_ba[sel]
+        t.bytes_ab[fsl] += (b_all - b_ba)[sel]
+        t.bytes_ba[fsl] += b_ba[sel]
+        t.flags_ab[fsl] |= f_ab[sel].astype(np.uint8)
+        t.flags_ba[fsl] |= f_ba[sel].astype(np.uint8)
+        t.end_ns[fsl] = g.t_last[sel]
         if len(closers):
             groups = g.group_of(closers)
             keep = fast[groups]
@@ -588,9 +648,13 @@ class FlowMeter:
         t = self.t
         rst = t.rst[slots]
         close = _close_ns(rst, t.fin_ab[slots], t.fin_ba[slots])
-        d_idle = t.end_ns[slots] + self._idle
+        return self._earliest(t.end_ns[slots], t.start_ns[slots], rst, close)
+
+    def _earliest(self, end: I64, start: I64, rst: I64, close: I64) -> tuple[I64, U8]:
+        """_deadlines from the flows' columns already gathered (close: _close_ns)."""
+        d_idle = end + self._idle
         d_close = np.where(close != NONE_NS, close + self._linger, NONE_NS)
-        d_active = t.start_ns[slots] + (self._active - 1)
+        d_active = start + (self._active - 1)
         close_reason = np.where(rst != NONE_NS, EndReason.TCP_RST, EndReason.TCP_FIN)
         deadline = np.minimum(np.minimum(d_idle, d_close), d_active)
         reason = np.where(
@@ -645,14 +709,31 @@ class FlowMeter:
     def _end(self, slots: I64, reason: U8) -> None:
         """Export slots and free them."""
         self._export(slots, reason)
+        self._release(slots)
+
+    def _release(self, slots: I64) -> None:
+        """Free slots (their flows were exported) and take them out of the index."""
         self._used[slots] = False
         self._free[self._n_free : self._n_free + len(slots)] = slots
         self._n_free += len(slots)
-        pos = np.searchsorted(self._idx_h1, self.t.h1[slots])
-        keep = np.ones(len(self._idx_h1), dtype=np.bool_)
-        keep[pos] = False
+        if len(slots) == len(self._idx_h1):  # every open flow (a flush)
+            self._idx_h1 = self._idx_h1[:0].copy()
+            self._idx_slot = self._idx_slot[:0].copy()
+            return
+        keep = self._used[self._idx_slot]  # the index holds exactly the slots in use
         self._idx_h1 = self._idx_h1[keep]
         self._idx_slot = self._idx_slot[keep]
+
+    def _take_free(self, n: int) -> I64:
+        """Pop n slots off the free stack (in stack order, as _free[_n_free - n : _n_free])."""
+        lo, hi = self._n_free - n, self._n_free
+        out = np.empty(n, dtype=np.int64)
+        made = max(min(hi, self._n_untouched) - lo, 0)  # entries still at their initial value
+        out[:made] = (self.capacity - 1) - np.arange(lo, lo + made)
+        out[made:] = self._free[lo + made : hi]
+        self._n_free = lo
+        self._n_untouched = min(self._n_untouched, lo)
+        return out
 
     def _evict(self, count: int, touched: I64) -> None:
         """Free `count` slots: the least recently active flows not in `touched`."""

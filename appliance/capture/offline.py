@@ -27,7 +27,7 @@ from appliance.capture.pcap import DEFAULT_BATCH, PcapReader
 
 EXPIRE_EVERY_NS = 5_000_000_000
 #: Decoded packets gathered before the meter runs (bigger groups, fewer table updates).
-METER_BATCH = 32768
+METER_BATCH = 16384
 
 
 @dataclass
@@ -55,7 +55,7 @@ def iter_pcap_ordered(
     """Yield FlowBatches in the order the flows ended (last packet, then first packet, then
     the order the meter ended them), then one OfflineSummary as the last item."""
     held = FlowBatch.empty()
-    for item in _meter_file(path, config, batch_size):
+    for item in _meter_file(path, config, batch_size, in_end_order=True):
         if isinstance(item, OfflineSummary):
             if len(held):
                 yield held
@@ -95,13 +95,15 @@ def iter_pcap_records(
 
 
 def _meter_file(
-    path: Path, config: MeterConfig | None, batch_size: int
+    path: Path, config: MeterConfig | None, batch_size: int, in_end_order: bool = False
 ) -> Iterator[tuple[FlowBatch, int] | OfflineSummary]:
     """(ended flows, watermark) as flows end, then the summary. No flow ended later has a last
-    packet before the watermark (FlowMeter.oldest_open_ns, else the clock)."""
+    packet before the watermark (FlowMeter.oldest_open_ns, else the clock). in_end_order: the
+    flows open at the end come in end order, in pieces (FlowMeter.flush_in_end_order)."""
     decoder = Decoder()
     meter = FlowMeter(config)
     last_expire = 0
+    size = min(METER_BATCH, batch_size)
     with PcapReader(path, batch_size) as reader:
         pending: list[PacketColumns] = []
         pending_n = 0
@@ -109,26 +111,52 @@ def _meter_file(
             cols = decoder.decode(batch)
             pending.append(cols)
             pending_n += len(cols)
-            if pending_n < min(METER_BATCH, batch_size):
-                continue
-            ended = meter.add(PacketColumns.concat(pending) if len(pending) > 1 else cols)
-            pending, pending_n = [], 0
-            # Expiry timing never changes a record (meter docstring); a full table expires
-            # what is due by itself. So: once every EXPIRE_EVERY_NS of capture time.
-            if meter.clock_ns - last_expire >= EXPIRE_EVERY_NS:
-                last_expire = meter.clock_ns
-                ended = FlowBatch.concat([ended, meter.expire(last_expire)])
-            if len(ended):
-                yield ended, _watermark(meter)
+            while pending_n >= size:
+                head, pending = _split_rows(pending, size)
+                pending_n -= size
+                ended = meter.add(head)
+                del head
+                # Expiry timing never changes a record (meter docstring); a full table
+                # expires what is due by itself. So: once every EXPIRE_EVERY_NS of capture
+                # time.
+                if meter.clock_ns - last_expire >= EXPIRE_EVERY_NS:
+                    last_expire = meter.clock_ns
+                    ended = FlowBatch.concat([ended, meter.expire(last_expire)])
+                if len(ended):
+                    yield ended, _watermark(meter)
         if pending:
             ended = meter.add(PacketColumns.concat(pending))
             if len(ended):
                 yield ended, _watermark(meter)
         frames, cut = reader.frames, reader.cut_bytes
-    last = meter.flush()
-    if len(last):
-        yield last, NONE_NS
+    if not in_end_order:
+        last = meter.flush()
+        if len(last):
+            yield last, NONE_NS
+    else:
+        # In end order and in pieces: every piece's flows end no earlier than the last one's.
+        for piece in meter.flush_in_end_order():
+            yield piece, int(piece.cols["end_ns"][-1])
     yield OfflineSummary(frames=frames, decode=decoder.stats, meter=meter.stats, cut_bytes=cut)
+
+
+def _split_rows(parts: list[PacketColumns], n: int) -> tuple[PacketColumns, list[PacketColumns]]:
+    """The first n rows of parts (which hold at least n) and the rest. Rows are taken as
+    views where one part holds them: the meter's batch is exactly n packets, whatever the
+    decoder's chunks were, which bounds its working memory (METER_BATCH)."""
+    head: list[PacketColumns] = []
+    got = 0
+    while got < n:
+        part = parts[0]
+        want = n - got
+        if len(part) <= want:
+            head.append(parts.pop(0))
+            got += len(part)
+        else:
+            head.append(part.take(slice(0, want)))
+            parts[0] = part.take(slice(want, None))
+            got = n
+    return (head[0] if len(head) == 1 else PacketColumns.concat(head)), parts
 
 
 def _watermark(meter: FlowMeter) -> int:

@@ -53,12 +53,15 @@ from .updatekit import (
     wait_paused,
     wait_trial_paused,
     wait_trial_reboot,
+    wait_update_report,
     wait_update_settled,
 )
 
 pytestmark = pytest.mark.timeout(3600)
 
 B_BUILD = EPOCH + 1000
+#: the third release of the soak's walk, applied on B
+C_BUILD = EPOCH + 3000
 BOOT_TIMEOUT = 300.0
 #: the refusals the first box is shown: bundle -> the reason its one error line gives
 REFUSALS = {
@@ -88,6 +91,20 @@ def _damage(path: Path, at: int) -> None:
     path.write_bytes(bytes(data))
 
 
+def _system_bundle(rpi_image: Path, out: Path, build: int, remove: tuple[str, ...] = ()) -> Path:
+    """A signed bundle of the session's system with another build (without the paths in
+    remove), packed at a fast level: these bundles test the update from a file, not what a
+    delta shares."""
+    key = out.parent / "update.key"
+    if not key.exists():
+        write_signing_key(key, UPDATE_KEY)
+    image = derive_image(rpi_image, out.with_suffix(".img"), build=build, remove=remove,
+                         work=out.parent / "work", level=3)  # fmt: skip
+    updatebundle.make(image, key, out)
+    image.unlink()
+    return out
+
+
 @pytest.fixture(scope="module")
 def bundles(rpi_image: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """b.bundle: the session's system with a later build; broken-init.bundle: the same
@@ -95,19 +112,12 @@ def bundles(rpi_image: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     four refused ones, small: a flipped signature byte, a flipped byte in the root's second
     chunk, one cut short, and an older build of the running version."""
     d = tmp_path_factory.mktemp("bundles")
-    key = d / "update.key"
-    write_signing_key(key, UPDATE_KEY)
-    made = {}
-    for name, build, remove in [
-        ("b.bundle", B_BUILD, ()),
-        ("broken-init.bundle", B_BUILD + 1, ("usr/sbin/init",)),
-    ]:
-        # a fast level: these bundles test the update from a file, not what a delta shares
-        image = derive_image(rpi_image, d / f"{name}.img", build=build, remove=remove,
-                             work=d / "work", level=3)  # fmt: skip
-        updatebundle.make(image, key, d / name)
-        image.unlink()
-        made[name] = d / name
+    made = {
+        "b.bundle": _system_bundle(rpi_image, d / "b.bundle", B_BUILD),
+        "broken-init.bundle": _system_bundle(
+            rpi_image, d / "broken-init.bundle", B_BUILD + 1, remove=("usr/sbin/init",)
+        ),
+    }
     for name in REFUSALS:
         build = EPOCH - 1 if name == "downgrade.bundle" else B_BUILD + 2
         made[name] = path = _small_bundle(d, name, build)
@@ -152,12 +162,12 @@ def box(  # type: ignore[no-untyped-def]
     boot_board, rpi_image: Path, bundles: dict[str, Path], pki: Path, mirror: MirrorPort,
     host_bus: BusServer, tmp_path: Path,
 ) -> Callable[..., Machine]:  # fmt: skip
-    """Boot a prepared card (bundles on /data, optional pause checkpoint) on raspi3b,
-    delivering to host_bus."""
+    """Boot a prepared card (the named bundles and those in more on /data, optional pause
+    checkpoint) on raspi3b, delivering to host_bus."""
 
-    def boot(*names: str, pause: str = "") -> Machine:
+    def boot(*names: str, pause: str = "", more: dict[str, Path] | None = None) -> Machine:
         card = prepare_card(rpi_image, tmp_path / "prepared.img",
-                            bundles={n: bundles[n] for n in names}, pki=pki,
+                            bundles={**{n: bundles[n] for n in names}, **(more or {})}, pki=pki,
                             work=tmp_path / "prep", pause=pause,
                             bus=f"{GUESTFWD_ADDR}:50051")  # fmt: skip
         pi: Machine = boot_board(card, "raspi3b", mirror=mirror.mirror,
@@ -197,10 +207,13 @@ def _delivers_again(
     return rows
 
 
-def test_bad_bundles_are_refused_then_a_system_that_never_starts_rolls_back(box) -> None:  # type: ignore[no-untyped-def]
+def test_bad_bundles_are_refused_then_a_system_that_never_starts_rolls_back(  # type: ignore[no-untyped-def]
+    box, host_bus: BusServer
+) -> None:
     """One box (a boot costs minutes): four bad bundles refused with one line each and nothing
     switched; then a signed bundle whose system has no init: the trial kernel panics, the
-    board resets, the firmware boots A again and the updater records the rollback."""
+    board resets, the firmware boots A again, the updater records the rollback and the agent
+    reports it to the bus."""
     pi = box(*REFUSALS, "broken-init.bundle")
     # one console command for the four (each start of Python costs minutes on a loaded host)
     result = pi.run(
@@ -229,6 +242,11 @@ def test_bad_bundles_are_refused_then_a_system_that_never_starts_rolls_back(box)
     pi.boot(BOOT_TIMEOUT)
     assert running(pi) == ("a", EPOCH)
     _rolls_back_from_a_system_that_never_starts(pi)
+    # the failure reaches the bus: the agent back on A reports it at its first check
+    rep = wait_update_report(host_bus, 900, last_result="rolled_back")
+    assert (rep["slot"], rep["build"], rep["state"]) == ("a", EPOCH, "rolled_back"), rep
+    assert rep["last_version"] == __version__, rep
+    assert "never reached its system" in str(rep["last_reason"]), rep
 
 
 #: checkpoint -> (slot the box comes back on, update state it then settles in)
@@ -409,3 +427,53 @@ def test_a_power_cut_during_an_update_comes_back_on_a_working_slot(  # type: ign
         apply = "infraspectre update apply /data/bundles/b.bundle --no-reboot"
         log = pi.run(f"{apply} 2>&1", timeout=1200).output
         assert "resuming the write" in log and "state trying" in log, log
+
+
+@pytest.fixture(scope="module")
+def c_bundle(rpi_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A third release (for the walk's last cut, taken on B)."""
+    return _system_bundle(rpi_image, tmp_path_factory.mktemp("c") / "c.bundle", C_BUILD)
+
+
+@pytest.mark.skipif(not SOAK, reason="the twelve-cut walk runs in `make soak`")
+def test_one_box_through_a_power_cut_at_each_of_the_twelve_checkpoints(  # type: ignore[no-untyped-def]
+    box, host_bus: BusServer, c_bundle: Path
+) -> None:
+    """The twelve checkpoints on one box, one cut each, in the order an update reaches them:
+    the write's (each time the same bundle resumes where the cut left it), the switch's and the
+    trial's (each time back on A, rolled back; the bundle is applied again), the commit's (on
+    B); the last cut, at `committed`, is taken during a second update, B -> C, into slot a.
+    After every cut the box runs the slot the checkpoint promises, in the state it promises,
+    and delivers again with every acknowledged record still stored; at the end it runs C with
+    its identity and settings, one record chain all along."""
+    pi = box("b.bundle", more={"c.bundle": c_bundle})
+    wait_agent_ready(pi)
+    delivered = _delivers_again(host_bus, [], "before the first cut")
+    keys = pi.run("sha256sum /data/keys/*").output
+    settings = pi.run("cat /run/appliance/settings").output
+    old, new, name = "a", "b", "b.bundle"
+    started = time.monotonic()
+    for point, (back_on, state) in CUT_POINTS.items():
+        if point == "committed":  # B is committed: the last cut comes in B -> C
+            assert running(pi) == ("b", B_BUILD)
+            old, new, name = "b", "a", "c.bundle"
+        # (the first apply makes /data/update)
+        pause = pi.run(f"mkdir -p /data/update && echo {point} > /data/update/pause && "
+                       "cat /data/update/pause").output  # fmt: skip
+        assert pause.strip() == point, pause
+        _cut_at(pi, point, start_apply(pi, name))
+        record = wait_update_settled(pi)
+        slot = old if back_on == "a" else new
+        assert (running(pi)[0], record["state"]) == (slot, state), (point, record)
+        delivered = _delivers_again(host_bus, delivered, f"after the cut at {point}")
+        print(f"cut at {point}: back on {slot}, {state}, {len(delivered)} records stored "
+              f"({time.monotonic() - started:.0f} s)", flush=True)  # fmt: skip
+    assert running(pi) == ("a", C_BUILD)
+    assert pi.run("sha256sum /data/keys/*").output == keys
+    assert pi.run("cat /run/appliance/settings").output == settings
+    with sqlite3.connect(f"file:{host_bus.store.path}?mode=ro", uri=True) as conn:
+        kinds = [k for (k,) in conn.execute(
+            "SELECT kind FROM chain_events WHERE agent_id = ?", (AGENT_ID,))]  # fmt: skip
+    assert kinds.count("start") == 1 and "rekey" not in kinds, kinds
+    pi.power_cut()
+    assert "os_prefix=slot-a/" in boot_config(pi.image)  # C committed in slot a

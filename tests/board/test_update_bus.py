@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from .updatekit import (
     running,
     wait_paused,
     wait_trial_reboot,
+    wait_update_report,
 )
 
 #: B is A's system with a later build, packed as the image build packs it (zstd 19): the box
@@ -87,22 +87,6 @@ def update_bus(tmp_path: Path) -> Iterator[tuple[BusServer, Path]]:
         yield bus, pki
 
 
-def _report(bus: BusServer) -> dict[str, object]:
-    rows = [r for r in bus.updates.reports() if r.agent_id == AGENT_ID]
-    return rows[0].as_json() if rows else {}
-
-
-def _wait_report(bus: BusServer, timeout: float, **want: object) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    rep: dict[str, object] = {}
-    while time.monotonic() < deadline:
-        rep = _report(bus)
-        if all(rep.get(k) == v for k, v in want.items()):
-            return rep
-        time.sleep(2)
-    raise AssertionError(f"the bus's report {rep} never had {want}")
-
-
 def test_a_to_b_through_the_bus(  # type: ignore[no-untyped-def]
     boot_board, rpi_image: Path, b_bundle: Path, update_bus, tmp_path: Path
 ) -> None:
@@ -120,7 +104,7 @@ def test_a_to_b_through_the_bus(  # type: ignore[no-untyped-def]
         keys = pi.run("sha256sum /data/keys/*").output
         # the box reports A, asks at its agent's start, downloads at 1 MiB/s, writes slot b
         # and reboots with the tryboot flag: nothing typed on the console
-        rep = _wait_report(bus, 900, build=EPOCH)
+        rep = wait_update_report(bus, 900, build=EPOCH)
         assert (rep["slot"], rep["board"]) == ("a", "rpi")
         # the power goes while the first piece of the download is on /data; back up, the
         # agent resumes the download where it stood
@@ -132,7 +116,7 @@ def test_a_to_b_through_the_bus(  # type: ignore[no-untyped-def]
         wait_trial_reboot(pi, mark, timeout=5400)
         pi.boot(BOOT_TIMEOUT)
         assert pi.boot_choices[-1] == ("tryboot.txt", "slot-b/")
-        rep = _wait_report(bus, 900, state="committed", build=B_BUILD)
+        rep = wait_update_report(bus, 900, state="committed", build=B_BUILD)
         assert (rep["slot"], rep["last_result"]) == ("b", "committed")
         # a delta: the box fetched what its running slot lacked, not the bundle
         assert 0 < int(str(rep["fetched"])) <= DELTA_MAX < b_bundle.stat().st_size, rep

@@ -19,6 +19,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from appliance.bus.server import BusServer
 from appliance.devkit.qemu.fixtures import sparse_copy
 from appliance.image import definition, firstboot, sdcard, settings, updatebundle
 from appliance.pki import init_pki, issue_agent
@@ -187,6 +188,24 @@ def wait_trial_reboot(pi: Machine, since: int, timeout: float = 900) -> None:
         re.compile(r"Restarting system with command '0 tryboot'"), timeout, since=since
     )
     pi.wait_off(timeout=60)
+
+
+def update_report(bus: BusServer) -> dict[str, object]:
+    """The bus's latest update report from AGENT_ID (what `bus agents` shows); {} before one."""
+    rows = [r for r in bus.updates.reports() if r.agent_id == AGENT_ID]
+    return rows[0].as_json() if rows else {}
+
+
+def wait_update_report(bus: BusServer, timeout: float, **want: object) -> dict[str, object]:
+    """Until the bus's report from AGENT_ID has the wanted values; the report."""
+    deadline = time.monotonic() + timeout
+    rep: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        rep = update_report(bus)
+        if all(rep.get(k) == v for k, v in want.items()):
+            return rep
+        time.sleep(2)
+    raise AssertionError(f"the bus's report {rep} never had {want}")
 
 
 def wait_update_settled(pi: Machine, timeout: float = 1200) -> dict[str, object]:

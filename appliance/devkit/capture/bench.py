@@ -1,7 +1,9 @@
 """`infraspectre bench flows`: our meter against softflowd on the same capture, same run.
 
 Offline (default): a seeded 1M-frame synthetic capture (cached under --cache, keyed by seed and
-size) or --pcap FILE [--truth FILE]. Each tool meters the whole file --repeat times,
+size), or with --concurrent N one whose N flows are all open at once until the end of the file
+(synth.generate_concurrent: --packets // N rounds of one frame per flow, 1 s apart; the table's
+worst case), or --pcap FILE [--truth FILE]. Each tool meters the whole file --repeat times,
 alternating, as a user meets it: a whole process that starts, meters and writes its records.
 - ours: `infraspectre flows --pcap FILE --json` (this interpreter, `-m appliance`), JSON lines
   to a file; its totals are read back from that file.
@@ -45,11 +47,16 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from appliance.errors import CommandError
 
+if TYPE_CHECKING:
+    from appliance.devkit.capture.synth import Truth
+
 NFCAPD_PORT = 9995
+#: Both meters' table size in these runs: ours' default max_flows and softflowd's `-m`.
+TABLE_FLOWS = 200_000
 #: GNU time (Debian package `time`): CPU and peak RSS of one command, see _timed_process.
 TIME = "/usr/bin/time"
 
@@ -62,6 +69,13 @@ def register(sub: Any) -> None:
     p.add_argument("--truth", type=Path, help="ground truth JSON for --pcap (synth.Truth)")
     p.add_argument("--seed", type=int, default=1, help="synthetic capture seed (default 1)")
     p.add_argument("--packets", type=int, default=1_000_000, help="synthetic capture size")
+    p.add_argument(
+        "--concurrent",
+        type=int,
+        metavar="N",
+        help=f"a capture of N flows all open at once (at most {TABLE_FLOWS:,}), --packets // N "
+        "frames each",
+    )
     p.add_argument("--cache", type=Path, default=Path("cache"), help="where captures are kept")
     p.add_argument("--repeat", type=int, default=7, help="runs per tool (median reported)")
     p.add_argument("--no-softflowd", action="store_true", help="only our meter")
@@ -113,11 +127,15 @@ def offline_bench(args: argparse.Namespace) -> dict[str, Any]:
 
     truth: Truth | None = None
     if args.pcap is not None:
+        if args.concurrent is not None:
+            raise CommandError("--concurrent makes its own capture: not with --pcap")
         path = args.pcap
         if not path.exists():
             raise CommandError(f"{path}: no such file")
         if args.truth is not None:
             truth = Truth.from_json(args.truth.read_text())
+    elif args.concurrent is not None:
+        path, truth = _concurrent_capture(args)
     else:
         path, truth = cached_capture(args.cache, args.seed, args.packets)
     run_softflowd = not args.no_softflowd
@@ -143,8 +161,12 @@ def offline_bench(args: argparse.Namespace) -> dict[str, Any]:
     inproc = _median_run(inproc_runs)
     ours["peak_rss_kib_max"] = max(int(r["peak_rss_kib"]) for r in ours_runs)
     ours["rss_per_flow_bytes"] = _per_flow(ours["peak_rss_kib_max"], ours_base, ours["peak_flows"])
+    capture: dict[str, Any] = {"path": str(path), "frames": ours["frames"]}
+    capture["bytes"] = path.stat().st_size
+    if args.concurrent is not None:
+        capture["concurrent_flows"] = args.concurrent
     result: dict[str, Any] = {
-        "capture": {"path": str(path), "frames": ours["frames"], "bytes": path.stat().st_size},
+        "capture": capture,
         "ours": ours,
         "ours_in_process": inproc,
     }
@@ -168,6 +190,24 @@ def offline_bench(args: argparse.Namespace) -> dict[str, Any]:
                 k: v["packets"] for k, v in truth.by_proto.items()
             }
     return result
+
+
+def _concurrent_capture(args: argparse.Namespace) -> tuple[Path, Truth]:
+    """--concurrent N: the cached capture of N flows open at once, --packets // N rounds."""
+    from appliance.devkit.capture.synth import cached_concurrent_capture
+
+    n = args.concurrent
+    if not 1 <= n <= TABLE_FLOWS:
+        raise CommandError(
+            f"--concurrent {n}: from 1 to {TABLE_FLOWS} flows (both meters' table size here)"
+        )
+    rounds = args.packets // n
+    if not 3 <= rounds < 1800:
+        raise CommandError(
+            f"--concurrent {n} --packets {args.packets}: each flow needs 3 to 1799 frames "
+            f"(--packets from {3 * n} to {1799 * n})"
+        )
+    return cached_concurrent_capture(args.cache, args.seed, n, rounds)
 
 
 #: A minimal Ethernet + IPv4 + UDP frame (documentation addresses), for the start-up baseline.
@@ -326,7 +366,7 @@ def _run_softflowd(path: Path) -> dict[str, Any]:
         nfcapd_cmd = ["ip", "netns", "exec", ns, "nfcapd", "-w", str(flowdir)]
         nfcapd_cmd += ["-b", "127.0.0.1", "-p", str(NFCAPD_PORT), "-B", "8000000"]
         softflowd_cmd = ["ip", "netns", "exec", ns, "softflowd", "-r", str(path), "-c", "none"]
-        softflowd_cmd += ["-m", "200000", "-v", "9", "-n", f"127.0.0.1:{NFCAPD_PORT}"]
+        softflowd_cmd += ["-m", str(TABLE_FLOWS), "-v", "9", "-n", f"127.0.0.1:{NFCAPD_PORT}"]
         nfcapd = subprocess.Popen(
             nfcapd_cmd,
             stdout=subprocess.DEVNULL,

@@ -79,6 +79,15 @@ SKIPPED = {
     ".venv/bin/pytest -q tests/system/scale": "a test tier of the checkout (make test runs it)",
     "infraspectre bench flows --live --json --duration 3": "a benchmark: minutes of CPU",
     "infraspectre bench flows --memory --json": "a benchmark: minutes of CPU",
+    "infraspectre bench flows --json --concurrent 100000 --repeat 5": "a benchmark: minutes of "
+    "CPU (tests/unit/capture/test_synth_concurrent.py meters a small one against its truth)",
+    "infraspectre bench flows --json --packets 1000000 --repeat 5": "a benchmark: minutes of CPU",
+    "infraspectre bench flows --json --packets 1000000 --repeat 7": "a benchmark: minutes of CPU "
+    "(tests/unit/capture/test_bench_parsing.py, tests/system/capture/test_flows_peers.py)",
+    "infraspectre bench flows --json --packets 2000000 --repeat 5": "a benchmark: minutes of CPU",
+    "infraspectre bench flows --json --packets 2000000 --repeat 7": "a benchmark: minutes of CPU",
+    "infraspectre bench live --json --rates 2000,10000,50000 --duration 30 --idle 10": "a "
+    "benchmark: minutes (tests/system/capture/test_agent_live_bench.py runs a short one)",
     "infraspectre provision --port /dev/ttyUSB0 --pki pki --agent-id branch-042": "hardware: a "
     "box on a serial cable",
     # updates: a bundle needs a built image (minutes); these run in the update tests

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
+import re
 from pathlib import Path
 
-from appliance.devkit.capture.bench import _softflowd_flows, _softflowd_frames
+import pytest
+
+from appliance.devkit.capture.bench import _concurrent_capture, _softflowd_flows, _softflowd_frames
 from appliance.devkit.capture.livebench import _tcpreplay_rate
 from appliance.devkit.capture.synth import generate
+from appliance.errors import CommandError
 
 SOFTFLOWD_OUT = """Number of active flows: 0
 Packets processed: 999000
@@ -41,3 +46,20 @@ def test_same_seed_gives_the_same_capture_and_truth(tmp_path: Path) -> None:
     assert a.read_bytes() == b.read_bytes() and ta == tb
     assert a.read_bytes() != c.read_bytes()
     assert ta.frames == 3_000 and sum(v["flows"] for v in ta.by_proto.values()) == 150
+
+
+@pytest.mark.parametrize(
+    ("concurrent", "packets", "message"),
+    [
+        (0, 1_000_000, "--concurrent 0: from 1 to 200000 flows"),
+        (200_001, 1_000_000, "--concurrent 200001: from 1 to 200000 flows"),
+        (100_000, 200_000, "each flow needs 3 to 1799 frames (--packets from 300000 to"),
+    ],
+)
+def test_concurrent_capture_shape_is_checked_before_anything_runs(
+    tmp_path: Path, concurrent: int, packets: int, message: str
+) -> None:
+    args = argparse.Namespace(concurrent=concurrent, packets=packets, seed=1, cache=tmp_path)
+    with pytest.raises(CommandError, match=re.escape(message)):
+        _concurrent_capture(args)
+    assert list(tmp_path.iterdir()) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +13,10 @@ from testsupport.capture_helpers import MS, T0, MeterFn, S, eth, frame_bytes
 
 from appliance.capture.config import MeterConfig
 from appliance.capture.decode import Decoder, FrameBatch, PacketColumns
-from appliance.capture.flows import EndReason
+from appliance.capture.flows import FLOW_COLUMNS, EndReason, FlowBatch
 from appliance.capture.meter import FlowMeter
+from appliance.capture.pcap import PcapReader
+from appliance.devkit.capture.synth import generate
 
 A4, B4 = "192.0.2.1", "192.0.2.2"
 
@@ -192,3 +195,40 @@ def test_hash_collisions_split_records_but_lose_nothing(monkeypatch: pytest.Monk
     assert sum(r.packets_tx for r in ended) == 30
     assert meter.stats.hash_collisions > 0
     assert {r.src_port for r in ended} == {5000, 5001, 5002}
+
+
+def _capture_columns(tmp_path: Path) -> PacketColumns:
+    """A small synthetic capture (TCP closed by FIN, UDP, ICMP; IPv6, VLAN), decoded."""
+    path = tmp_path / "mixed.pcap"
+    generate(path, seed=3, packets=4_000, flows=300)
+    decoder = Decoder()
+    with PcapReader(path) as reader:
+        return PacketColumns.concat([decoder.decode(b) for b in reader.batches()])
+
+
+def test_flush_in_end_order_ends_what_flush_ends_in_end_order(tmp_path: Path) -> None:
+    pk = _capture_columns(tmp_path)
+    # A short idle timeout: at the end some flows are past it (IDLE_TIMEOUT, never expired
+    # by a call), some are closed inside their linger (TCP_FIN), the rest SHUTDOWN.
+    config = MeterConfig(idle_timeout_s=0.02, close_linger_s=30)
+    whole, pieces = FlowMeter(config), FlowMeter(config)
+    half = np.arange(len(pk) // 2)
+    for meter in (whole, pieces):
+        meter.add(pk.take(half))
+    flushed = whole.flush()
+    chunks = list(pieces.flush_in_end_order(chunk=37))
+    reasons = {EndReason(r).name for r in np.unique(flushed.cols["reason"]).tolist()}
+    assert {"IDLE_TIMEOUT", "TCP_FIN", "SHUTDOWN"} <= reasons
+    assert len(chunks) == -(-len(flushed) // 37) and all(len(c) <= 37 for c in chunks)
+    order = np.lexsort((flushed.cols["start_ns"], flushed.cols["end_ns"]))
+    expected, got = flushed.take(order), FlowBatch.concat(chunks)
+    for name in FLOW_COLUMNS:
+        assert np.array_equal(expected.cols[name], got.cols[name]), name
+    assert whole.stats == pieces.stats
+    assert whole.active_flows == pieces.active_flows == 0
+    # The tables are left alike: the rest of the capture meters to the same flows.
+    rest = np.arange(len(pk) // 2, len(pk))
+    a, b = whole.add(pk.take(rest)), pieces.add(pk.take(rest))
+    a, b = FlowBatch.concat([a, whole.flush()]), FlowBatch.concat([b, pieces.flush()])
+    for name in FLOW_COLUMNS:
+        assert np.array_equal(a.cols[name], b.cols[name]), name
