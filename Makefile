@@ -46,7 +46,7 @@ APT_PACKAGES := \
 # first line is a shell's #! (busybox sh, /bin/sh), found afresh so new scripts are checked too.
 SHELL_SCRIPTS = $(shell find overlays image -type f -exec awk 'FNR == 1 && /^\#!.*[\/ ](ba|da)?sh( |$$)/ { print FILENAME } { nextfile }' {} + | sort)
 
-.PHONY: all deps apt venv qemu10 proto demo image test test-unit test-system test-board soak soak-board lint fmt clean
+.PHONY: all deps apt venv qemu10 proto demo demo-board image test test-unit test-system test-board soak soak-board lint fmt clean
 
 all: venv
 
@@ -81,6 +81,11 @@ proto: venv
 
 demo: venv
 	$(BIN)/python -m appliance demo
+
+# The same job on the card itself: built (or the kept build of these sources reused), booted
+# on QEMU raspi3b, provisioned over its console, fed mirrored lab traffic (README, "Demo").
+demo-board: venv
+	$(BIN)/python -m appliance demo --board
 
 # The Raspberry Pi SD card image (root: file ownership); downloads go to ./cache.
 image: venv

@@ -9,8 +9,6 @@ machine downloads packages and wheels.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from appliance.crypto.keys import write_verify_key
+from appliance.devkit.qemu import box
 from appliance.devkit.qemu.fixtures import *  # noqa: F403  (the plugin's fixtures and report hook)
 from appliance.image import build, definition
 from appliance.qemu.machine import Machine
@@ -26,7 +25,7 @@ CACHE = Path(os.environ.get("INFRASPECTRE_CACHE", definition.SOURCE_DIR / "cache
 #: A fixed SOURCE_DATE_EPOCH (2026-11-27 00:00 UTC) so that two builds can be compared.
 EPOCH = 1795737600
 #: What an unprovisioned box's console (the provisioning responder) repeats.
-PROVISIONING_BANNER = "InfraSpectre provisioning console (unprovisioned)"
+PROVISIONING_BANNER = box.PROVISIONING_BANNER
 
 
 #: The org update key of the board tests: a fixed seed, so two builds trust the same key
@@ -88,22 +87,12 @@ def rpi_image(request: pytest.FixtureRequest) -> Path:
 
 
 def _provision_over_console(machine: Machine, pki: Path, agent_id: str) -> str:
-    """A technician's `infraspectre provision` over the box's console (released meanwhile);
-    asserts success and returns its output."""
-    machine.console.wait_for(PROVISIONING_BANNER, timeout=420)
-    port = machine.release_console()
+    """A technician's `infraspectre provision` over the box's console (the development kit's
+    box.provision_over_console, the demo's own path); fails the test with all it said."""
     try:
-        run = subprocess.run(
-            [sys.executable, "-m", "appliance", "provision", "--port",
-             f"socket://127.0.0.1:{port}", "--pki", str(pki), "--agent-id", agent_id,
-             "--wait", "240"],
-            capture_output=True, text=True, timeout=900,
-        )  # fmt: skip
-    finally:
-        machine.attach_console()
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert f"provisioned {agent_id}" in run.stdout
-    return run.stdout
+        return box.provision_over_console(machine, pki, agent_id)
+    except box.ProvisioningFailed as exc:
+        pytest.fail(exc.output)
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,10 @@ Every exchange is bounded in count and time.
 from __future__ import annotations
 
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from appliance.devkit.capture.lab import MirrorLab
 #: The peers below run as `python -m appliance.devkit.capture.labtraffic PEER ...` inside a
 #: namespace, with this interpreter (so with this checkout's package, whatever the namespace).
 PEER = (sys.executable, "-m", "appliance.devkit.capture.labtraffic")
+SOL_PACKET = 263
 
 
 def udp_server_peer(rounds: int, reply: int) -> None:
@@ -96,6 +99,40 @@ def send_frames_peer(dev: str, hexes: str) -> None:
         s.send(bytes.fromhex(frame))
 
 
+#: PACKET_AUXDATA (linux/if_packet.h): each frame's struct tpacket_auxdata, where the kernel
+#: puts the 802.1Q tag it stripped off the frame (tp_vlan_tci, valid with TP_STATUS_VLAN_VALID).
+PACKET_AUXDATA = 8
+TP_STATUS_VLAN_VALID, TP_STATUS_VLAN_TPID_VALID = 0x10, 0x40
+PACKET_OUTGOING = 4
+AUXDATA = struct.Struct("IIIHHHH")
+
+
+def tap_out_peer(dev: str) -> None:
+    """In the tap namespace: every frame arriving on dev, with its 802.1Q tag put back where
+    the kernel took it from, to stdout as a 4-byte big-endian length and the frame; a length of
+    0 first, once the socket listens. Runs until killed (TapRelay stops it)."""
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))  # ETH_P_ALL
+    s.bind((dev, 0))
+    s.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+    index = socket.if_nametoindex(dev)
+    s.setsockopt(SOL_PACKET, 1, struct.pack("iHH8s", index, 1, 0, b""))  # ADD_MEMBERSHIP PROMISC
+    out = sys.stdout.buffer
+    out.write(b"\0\0\0\0")
+    out.flush()
+    while True:
+        frame, ancillary, _, addr = s.recvmsg(65536, socket.CMSG_SPACE(AUXDATA.size))
+        if addr[2] == PACKET_OUTGOING:
+            continue
+        for level, kind, data in ancillary:
+            if (level, kind) == (SOL_PACKET, PACKET_AUXDATA) and len(data) >= AUXDATA.size:
+                status, _, _, _, _, tci, tpid = AUXDATA.unpack_from(data)
+                if status & TP_STATUS_VLAN_VALID:
+                    tpid = tpid if status & TP_STATUS_VLAN_TPID_VALID else 0x8100
+                    frame = frame[:12] + struct.pack("!HH", tpid, tci) + frame[12:]
+        out.write(len(frame).to_bytes(4, "big") + frame)
+        out.flush()
+
+
 #: Peer name -> (function, argument converters), for main().
 PEERS: dict[str, tuple[Callable[..., None], tuple[Callable[[str], object], ...]]] = {
     "udp-server": (udp_server_peer, (int, int)),
@@ -104,6 +141,7 @@ PEERS: dict[str, tuple[Callable[..., None], tuple[Callable[[str], object], ...]]
     "tcp-client": (tcp_client_peer, (int, str)),
     "udp-spray": (udp_spray_peer, (int, int, int, str)),
     "send-frames": (send_frames_peer, (str, str)),
+    "tap-out": (tap_out_peer, (str,)),
 }
 
 
@@ -210,6 +248,58 @@ def udp_spray(lab: MirrorLab, first_port: int, count: int, size: int = 20) -> li
             timeout=120)  # fmt: skip
     return [Sent("UDP", lab.A4, lab.B4, p, 9, 1, 0, 28 + size, 0)
             for p in range(first_port, first_port + count)]  # fmt: skip
+
+
+class TapRelay:
+    """The lab's tap port as a SPAN cable: every frame arriving on m1 in the tap namespace
+    (what tc mirrors of A's port, tags restored) is handed to send, e.g. an emulated board's
+    mirror NIC (appliance.devkit.qemu.fixtures.MirrorPort.send). The tap-out peer runs in the
+    namespace; it is stopped by its PID on exit, whatever happened."""
+
+    def __init__(self, lab: MirrorLab, send: Callable[[bytes], None], dev: str = "m1") -> None:
+        self.relayed = 0
+        self._send = send
+        self._proc = subprocess.Popen(
+            ["ip", "netns", "exec", lab.ns["T"], *PEER, "tap-out", dev],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+
+    def __enter__(self) -> TapRelay:
+        try:
+            assert self._proc.stdout is not None
+            if self._proc.stdout.read(4) != b"\0\0\0\0":
+                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
+                raise RuntimeError(f"the tap relay did not start: {err.strip()[-300:]}")
+            self._thread.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _pump(self) -> None:
+        assert self._proc.stdout is not None
+        while (head := self._proc.stdout.read(4)) and len(head) == 4:
+            frame = self._proc.stdout.read(int.from_bytes(head, "big"))
+            self._send(frame)
+            self.relayed += 1
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        if self._thread.is_alive():
+            self._thread.join(10)
+        for pipe in (self._proc.stdout, self._proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 if __name__ == "__main__":

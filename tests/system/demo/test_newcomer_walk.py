@@ -38,6 +38,9 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 #: Not run, and why. Keys are the command lines exactly as the docs show them (comment cut).
 SKIPPED = {
     "make demo": "has its own system test (tests/system/demo/test_demo.py)",
+    "make demo-board": "boots the card on the emulated Pi for minutes (tests/system/demo/"
+    "test_demo_board.py: its refusals and teardown; tests/board/test_provisioning.py: the same "
+    "boot, provisioning and delivery)",
     "make test": "runs every tier, this walk included",
     "sudo infraspectre image build --board rpi --out out/rpi": "downloads Debian packages; "
     "minutes (tests/system/image)",
