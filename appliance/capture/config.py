@@ -11,7 +11,7 @@ capture:
   ring:
     block_size: 1048576      # bytes, a multiple of the page size
     block_count: 64
-    retire_timeout_ms: 64    # the kernel hands over a partly filled block after this long
+    retire_timeout_ms: 250   # the kernel hands over a partly filled block after this long
     snaplen: 256             # bytes per frame the kernel copies into the ring
   fanout_group: 0            # 0: no fanout; otherwise PACKET_FANOUT group id (hash mode)
   meter:
@@ -49,7 +49,7 @@ class RingConfig:
 
     block_size: int = 1 << 20
     block_count: int = 64
-    retire_timeout_ms: int = 64
+    retire_timeout_ms: int = 250
     snaplen: int = 256
 
     def validate(self) -> None:

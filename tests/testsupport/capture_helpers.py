@@ -6,13 +6,15 @@ scapy's own `len(pkt[IP])`), never by running the decoder.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from appliance.capture.config import MeterConfig
+from appliance.capture.decode import FrameBatch
 from appliance.capture.flows import FlowRecord
 from appliance.capture.offline import OfflineSummary, meter_pcap
 from appliance.capture.pcap import write_pcap
@@ -57,3 +59,31 @@ def eth(**kw: Any) -> Any:
 
     fields = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02", **kw}
     return Ether(**fields)
+
+
+def frame_batch(frames: list[tuple[int, bytes]]) -> FrameBatch:
+    """One FrameBatch of (timestamp, frame bytes), as a ring block hands them over."""
+    data = b"".join(f for _, f in frames)
+    sizes = np.array([len(f) for _, f in frames], dtype=np.int64)
+    return FrameBatch(
+        data=np.frombuffer(data, dtype=np.uint8),
+        offsets=np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64),
+        caplen=sizes,
+        ts_ns=np.array([t for t, _ in frames], dtype=np.int64),
+    )
+
+
+class QueuedRing:
+    """Hands out the batches queued since the last call; a queued callable is called instead
+    (what happens while the ring is read)."""
+
+    def __init__(self) -> None:
+        self.queued: list[FrameBatch | Callable[[], object]] = []
+
+    def batches(self, timeout_s: float = 0.5) -> Iterator[FrameBatch]:
+        out, self.queued = self.queued, []
+        for item in out:
+            if isinstance(item, FrameBatch):
+                yield item
+            else:
+                item()

@@ -4,16 +4,12 @@ the step, so the conversation is one flow, on the new clock."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-
-import numpy as np
 import pytest
 from scapy.layers.inet import IP, TCP
-from testsupport.capture_helpers import MS, S, eth, frame_bytes
+from testsupport.capture_helpers import MS, QueuedRing, S, eth, frame_batch, frame_bytes
 
 from appliance.agent.clock import ClockFollower, ClockStep
 from appliance.capture.config import MeterConfig
-from appliance.capture.decode import FrameBatch
 from appliance.capture.source import LiveMeter
 
 OLD = 1_700_000_000 * S  # the floor the box booted on
@@ -26,49 +22,22 @@ def _tcp(flags: str, reverse: bool = False) -> bytes:
     return frame_bytes(eth() / IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags=flags))
 
 
-def _batch(frames: list[tuple[int, bytes]]) -> FrameBatch:
-    data = b"".join(f for _, f in frames)
-    sizes = np.array([len(f) for _, f in frames], dtype=np.int64)
-    return FrameBatch(
-        data=np.frombuffer(data, dtype=np.uint8),
-        offsets=np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64),
-        caplen=sizes,
-        ts_ns=np.array([t for t, _ in frames], dtype=np.int64),
-    )
-
-
-class Ring:
-    """Hands out the batches queued since the last call; a queued callable is called instead
-    (what happens while the ring is read)."""
-
-    def __init__(self) -> None:
-        self.queued: list[FrameBatch | Callable[[], object]] = []
-
-    def batches(self, timeout_s: float = 0.5) -> Iterator[FrameBatch]:
-        out, self.queued = self.queued, []
-        for item in out:
-            if isinstance(item, FrameBatch):
-                yield item
-            else:
-                item()
-
-
 def _conversation(rebase: bool) -> list[tuple[int, int, int, int]]:
-    ring = Ring()
+    ring = QueuedRing()
     live = LiveMeter(ring, MeterConfig(idle_timeout_s=60))
     ended = []
     # SYN and SYN-ACK on the old clock, metered
-    ring.queued.append(_batch([(OLD, _tcp("S")), (OLD + 1 * MS, _tcp("SA", reverse=True))]))
+    ring.queued.append(frame_batch([(OLD, _tcp("S")), (OLD + 1 * MS, _tcp("SA", reverse=True))]))
     ended += list(live.step(OLD + 2 * MS))
     # the ACK is stamped on the old clock, then the clock steps before the ring hands it over;
     # the rest of the conversation is stamped on the new clock
     before = OLD + 3 * MS
-    ring.queued.append(_batch([(OLD + 2 * MS, _tcp("A"))]))
+    ring.queued.append(frame_batch([(OLD + 2 * MS, _tcp("A"))]))
     if rebase:
         live.rebase(before, STEP)
     new = before + STEP
     ring.queued.append(
-        _batch([(new + 1 * MS, _tcp("PA")), (new + 2 * MS, _tcp("A", reverse=True))])
+        frame_batch([(new + 1 * MS, _tcp("PA")), (new + 2 * MS, _tcp("A", reverse=True))])
     )
     ended += list(live.step(new + 3 * MS))
     ended += [live.close()]
@@ -89,7 +58,7 @@ def test_without_the_rebase_the_step_would_split_the_flow() -> None:
 
 
 def test_a_step_back_is_refused() -> None:
-    live = LiveMeter(Ring())
+    live = LiveMeter(QueuedRing())
     with pytest.raises(ValueError, match="forward"):
         live.rebase(OLD, -S)
 
@@ -107,17 +76,17 @@ def test_the_follower_logs_each_step_with_the_time_it_stepped_from() -> None:
     assert ClockStep(OLD, STEP).rebase(OLD + STEP) == OLD + STEP
 
 
-def test_a_step_logged_while_the_ring_is_read_is_applied_before_the_batch() -> None:
+def test_a_step_logged_while_the_ring_is_read_is_applied_before_theframe_batch() -> None:
     """The capture read its time before the step; the step came; the ring then handed over
     the SYN (old clock) and the SYN-ACK (new clock) in one poll: one flow, on the new clock."""
-    ring = Ring()
+    ring = QueuedRing()
     log: list[tuple[int, int]] = []
     live = LiveMeter(ring, MeterConfig(idle_timeout_s=60), clock_steps=lambda seen: log[seen:])
     now = OLD + 1 * MS  # read before the step
     before = OLD + 2 * MS
-    ring.queued.append(_batch([(OLD + 1 * MS, _tcp("S"))]))
+    ring.queued.append(frame_batch([(OLD + 1 * MS, _tcp("S"))]))
     ring.queued.append(lambda: log.append((before, STEP)))  # the agent steps meanwhile
-    ring.queued.append(_batch([(before + STEP + 1 * MS, _tcp("SA", reverse=True))]))
+    ring.queued.append(frame_batch([(before + STEP + 1 * MS, _tcp("SA", reverse=True))]))
     assert list(live.step(now)) == []
     (flow,) = live.close().records()
     assert (flow.packets_tx, flow.packets_rx) == (1, 1)
@@ -127,9 +96,9 @@ def test_a_step_logged_while_the_ring_is_read_is_applied_before_the_batch() -> N
 def test_a_packet_stamped_before_the_step_is_moved_with_it() -> None:
     """The first packet the meter sees was stamped on the old clock, handed over after the
     step: it starts its flow on the new clock, not five days in the past (already idle)."""
-    ring = Ring()
+    ring = QueuedRing()
     live = LiveMeter(ring, MeterConfig(idle_timeout_s=60))
-    ring.queued.append(_batch([(OLD + 2 * MS, _tcp("S"))]))
+    ring.queued.append(frame_batch([(OLD + 2 * MS, _tcp("S"))]))
     live.rebase(OLD + 3 * MS, STEP)
     assert [len(b) for b in live.step(OLD + STEP + 4 * MS)] == []  # still open
     (closed,) = live.close().records()
