@@ -19,9 +19,9 @@ import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
+from testsupport.bus_rows import stored_rows
 
 from appliance.bus.config import BusSettings, EventBusConfig, TlsConfig
-from appliance.bus.query import Query, open_reader, query
 from appliance.bus.server import BusServer
 from appliance.config import StorageConfig
 from appliance.crypto import load_verify_key
@@ -126,16 +126,7 @@ def _stored(
     bus: BusServer, kind: str, timeout: float, more_than: int = 0
 ) -> list[dict[str, object]]:
     """The agent's stored rows of kind, once there are more than more_than (or at timeout)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        conn = open_reader(bus.store.path)
-        try:
-            rows = [dict(r) for r in query(conn, Query(agent=AGENT_ID, kind=kind, limit=None))]
-        finally:
-            conn.close()
-        if len(rows) > more_than or time.monotonic() > deadline:
-            return rows
-        time.sleep(1)
+    return stored_rows(bus, AGENT_ID, kind=kind, timeout=timeout, more_than=more_than)
 
 
 def _converse(

@@ -28,10 +28,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from testsupport.bus_rows import stored_rows
 
 from appliance import __version__
 from appliance.bus.config import BusSettings, EventBusConfig, TlsConfig
-from appliance.bus.query import Query, open_reader, query
 from appliance.bus.server import BusServer
 from appliance.config import StorageConfig
 from appliance.crypto.keys import write_signing_key
@@ -178,27 +178,12 @@ def box(  # type: ignore[no-untyped-def]
     return boot
 
 
-def _stored(bus: BusServer, timeout: float = 0, more_than: int = 0) -> list[dict[str, object]]:
-    """Every record of AGENT_ID the bus stored, once there are more than more_than (or at
-    timeout)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        conn = open_reader(bus.store.path)
-        try:
-            rows = [dict(r) for r in query(conn, Query(agent=AGENT_ID, kind=None, limit=None))]
-        finally:
-            conn.close()
-        if len(rows) > more_than or time.monotonic() > deadline:
-            return rows
-        time.sleep(2)
-
-
 def _delivers_again(
     bus: BusServer, before: list[dict[str, object]], what: str
 ) -> list[dict[str, object]]:
     """Until the box delivered records beyond before (the agent is running again); every
     record acknowledged before is still stored, no sequence number twice."""
-    rows = _stored(bus, timeout=420, more_than=len(before))
+    rows = stored_rows(bus, AGENT_ID, timeout=420, more_than=len(before), poll_s=2)
     assert len(rows) > len(before), f"{what}: the box delivered nothing more"
     keys = {(r["seq"], r["idem_key"]) for r in rows}
     assert {(r["seq"], r["idem_key"]) for r in before} <= keys, what

@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from testsupport.bus_rows import stored_rows
 
 from appliance.bus.config import BusSettings, EventBusConfig, TlsConfig, UpdateDeliveryConfig
-from appliance.bus.query import Query, open_reader, query
 from appliance.bus.server import BusServer
 from appliance.config import StorageConfig
 from appliance.crypto.keys import write_signing_key, write_verify_key
@@ -125,11 +125,7 @@ def test_a_to_b_through_the_bus(  # type: ignore[no-untyped-def]
         record = json.loads(pi.run("cat /data/update/state.json").output)
         assert record["state"] == "committed"
         assert pi.run("ls /data/update-download/ | grep -c part || true").output.strip() == "0"
-        conn = open_reader(bus.store.path)
-        try:
-            rows = list(query(conn, Query(agent=AGENT_ID, kind=None, limit=None)))
-        finally:
-            conn.close()
+        rows = stored_rows(bus, AGENT_ID)
         seqs = [int(r["seq"]) for r in rows]
         assert rows and len(set(seqs)) == len(seqs)  # the chain continued, no seq twice
         pi.power_cut()
