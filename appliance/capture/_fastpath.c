@@ -37,7 +37,8 @@
  *   and the summary's counts as a dict (flows, frames, packets, bytes, evicted, peak_flows,
  *   cut_bytes, non_ip {ethertype: frames}). None, before anything is written, for a file it
  *   does not read exactly as the numpy path: not a regular little-endian classic pcap of a
- *   supported link type, a record over the snap length, or any frame `decode` sends to `slow`.
+ *   supported link type (pcapng, big-endian, stdin or a pipe), or a record over the snap length
+ *   (PcapReader then says whether it is corrupt or cut).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -116,6 +117,18 @@ typedef struct {
     int64_t nbytes;
 } row_t;
 
+/* The key of a packet in r (decode._canonical): A is the lower (address, key port). */
+static void canonical(row_t *r, unsigned vlan, unsigned ipver, unsigned proto, uint64_t s_hi,
+                      uint64_t s_lo, uint64_t d_hi, uint64_t d_lo, uint32_t ksrc, uint32_t kdst) {
+    int less = s_lo < d_lo || (s_lo == d_lo && ksrc <= kdst);
+    if (ipver == 6) less = s_hi < d_hi || (s_hi == d_hi && less);
+    r->vlan = (uint16_t)vlan, r->ipver = (uint8_t)ipver, r->proto = (uint8_t)proto;
+    r->a_hi = less ? s_hi : d_hi, r->b_hi = less ? d_hi : s_hi;
+    r->a_lo = less ? s_lo : d_lo, r->b_lo = less ? d_lo : s_lo;
+    r->port_a = less ? ksrc : kdst, r->port_b = less ? kdst : ksrc;
+    r->rev = (uint8_t)!less;
+}
+
 /* One frame: FRAME_FAST with *r filled, FRAME_NON_IP with *ethertype, or FRAME_SLOW. */
 static int decode_one(const uint8_t *f, int64_t len, int linktype, unsigned meta_vlan, row_t *r,
                       unsigned *ethertype) {
@@ -188,14 +201,7 @@ static int decode_one(const uint8_t *f, int64_t len, int linktype, unsigned meta
         int echo = ipver == 4 ? (itype == 8 || itype == 0) : (itype == 128 || itype == 129);
         ksrc = kdst = echo ? be16(t + 4) : (0x10000u | itype << 8 | icode);
     }
-    /* Canonical endpoints (decode._canonical): A is the lower (address, key port). */
-    int less = s_lo < d_lo || (s_lo == d_lo && ksrc <= kdst);
-    if (ipver == 6) less = s_hi < d_hi || (s_hi == d_hi && less);
-    r->vlan = (uint16_t)vlan, r->ipver = (uint8_t)ipver, r->proto = (uint8_t)proto;
-    r->a_hi = less ? s_hi : d_hi, r->b_hi = less ? d_hi : s_hi;
-    r->a_lo = less ? s_lo : d_lo, r->b_lo = less ? d_lo : s_lo;
-    r->port_a = less ? ksrc : kdst, r->port_b = less ? kdst : ksrc;
-    r->rev = (uint8_t)!less;
+    canonical(r, vlan, ipver, proto, s_hi, s_lo, d_hi, d_lo, ksrc, kdst);
     r->flags = (uint8_t)flags, r->itype = (uint8_t)itype, r->icode = (uint8_t)icode;
     return FRAME_FAST;
 }
@@ -529,9 +535,10 @@ done:
 /* ---- meter_json: `flows --pcap F --json` without numpy --------------------------------------
  *
  * The numpy pipeline (PcapReader -> Decoder -> FlowMeter -> end order -> flows_json) in one
- * pass, for a little-endian classic pcap whose frames are all what decode_one reads (common IP
- * frames and non-IP frames): anything else returns None before a byte is written, and the
- * caller takes the numpy path, which reads every file. The flow table applies FlowMeter._step's
+ * pass, for a little-endian classic pcap: decode_one for the common frames, decode_slow (the
+ * per-frame rules of Decoder._frame_row, fragment memory included) for the rest. Any other
+ * file returns None before a byte is written, and the caller takes the numpy path, which
+ * reads (or refuses) every file. The flow table applies FlowMeter._step's
  * rules packet by packet (meter.py's docstring); docs/FLOWS.md "Two implementations" says where
  * the two may differ (only when the table overflows).
  */
@@ -559,6 +566,224 @@ done:
 #define METER_BATCH 16384 /* offline.METER_BATCH: the numpy path expires after such batches */
 #define OUT_BYTES (1 << 20)
 
+/* -- the per-frame rules (Decoder._frame_row), for the frames decode_one leaves ----------- */
+
+#define FRAME_MALFORMED 3
+#define FRAG_MEMORY_NS 30000000000LL /* decode.FRAG_MEMORY_S */
+#define FRAG_MEMORY_MAX 4096         /* decode.FRAG_MEMORY_MAX */
+#define FRAG_BUCKETS 8192
+
+/* The fragment rule's memory: (ipver, src, dst, proto, ident) -> the first fragment's key
+ * ports and time, the FRAG_MEMORY_MAX most recently stored (an OrderedDict in decode.py:
+ * storing moves a key to the end, looking it up does not). */
+typedef struct {
+    uint8_t src[16], dst[16];
+    int64_t ident, ts;
+    uint32_t ksrc, kdst;
+    uint8_t ipver, proto;
+    int16_t chain, older, newer; /* bucket chain; storage order (-1: none) */
+} frag_t;
+
+typedef struct {
+    frag_t e[FRAG_MEMORY_MAX + 1];
+    int16_t bucket[FRAG_BUCKETS];
+    int16_t oldest, newest, n;
+} frags_t;
+
+static unsigned frag_bucket(unsigned ipver, const uint8_t *src, const uint8_t *dst,
+                            unsigned proto, int64_t ident) {
+    uint64_t h = (uint64_t)ident * 0x9E3779B97F4A7C15ULL ^ (proto << 8 | ipver);
+    for (int i = 0; i < 16; i++) h = (h ^ src[i] ^ (uint64_t)dst[i] << 8) * 0xFF51AFD7ED558CCDULL;
+    return (unsigned)(h >> 40) & (FRAG_BUCKETS - 1);
+}
+
+static int frag_find(const frags_t *fr, unsigned b, unsigned ipver, const uint8_t *src,
+                     const uint8_t *dst, unsigned proto, int64_t ident) {
+    for (int i = fr->bucket[b]; i >= 0; i = fr->e[i].chain) {
+        const frag_t *e = &fr->e[i];
+        if (e->ident == ident && e->proto == proto && e->ipver == ipver &&
+            !memcmp(e->src, src, 16) && !memcmp(e->dst, dst, 16))
+            return i;
+    }
+    return -1;
+}
+
+static void frag_chain_unlink(frags_t *fr, int i) {
+    const frag_t *e = &fr->e[i];
+    int16_t *pp = &fr->bucket[frag_bucket(e->ipver, e->src, e->dst, e->proto, e->ident)];
+    while (*pp != i) pp = &fr->e[*pp].chain;
+    *pp = e->chain;
+}
+
+static void frag_unlink_order(frags_t *fr, int i) {
+    frag_t *e = &fr->e[i];
+    if (e->older >= 0) fr->e[e->older].newer = e->newer;
+    else fr->oldest = e->newer;
+    if (e->newer >= 0) fr->e[e->newer].older = e->older;
+    else fr->newest = e->older;
+}
+
+static void frag_append_order(frags_t *fr, int i) {
+    fr->e[i].older = fr->newest, fr->e[i].newer = -1;
+    if (fr->newest >= 0) fr->e[fr->newest].newer = (int16_t)i;
+    else fr->oldest = (int16_t)i;
+    fr->newest = (int16_t)i;
+}
+
+static void frag_store(frags_t *fr, unsigned ipver, const uint8_t *src, const uint8_t *dst,
+                       unsigned proto, int64_t ident, uint32_t ksrc, uint32_t kdst, int64_t ts) {
+    unsigned b = frag_bucket(ipver, src, dst, proto, ident);
+    int i = frag_find(fr, b, ipver, src, dst, proto, ident);
+    if (i >= 0) {
+        frag_unlink_order(fr, i);
+    } else {
+        i = fr->n++; /* never past FRAG_MEMORY_MAX + 1: the oldest is evicted below */
+        frag_t *e = &fr->e[i];
+        memcpy(e->src, src, 16), memcpy(e->dst, dst, 16);
+        e->ident = ident, e->proto = (uint8_t)proto, e->ipver = (uint8_t)ipver;
+        e->chain = fr->bucket[b];
+        fr->bucket[b] = (int16_t)i;
+    }
+    fr->e[i].ksrc = ksrc, fr->e[i].kdst = kdst, fr->e[i].ts = ts;
+    frag_append_order(fr, i);
+    if (fr->n <= FRAG_MEMORY_MAX) return;
+    /* Evict the oldest, then move the last entry into its place (entries stay dense). */
+    int old = fr->oldest, last = fr->n - 1;
+    frag_chain_unlink(fr, old);
+    frag_unlink_order(fr, old);
+    if (last != old) {
+        frag_chain_unlink(fr, last);
+        frag_t *e = &fr->e[old];
+        *e = fr->e[last];
+        unsigned lb = frag_bucket(e->ipver, e->src, e->dst, e->proto, e->ident);
+        e->chain = fr->bucket[lb];
+        fr->bucket[lb] = (int16_t)old;
+        if (e->older >= 0) fr->e[e->older].newer = (int16_t)old;
+        else fr->oldest = (int16_t)old;
+        if (e->newer >= 0) fr->e[e->newer].older = (int16_t)old;
+        else fr->newest = (int16_t)old;
+    }
+    fr->n--;
+}
+
+typedef struct {
+    frags_t frags;
+    int64_t fragments, malformed;
+} slow_t;
+
+/* decode.Decoder._transport. */
+static int slow_transport(slow_t *st, const uint8_t *f, int64_t len, int64_t p, unsigned vlan,
+                          unsigned ipver, unsigned proto, const uint8_t *src, const uint8_t *dst,
+                          int64_t nbytes, int64_t ts, unsigned frag_off, int more, int64_t ident,
+                          row_t *r) {
+    uint8_t s16[16] = {0}, d16[16] = {0};
+    unsigned alen = ipver == 4 ? 4 : 16;
+    memcpy(s16, src, alen), memcpy(d16, dst, alen);
+    uint64_t s_hi = 0, s_lo, d_hi = 0, d_lo;
+    if (ipver == 4) s_lo = be32(src), d_lo = be32(dst);
+    else s_hi = be64(src), s_lo = be64(src + 8), d_hi = be64(dst), d_lo = be64(dst + 8);
+    uint32_t ksrc = 0, kdst = 0;
+    unsigned flags = 0, itype = 0, icode = 0;
+    if (frag_off != 0 || more) st->fragments++;
+    if (frag_off) {
+        unsigned b = frag_bucket(ipver, s16, d16, proto, ident);
+        int i = frag_find(&st->frags, b, ipver, s16, d16, proto, ident);
+        if (i >= 0 && ts - st->frags.e[i].ts <= FRAG_MEMORY_NS)
+            ksrc = st->frags.e[i].ksrc, kdst = st->frags.e[i].kdst;
+    } else {
+        int icmp = (proto == 1 && ipver == 4) || (proto == 58 && ipver == 6);
+        if (len >= p + l4_need(proto)) {
+            const uint8_t *t = f + p;
+            if (proto == 6 || proto == 17 || proto == 132 || proto == 33 || proto == 136) {
+                ksrc = be16(t), kdst = be16(t + 2);
+                if (proto == 6) flags = t[13];
+            } else if (icmp) {
+                itype = t[0], icode = t[1];
+                int echo = ipver == 4 ? (itype == 8 || itype == 0) : (itype == 128 || itype == 129);
+                ksrc = kdst = echo ? be16(t + 4) : (ICMP_KEY_BIT | itype << 8 | icode);
+            }
+        }
+        if (more) frag_store(&st->frags, ipver, s16, d16, proto, ident, ksrc, kdst, ts);
+    }
+    canonical(r, vlan, ipver, proto, s_hi, s_lo, d_hi, d_lo, ksrc, kdst);
+    r->nbytes = nbytes;
+    r->flags = (uint8_t)flags, r->itype = (uint8_t)itype, r->icode = (uint8_t)icode;
+    return FRAME_FAST;
+}
+
+static int is_ipv6_ext(unsigned nh) {
+    switch (nh) { /* decode.IPV6_EXT */
+    case 0: case 43: case 44: case 51: case 60: case 135: case 139: case 140: case 253:
+    case 254: return 1;
+    default: return 0;
+    }
+}
+
+/* decode.Decoder._frame_row: FRAME_FAST (a packet in *r), FRAME_NON_IP (*ethertype) or
+ * FRAME_MALFORMED. */
+static int decode_slow(slow_t *st, const uint8_t *f, int64_t len, int linktype, int64_t ts,
+                       row_t *r, unsigned *ethertype) {
+    unsigned vlan = 0, et;
+    int64_t pos = 0;
+    if (linktype == LT_RAW) {
+        if (len < 1) return FRAME_MALFORMED;
+        unsigned v = f[0] >> 4;
+        if (v == 4) et = 0x0800;
+        else if (v == 6) et = 0x86DD;
+        else return FRAME_MALFORMED;
+    } else {
+        int64_t type_at = 12, link_len = 14;
+        if (linktype == LT_SLL) type_at = 14, link_len = 16;
+        else if (linktype == LT_SLL2) type_at = 0, link_len = 20;
+        if (len < link_len) return FRAME_MALFORMED;
+        et = be16(f + type_at);
+        pos = link_len;
+        while (et == 0x8100 || et == 0x88A8) {
+            if (len < pos + 4) return FRAME_MALFORMED;
+            vlan = be16(f + pos) & 0x0FFF; /* the innermost tag names the VLAN */
+            et = be16(f + pos + 2);
+            pos += 4;
+        }
+    }
+    if (et == 0x0800) {
+        const uint8_t *ip = f + pos;
+        if (len < pos + 20 || ip[0] >> 4 != 4) return FRAME_MALFORMED;
+        unsigned ihl = (ip[0] & 0x0F) * 4u, total = be16(ip + 2), fragf = be16(ip + 6);
+        if (ihl < 20 || total < ihl) return FRAME_MALFORMED;
+        return slow_transport(st, f, len, pos + ihl, vlan, 4, ip[9], ip + 12, ip + 16, total, ts,
+                              fragf & 0x1FFF, (fragf & 0x2000) != 0, be16(ip + 4), r);
+    }
+    if (et == 0x86DD) {
+        const uint8_t *ip = f + pos;
+        if (len < pos + 40 || ip[0] >> 4 != 6) return FRAME_MALFORMED;
+        unsigned plen = be16(ip + 4);
+        if (plen == 0) return FRAME_MALFORMED; /* jumbogram: out of scope */
+        unsigned nh = ip[6], frag_off = 0;
+        int more = 0;
+        int64_t p = pos + 40, ident = -1;
+        while (is_ipv6_ext(nh)) {
+            if (len < p + 8) return FRAME_MALFORMED;
+            if (nh == 44) {
+                unsigned fo = be16(f + p + 2);
+                ident = be32(f + p + 4);
+                frag_off = fo >> 3, more = fo & 1;
+                nh = f[p], p += 8;
+                if (frag_off) break; /* no transport header in a non-first fragment */
+            } else if (nh == 51) {
+                unsigned l = f[p + 1];
+                nh = f[p], p += (l + 2) * 4;
+            } else {
+                unsigned l = f[p + 1];
+                nh = f[p], p += (l + 1) * 8;
+            }
+        }
+        return slow_transport(st, f, len, p, vlan, 6, nh, ip + 8, ip + 24, (int64_t)plen + 40, ts,
+                              frag_off, more, ident, r);
+    }
+    *ethertype = et;
+    return FRAME_NON_IP;
+}
+
 typedef struct {
     int64_t idle, active, linger;
     int64_t max_flows;
@@ -570,6 +795,7 @@ typedef struct {
     /* ended flows waiting for the watermark */
     flow_t *held;
     size_t n_held, cap_held;
+    slow_t slow; /* the per-frame decoder's state */
     /* counters */
     int64_t packets, bytes, evicted, peak, written;
     int64_t non_ip[65536];
@@ -839,17 +1065,13 @@ static inline uint32_t le32(const uint8_t *p) {
 
 /* Whether every record of the file is one meter_json reads exactly as the numpy path does;
  * *cut gets the bytes of a record cut short at the end. */
-static int native_file(const uint8_t *d, size_t size, int linktype, size_t *cut) {
+static int native_file(const uint8_t *d, size_t size, size_t *cut) {
     size_t max_cap = le32(d + 16) > MAX_CAPLEN ? le32(d + 16) : MAX_CAPLEN;
     size_t pos = 24;
     while (pos + 16 <= size) {
         size_t caplen = le32(d + pos + 8);
         if (caplen > max_cap) return 0; /* corrupt, or cut: PcapReader says which */
         if (caplen > size - pos - 16) break;
-        row_t r;
-        unsigned et;
-        if (decode_one(d + pos + 16, (int64_t)caplen, linktype, 0, &r, &et) == FRAME_SLOW)
-            return 0;
         pos += 16 + caplen;
     }
     *cut = size - pos;
@@ -867,10 +1089,16 @@ static int run(meter_t *m, const uint8_t *d, size_t size, int linktype, int nano
         row_t r;
         unsigned et = 0;
         int kind = decode_one(d + pos + 16, (int64_t)caplen, linktype, 0, &r, &et);
+        if (kind == FRAME_SLOW)
+            kind = decode_slow(&m->slow, d + pos + 16, (int64_t)caplen, linktype, ts, &r, &et);
         pos += 16 + caplen;
         ++*frames;
         if (kind == FRAME_NON_IP) {
             m->non_ip[et & 0xFFFF]++;
+            continue;
+        }
+        if (kind == FRAME_MALFORMED) {
+            m->slow.malformed++;
             continue;
         }
         if (add_packet(m, &r, ts) < 0) return -1;
@@ -922,7 +1150,7 @@ static PyObject *meter_json(PyObject *self, PyObject *args) {
     int native;
     Py_BEGIN_ALLOW_THREADS
     madvise((void *)d, size, MADV_SEQUENTIAL);
-    native = native_file(d, size, linktype, &cut);
+    native = native_file(d, size, &cut);
     Py_END_ALLOW_THREADS
     if (!native) goto none;
     m = calloc(1, sizeof *m);
@@ -937,6 +1165,8 @@ static PyObject *meter_json(PyObject *self, PyObject *args) {
     m->mask = slots - 1;
     m->lru_head = m->lru_tail = m->free_head = -1;
     m->clock = INT64_MIN;
+    m->slow.frags.oldest = m->slow.frags.newest = -1;
+    memset(m->slow.frags.bucket, 0xFF, sizeof m->slow.frags.bucket);
     m->fd = out_fd;
     int64_t frames = 0;
     int rc;
@@ -961,11 +1191,12 @@ static PyObject *meter_json(PyObject *self, PyObject *args) {
             goto done;
         }
     }
-    result = Py_BuildValue("{s:L,s:L,s:L,s:L,s:L,s:L,s:n,s:N}", "flows", (long long)m->written,
+    result = Py_BuildValue("{s:L,s:L,s:L,s:L,s:L,s:L,s:n,s:L,s:L,s:N}", "flows", (long long)m->written,
                            "frames", (long long)frames, "packets", (long long)m->packets,
                            "bytes", (long long)m->bytes, "evicted", (long long)m->evicted,
                            "peak_flows", (long long)m->peak, "cut_bytes", (Py_ssize_t)cut,
-                           "non_ip", non_ip);
+                           "malformed", (long long)m->slow.malformed, "fragments",
+                           (long long)m->slow.fragments, "non_ip", non_ip);
     goto done;
 nomem:
     PyErr_NoMemory();

@@ -89,8 +89,8 @@ def native_meter() -> Any:
 
 def _flows_json_native(path: Path, cfg: MeterConfig) -> bool:
     """`flows --json` without numpy: read, decode, meter and write in C (_fastpath.meter_json).
-    False (nothing written) when the compiled meter is missing or the file holds frames only
-    the numpy path reads (docs/FLOWS.md "The native meter")."""
+    False (nothing written) when the compiled meter is missing or the file is one only the
+    numpy path reads (docs/FLOWS.md "The native meter")."""
     meter_json = native_meter()
     if meter_json is None:
         return False
@@ -123,8 +123,8 @@ def _flows_json_native(path: Path, cfg: MeterConfig) -> bool:
         packets=res["packets"],
         nbytes=res["bytes"],
         non_ip=non_ip,
-        malformed=0,
-        fragments=0,
+        malformed=res["malformed"],
+        fragments=res["fragments"],
         evicted=res["evicted"],
         peak=res["peak_flows"],
         cut_bytes=res["cut_bytes"],
