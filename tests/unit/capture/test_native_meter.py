@@ -162,6 +162,29 @@ def test_odd_frames_give_the_numpy_paths_lines(tmp_path: Path, linktype: int) ->
             assert counts["malformed"] and counts["fragments"] and counts["non_ip"]
 
 
+def _ipv4_fragment(ident: int, offset: int, more: bool, sport: int) -> bytes:
+    """An IPv4 fragment of a UDP datagram (the first carries the UDP header), by hand:
+    thousands of them are needed, faster than scapy builds them."""
+    body = struct.pack(">HHHH", sport, 53, 16, 0) + bytes(8) if offset == 0 else bytes(16)
+    flags = (0x2000 if more else 0) | offset
+    ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(body), ident, flags, 64, 17, 0,
+                     bytes([192, 0, 2, 1]), bytes([192, 0, 2, 2]))  # fmt: skip
+    return bytes(6) + bytes(5) + b"\x01" + b"\x08\x00" + ip + body
+
+
+def test_the_fragment_memory_forgets_the_oldest_and_the_stale(tmp_path: Path) -> None:
+    """More first fragments than FRAG_MEMORY_MAX, a first fragment stored twice, later
+    fragments in order and 31 s later: both paths remember and forget the same ones."""
+    frames = [(i * MS, _ipv4_fragment(i, 0, True, 1000 + i % 300)) for i in range(5000)]
+    frames += [(5000 * MS, _ipv4_fragment(7, 0, True, 2000))]  # stored again: newest
+    frames += [(5001 * MS + i, _ipv4_fragment(i, 2, False, 0)) for i in range(0, 5000, 7)]
+    frames += [(40 * S + i, _ipv4_fragment(i, 2, False, 0)) for i in range(4000, 5000, 9)]
+    path = tmp_path / "frags.pcap"
+    write_pcap(path, [(T0 + t, f) for t, f in frames])
+    counts = assert_native_matches_numpy(path, MeterConfig(idle_timeout_s=100.0))
+    assert counts is not None and counts["fragments"] == len(frames)
+
+
 # -- hypothesis: mixed frames, any order, any gaps ---------------------------------------
 
 ADDRS4 = ("192.0.2.1", "192.0.2.2", "198.51.100.7")
