@@ -39,6 +39,10 @@
  *   does not read exactly as the numpy path: not a regular little-endian classic pcap of a
  *   supported link type (pcapng, big-endian, stdin or a pipe), or a record over the snap length
  *   (PcapReader then says whether it is corrupt or cut).
+ *
+ * native_reads(path) -> bool
+ *   Whether meter_json reads the file (rather than returning None): what `bench flows`
+ *   reports as native_meter.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -1063,12 +1067,25 @@ static inline uint32_t le32(const uint8_t *p) {
     return v;
 }
 
+/* The file is mapped whole, but read once front to back: the pages behind the reader are
+ * dropped every DROP_BEHIND bytes, so they never add up in the process's RSS (mapped file
+ * pages count there; the numpy path reads 2 MiB chunks). Offsets stay page-aligned. */
+#define DROP_BEHIND ((size_t)1 << 20)
+
+static void drop_behind(const uint8_t *d, size_t *dropped, size_t pos) {
+    if (pos - *dropped < 2 * DROP_BEHIND) return;
+    size_t upto = (pos / DROP_BEHIND - 1) * DROP_BEHIND;
+    madvise((void *)(d + *dropped), upto - *dropped, MADV_DONTNEED);
+    *dropped = upto;
+}
+
 /* Whether every record of the file is one meter_json reads exactly as the numpy path does;
  * *cut gets the bytes of a record cut short at the end. */
 static int native_file(const uint8_t *d, size_t size, size_t *cut) {
     size_t max_cap = le32(d + 16) > MAX_CAPLEN ? le32(d + 16) : MAX_CAPLEN;
-    size_t pos = 24;
+    size_t pos = 24, dropped = 0;
     while (pos + 16 <= size) {
+        drop_behind(d, &dropped, pos);
         size_t caplen = le32(d + pos + 8);
         if (caplen > max_cap) return 0; /* corrupt, or cut: PcapReader says which */
         if (caplen > size - pos - 16) break;
@@ -1080,9 +1097,10 @@ static int native_file(const uint8_t *d, size_t size, size_t *cut) {
 
 static int run(meter_t *m, const uint8_t *d, size_t size, int linktype, int nanos,
                int64_t *frames) {
-    size_t pos = 24;
+    size_t pos = 24, dropped = 0;
     int64_t last_expire = 0, mult = nanos ? 1 : 1000;
     while (pos + 16 <= size) {
+        drop_behind(d, &dropped, pos);
         size_t caplen = le32(d + pos + 8);
         if (caplen > size - pos - 16) break;
         int64_t ts = (int64_t)le32(d + pos) * 1000000000LL + (int64_t)le32(d + pos + 4) * mult;
@@ -1119,6 +1137,58 @@ static int run(meter_t *m, const uint8_t *d, size_t size, int linktype, int nano
     return flush_out(m);
 }
 
+/* A capture file mapped for the native meter. */
+typedef struct {
+    int fd;
+    const uint8_t *d;
+    size_t size, cut;
+    int linktype, nanos;
+} capfile_t;
+
+static void cap_close(capfile_t *c) {
+    if (c->d != MAP_FAILED) munmap((void *)c->d, c->size);
+    if (c->fd >= 0) close(c->fd);
+    c->d = MAP_FAILED, c->fd = -1;
+}
+
+/* Open and map path; 1 if the native meter reads it exactly as the numpy path (a regular
+ * little-endian classic pcap of a supported link type, every record within the snap length),
+ * else 0 with nothing held: PcapReader then reads the file or says what is wrong with it. */
+static int cap_open(const char *path, capfile_t *c) {
+    c->d = MAP_FAILED;
+    c->fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (c->fd < 0 || fstat(c->fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size < 24) goto no;
+    c->size = (size_t)st.st_size;
+    c->d = mmap(NULL, c->size, PROT_READ, MAP_PRIVATE, c->fd, 0);
+    if (c->d == MAP_FAILED) goto no;
+    c->nanos = memcmp(c->d, LE_NS, 4) == 0;
+    if (!c->nanos && memcmp(c->d, LE_US, 4) != 0) goto no;
+    c->linktype = (int)(le32(c->d + 20) & 0x0FFFFFFF);
+    if (c->linktype != LT_ETHERNET && c->linktype != LT_RAW && c->linktype != LT_SLL &&
+        c->linktype != LT_SLL2)
+        goto no;
+    madvise((void *)c->d, c->size, MADV_SEQUENTIAL);
+    if (native_file(c->d, c->size, &c->cut)) return 1;
+no:
+    cap_close(c);
+    return 0;
+}
+
+static PyObject *native_reads(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *path_obj;
+    if (!PyArg_ParseTuple(args, "O&:native_reads", PyUnicode_FSConverter, &path_obj)) return NULL;
+    capfile_t c;
+    int yes;
+    Py_BEGIN_ALLOW_THREADS
+    yes = cap_open(PyBytes_AS_STRING(path_obj), &c);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(path_obj);
+    if (yes) cap_close(&c);
+    return PyBool_FromLong(yes);
+}
+
 static PyObject *meter_json(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *path_obj;
@@ -1128,31 +1198,19 @@ static PyObject *meter_json(PyObject *self, PyObject *args) {
                           &idle, &active, &linger, &max_flows))
         return NULL;
     PyObject *result = NULL;
-    const uint8_t *d = MAP_FAILED;
-    size_t size = 0;
     meter_t *m = NULL;
-    int fd = open(PyBytes_AS_STRING(path_obj), O_RDONLY | O_CLOEXEC);
+    capfile_t c = {.fd = -1, .d = MAP_FAILED};
+    int native = 0;
+    if (max_flows >= 1 && max_flows <= INT32_MAX / 4) {
+        Py_BEGIN_ALLOW_THREADS
+        native = cap_open(PyBytes_AS_STRING(path_obj), &c);
+        Py_END_ALLOW_THREADS
+    }
     Py_DECREF(path_obj);
-    struct stat st;
-    if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size < 24 ||
-        max_flows < 1 || max_flows > INT32_MAX / 4)
-        goto none; /* PcapReader says what is wrong, or reads it */
-    size = (size_t)st.st_size;
-    d = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (d == MAP_FAILED) goto none;
-    int nanos = memcmp(d, LE_NS, 4) == 0;
-    if (!nanos && memcmp(d, LE_US, 4) != 0) goto none;
-    int linktype = (int)(le32(d + 20) & 0x0FFFFFFF);
-    if (linktype != LT_ETHERNET && linktype != LT_RAW && linktype != LT_SLL &&
-        linktype != LT_SLL2)
-        goto none;
-    size_t cut = 0;
-    int native;
-    Py_BEGIN_ALLOW_THREADS
-    madvise((void *)d, size, MADV_SEQUENTIAL);
-    native = native_file(d, size, &cut);
-    Py_END_ALLOW_THREADS
     if (!native) goto none;
+    const uint8_t *d = c.d;
+    size_t size = c.size, cut = c.cut;
+    int linktype = c.linktype, nanos = c.nanos;
     m = calloc(1, sizeof *m);
     if (m == NULL) goto nomem;
     uint64_t slots = 16;
@@ -1211,8 +1269,7 @@ done:
         free(m->out);
         free(m);
     }
-    if (d != MAP_FAILED) munmap((void *)d, size);
-    if (fd >= 0) close(fd);
+    cap_close(&c);
     return result;
 }
 
@@ -1220,7 +1277,8 @@ static PyMethodDef methods[] = {
     {"walk_le", walk_le, METH_VARARGS, "Offsets of whole little-endian pcap records."},
     {"decode", decode, METH_VARARGS, "Common frames of a FrameBatch to PacketColumns rows."},
     {"flows_json", flows_json, METH_VARARGS, "FlowBatch columns as JSON lines (bytes)."},
-    {"meter_json", meter_json, METH_VARARGS, "A common-frame pcap metered to JSON lines on a fd."},
+    {"meter_json", meter_json, METH_VARARGS, "A classic pcap metered to JSON lines on a fd."},
+    {"native_reads", native_reads, METH_VARARGS, "Whether meter_json reads this file."},
     {NULL, NULL, 0, NULL},
 };
 
