@@ -173,7 +173,7 @@ def offline_bench(args: argparse.Namespace) -> dict[str, Any]:
                 sf_runs.append(_run_softflowd(path))
             inproc_runs.append(_run_ours(path))
     result = compare_runs(ours_runs, inproc_runs, sf_runs, (ours_base, sf_base), truth)
-    result["native_meter"] = _native_meter_reads(path)
+    result["native_meter"] = native_meter_reads(path)
     result["capture"] = {"path": str(path), "frames": result["ours"]["frames"]}
     result["capture"]["bytes"] = path.stat().st_size
     if args.concurrent is not None:
@@ -181,7 +181,7 @@ def offline_bench(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _native_meter_reads(path: Path) -> bool:
+def native_meter_reads(path: Path) -> bool:
     """Whether our whole-process runs took the native meter (no numpy) on this file, rather
     than the numpy path (docs/FLOWS.md "The native meter")."""
     try:
