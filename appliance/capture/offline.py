@@ -5,10 +5,10 @@ time allows, and at the end of the file every open flow is ended (SHUTDOWN).
 
 `iter_pcap_flows` yields FlowBatches as the meter ends them (a batch is in table order, which
 is what the benches and totals want); `iter_pcap_ordered` yields FlowBatches in the order the
-flows ended, by last packet (then first packet), which is what a person reading `flows`
-output expects, as from nfdump, and `iter_pcap_records` the same as FlowRecords. They hold
-back a flow until no flow still open could end earlier: at most about idle_timeout_s of
-capture time's flows, kept as columns.
+flows ended, by last packet (then first packet, then the key: END_ORDER_TIES), which is
+what a person reading `flows` output expects, as from nfdump, and `iter_pcap_records` the
+same as FlowRecords. They hold back a flow until no flow still open could end earlier: at
+most about idle_timeout_s of capture time's flows, kept as columns.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def iter_pcap_ordered(
     path: Path, config: MeterConfig | None = None, batch_size: int = DEFAULT_BATCH
 ) -> Iterator[FlowBatch | OfflineSummary]:
     """Yield FlowBatches in the order the flows ended (last packet, then first packet, then
-    the order the meter ended them), then one OfflineSummary as the last item."""
+    END_ORDER_TIES), then one OfflineSummary as the last item."""
     held = FlowBatch.empty()
     for item in _meter_file(path, config, batch_size, in_end_order=True):
         if isinstance(item, OfflineSummary):
