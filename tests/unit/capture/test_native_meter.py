@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import random
 import struct
 import subprocess
@@ -254,8 +255,12 @@ GAPS = st.one_of(
 )
 
 
+#: Hypothesis examples of the mixed-frame run: a bounded number in CI, many under `make soak`.
+MIXED_EXAMPLES = int(os.environ.get("NATIVE_METER_EXAMPLES", "40"))
+
+
 @settings(
-    max_examples=40,
+    max_examples=MIXED_EXAMPLES,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
