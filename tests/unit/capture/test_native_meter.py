@@ -163,6 +163,34 @@ def test_odd_frames_give_the_numpy_paths_lines(tmp_path: Path, linktype: int) ->
             assert counts["malformed"] and counts["fragments"] and counts["non_ip"]
 
 
+def test_flows_ending_at_one_instant_come_in_key_order_on_both_paths(tmp_path: Path) -> None:
+    """Ties on (last packet, first packet) are ordered by VLAN, IP version, protocol and the
+    endpoints, whichever order a table ended them in."""
+    rng = random.Random(4)
+    packets = []
+    for _ in range(60):
+        if rng.random() < 0.5:
+            ip: Any = IP(src=rng.choice(ADDRS4), dst=rng.choice(ADDRS4))
+        else:
+            ip = IPv6(src=rng.choice(ADDRS6), dst=rng.choice(ADDRS6))
+        l4 = UDP(sport=rng.choice((53, 80, 9)), dport=rng.choice((53, 80, 9)))
+        if rng.random() < 0.3:
+            l4 = TCP(sport=rng.choice((53, 80)), dport=443, flags="R")
+        packets.append(_tag(ip / l4, rng.sample((5, 9, 300), rng.randint(0, 1))))
+    frames = [(T0 + (i // 20) * S, frame_bytes(eth() / p)) for i, p in enumerate(packets)]
+    path = tmp_path / "ties.pcap"
+    write_pcap(path, frames)
+    for config in (MeterConfig(), MeterConfig(idle_timeout_s=0.5, close_linger_s=0.0)):
+        counts = assert_native_matches_numpy(path, config)
+        assert counts is not None
+        text, _ = native_flows_json(path, config)
+        rows = [json.loads(line) for line in text.splitlines()]
+        tied = [r for r in rows if (r["end_ns"], r["start_ns"]) == (T0, T0)]
+        assert len(tied) > 5
+        key = [(r["vlan"], r["ip_version"], r["ip_proto"]) for r in tied]
+        assert key == sorted(key)
+
+
 def _ipv4_fragment(ident: int, offset: int, more: bool, sport: int) -> bytes:
     """An IPv4 fragment of a UDP datagram (the first carries the UDP header), by hand:
     thousands of them are needed, faster than scapy builds them."""
