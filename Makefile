@@ -124,6 +124,7 @@ test: venv qemu10
 # the emulated Pi with a cut during the download (CI: the loopback system tests).
 soak: venv
 	HYPOTHESIS_PROFILE=soak $(BIN)/pytest -q -p no:cacheprovider --timeout=0 tests/unit/bus/test_validate.py --hypothesis-show-statistics
+	NATIVE_METER_EXAMPLES=3000 $(BIN)/pytest -q -p no:cacheprovider --timeout=0 tests/unit/capture/test_native_meter.py -k mixed --hypothesis-show-statistics
 	UPDATE_SOAK=1 $(BIN)/pytest -q -p no:cacheprovider tests/board/test_update.py -k power_cut
 	UPDATE_SOAK=1 $(BIN)/pytest -q -p no:cacheprovider tests/board/test_update_bus.py
 

@@ -1,8 +1,10 @@
 /*
- * The two loops of offline metering that numpy cannot vectorise: walking a classic pcap's
- * records, and writing ended flows as JSON lines. Everything between (decode, the flow table)
- * stays in numpy; this module only replaces pure-Python loops whose results it reproduces
- * byte for byte (tests/unit/capture/test_fastpath.py compares both on the same inputs).
+ * The loops of offline metering that numpy cannot vectorise: walking a classic pcap's records,
+ * decoding the common frames, and writing ended flows as JSON lines; and meter_json, the whole
+ * of `flows --pcap F --json` for the files it reads (below), which never imports numpy: under
+ * emulation (the ARM board) `import numpy` alone cost more than softflowd's whole run. Each
+ * reproduces the numpy path byte for byte (tests/unit/capture/test_fastpath.py and
+ * test_native_meter.py compare both on the same inputs).
  *
  * Why: profiled on a 1M-frame capture (docs/PERFORMANCE.md), the Python record walk and the
  * per-flow FlowRecord + dict + json.dumps path were over half of `infraspectre flows --pcap
@@ -29,6 +31,18 @@
  *   with FLOW_COLUMNS' dtype and one length. Returns one line per flow, exactly
  *   json.dumps(record.to_json_dict()) + "\n" for the FlowRecord FlowBatch.records() makes.
  *   An end reason outside EndReason raises ValueError, as EndReason(value) does.
+ *
+ * meter_json(path, fd, idle_ns, active_ns, linger_ns, max_flows) -> dict | None
+ *   `infraspectre flows --pcap path --json`'s lines written to fd, in the canonical end order,
+ *   and the summary's counts as a dict (flows, frames, packets, bytes, evicted, peak_flows,
+ *   cut_bytes, non_ip {ethertype: frames}). None, before anything is written, for a file it
+ *   does not read exactly as the numpy path: not a regular little-endian classic pcap of a
+ *   supported link type (pcapng, big-endian, stdin or a pipe), or a record over the snap length
+ *   (PcapReader then says whether it is corrupt or cut).
+ *
+ * native_reads(path) -> bool
+ *   Whether meter_json reads the file (rather than returning None): what `bench flows`
+ *   reports as native_meter.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -107,6 +121,18 @@ typedef struct {
     int64_t nbytes;
 } row_t;
 
+/* The key of a packet in r (decode._canonical): A is the lower (address, key port). */
+static void canonical(row_t *r, unsigned vlan, unsigned ipver, unsigned proto, uint64_t s_hi,
+                      uint64_t s_lo, uint64_t d_hi, uint64_t d_lo, uint32_t ksrc, uint32_t kdst) {
+    int less = s_lo < d_lo || (s_lo == d_lo && ksrc <= kdst);
+    if (ipver == 6) less = s_hi < d_hi || (s_hi == d_hi && less);
+    r->vlan = (uint16_t)vlan, r->ipver = (uint8_t)ipver, r->proto = (uint8_t)proto;
+    r->a_hi = less ? s_hi : d_hi, r->b_hi = less ? d_hi : s_hi;
+    r->a_lo = less ? s_lo : d_lo, r->b_lo = less ? d_lo : s_lo;
+    r->port_a = less ? ksrc : kdst, r->port_b = less ? kdst : ksrc;
+    r->rev = (uint8_t)!less;
+}
+
 /* One frame: FRAME_FAST with *r filled, FRAME_NON_IP with *ethertype, or FRAME_SLOW. */
 static int decode_one(const uint8_t *f, int64_t len, int linktype, unsigned meta_vlan, row_t *r,
                       unsigned *ethertype) {
@@ -179,14 +205,7 @@ static int decode_one(const uint8_t *f, int64_t len, int linktype, unsigned meta
         int echo = ipver == 4 ? (itype == 8 || itype == 0) : (itype == 128 || itype == 129);
         ksrc = kdst = echo ? be16(t + 4) : (0x10000u | itype << 8 | icode);
     }
-    /* Canonical endpoints (decode._canonical): A is the lower (address, key port). */
-    int less = s_lo < d_lo || (s_lo == d_lo && ksrc <= kdst);
-    if (ipver == 6) less = s_hi < d_hi || (s_hi == d_hi && less);
-    r->vlan = (uint16_t)vlan, r->ipver = (uint8_t)ipver, r->proto = (uint8_t)proto;
-    r->a_hi = less ? s_hi : d_hi, r->b_hi = less ? d_hi : s_hi;
-    r->a_lo = less ? s_lo : d_lo, r->b_lo = less ? d_lo : s_lo;
-    r->port_a = less ? ksrc : kdst, r->port_b = less ? kdst : ksrc;
-    r->rev = (uint8_t)!less;
+    canonical(r, vlan, ipver, proto, s_hi, s_lo, d_hi, d_lo, ksrc, kdst);
     r->flags = (uint8_t)flags, r->itype = (uint8_t)itype, r->icode = (uint8_t)icode;
     return FRAME_FAST;
 }
@@ -367,6 +386,84 @@ static char *put_proto(char *w, unsigned p) {
 
 #define LINE_MAX_BYTES 1024
 
+/* One flow: its key, what it counted, and (in the native meter) its table state. */
+typedef struct {
+    uint64_t a_hi, a_lo, b_hi, b_lo;
+    uint32_t port_a, port_b;
+    uint16_t vlan;
+    uint8_t ipver, proto, init_b, itype, icode, flags_ab, flags_ba, reason;
+    int64_t pkts_ab, pkts_ba, bytes_ab, bytes_ba, start_ns, end_ns;
+    int64_t fin_ab, fin_ba, rst; /* first FIN each way, first RST; NONE_NS until seen */
+    int32_t prev, next;          /* the native meter's LRU list (slot numbers, -1: none) */
+} flow_t;
+
+/* One flow as a JSON line: json.dumps(FlowRecord.to_json_dict()) + "\n", at most
+ * LINE_MAX_BYTES. The reason must be a valid EndReason (callers check). */
+static char *put_flow(char *w, const flow_t *f) {
+    int ib = f->init_b != 0, v6 = f->ipver == 6;
+    uint32_t sp = ib ? f->port_b : f->port_a, dp = ib ? f->port_a : f->port_b, iid = 0;
+    if ((f->proto == 1 && !v6) || (f->proto == 58 && v6)) {
+        iid = sp < ICMP_KEY_BIT ? sp : 0;
+        sp = 0;
+        dp = (uint32_t)f->itype << 8 | f->icode;
+    }
+    int64_t p_tx = ib ? f->pkts_ba : f->pkts_ab, p_rx = ib ? f->pkts_ab : f->pkts_ba;
+    int64_t b_tx = ib ? f->bytes_ba : f->bytes_ab, b_rx = ib ? f->bytes_ab : f->bytes_ba;
+    unsigned f_tx = ib ? f->flags_ba : f->flags_ab, f_rx = ib ? f->flags_ab : f->flags_ba;
+    int64_t t0 = floor_div(f->start_ns, 1000000), t1 = floor_div(f->end_ns, 1000000);
+    w = PUT(w, "{\"src_ip\": \"");
+    w = put_ip(w, v6, ib ? f->b_hi : f->a_hi, ib ? f->b_lo : f->a_lo);
+    w = PUT(w, "\", \"dst_ip\": \"");
+    w = put_ip(w, v6, ib ? f->a_hi : f->b_hi, ib ? f->a_lo : f->b_lo);
+    w = PUT(w, "\", \"src_port\": ");
+    w = put_u64(w, sp);
+    w = PUT(w, ", \"dst_port\": ");
+    w = put_u64(w, dp);
+    w = PUT(w, ", \"proto\": \"");
+    w = put_proto(w, f->proto);
+    w = PUT(w, "\", \"bytes_tx\": ");
+    w = put_i64(w, b_tx);
+    w = PUT(w, ", \"bytes_rx\": ");
+    w = put_i64(w, b_rx);
+    w = PUT(w, ", \"packets_tx\": ");
+    w = put_i64(w, p_tx);
+    w = PUT(w, ", \"packets_rx\": ");
+    w = put_i64(w, p_rx);
+    w = PUT(w, ", \"duration_ms\": ");
+    w = put_i64(w, t1 - t0);
+    w = PUT(w, ", \"start_time\": ");
+    w = put_i64(w, t0);
+    w = PUT(w, ", \"end_time\": ");
+    w = put_i64(w, t1);
+    w = PUT(w, ", \"flags\": ");
+    w = put_u64(w, f_tx | f_rx);
+    w = PUT(w, ", \"flags_tx\": ");
+    w = put_u64(w, f_tx);
+    w = PUT(w, ", \"flags_rx\": ");
+    w = put_u64(w, f_rx);
+    w = PUT(w, ", \"vlan\": ");
+    w = put_u64(w, f->vlan);
+    w = PUT(w, ", \"ip_version\": ");
+    w = put_u64(w, f->ipver);
+    w = PUT(w, ", \"ip_proto\": ");
+    w = put_u64(w, f->proto);
+    w = PUT(w, ", \"icmp_type\": ");
+    w = put_u64(w, f->itype);
+    w = PUT(w, ", \"icmp_code\": ");
+    w = put_u64(w, f->icode);
+    w = PUT(w, ", \"icmp_id\": ");
+    w = put_u64(w, iid);
+    w = PUT(w, ", \"end_reason\": \"");
+    size_t rn = strlen(REASONS[f->reason]);
+    memcpy(w, REASONS[f->reason], rn);
+    w += rn;
+    w = PUT(w, "\", \"interface\": \"\", \"start_ns\": ");
+    w = put_i64(w, f->start_ns);
+    w = PUT(w, ", \"end_ns\": ");
+    w = put_i64(w, f->end_ns);
+    return PUT(w, "}\n");
+}
+
 static PyObject *flows_json(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *tuple;
@@ -422,68 +519,15 @@ static PyObject *flows_json(PyObject *self, PyObject *args) {
     }
     char *w = text;
     for (Py_ssize_t i = 0; i < n; i++) {
-        int ib = init_b[i] != 0, v6 = ipver[i] == 6;
-        uint32_t sp = ib ? port_b[i] : port_a[i], dp = ib ? port_a[i] : port_b[i], iid = 0;
-        if ((proto[i] == 1 && !v6) || (proto[i] == 58 && v6)) {
-            iid = sp < ICMP_KEY_BIT ? sp : 0;
-            sp = 0;
-            dp = (uint32_t)itype[i] << 8 | icode[i];
-        }
-        int64_t p_tx = ib ? pkts_ba[i] : pkts_ab[i], p_rx = ib ? pkts_ab[i] : pkts_ba[i];
-        int64_t b_tx = ib ? bytes_ba[i] : bytes_ab[i], b_rx = ib ? bytes_ab[i] : bytes_ba[i];
-        unsigned f_tx = ib ? flags_ba[i] : flags_ab[i], f_rx = ib ? flags_ab[i] : flags_ba[i];
-        int64_t t0 = floor_div(start_ns[i], 1000000), t1 = floor_div(end_ns[i], 1000000);
-        w = PUT(w, "{\"src_ip\": \"");
-        w = put_ip(w, v6, ib ? b_hi[i] : a_hi[i], ib ? b_lo[i] : a_lo[i]);
-        w = PUT(w, "\", \"dst_ip\": \"");
-        w = put_ip(w, v6, ib ? a_hi[i] : b_hi[i], ib ? a_lo[i] : b_lo[i]);
-        w = PUT(w, "\", \"src_port\": ");
-        w = put_u64(w, sp);
-        w = PUT(w, ", \"dst_port\": ");
-        w = put_u64(w, dp);
-        w = PUT(w, ", \"proto\": \"");
-        w = put_proto(w, proto[i]);
-        w = PUT(w, "\", \"bytes_tx\": ");
-        w = put_i64(w, b_tx);
-        w = PUT(w, ", \"bytes_rx\": ");
-        w = put_i64(w, b_rx);
-        w = PUT(w, ", \"packets_tx\": ");
-        w = put_i64(w, p_tx);
-        w = PUT(w, ", \"packets_rx\": ");
-        w = put_i64(w, p_rx);
-        w = PUT(w, ", \"duration_ms\": ");
-        w = put_i64(w, t1 - t0);
-        w = PUT(w, ", \"start_time\": ");
-        w = put_i64(w, t0);
-        w = PUT(w, ", \"end_time\": ");
-        w = put_i64(w, t1);
-        w = PUT(w, ", \"flags\": ");
-        w = put_u64(w, f_tx | f_rx);
-        w = PUT(w, ", \"flags_tx\": ");
-        w = put_u64(w, f_tx);
-        w = PUT(w, ", \"flags_rx\": ");
-        w = put_u64(w, f_rx);
-        w = PUT(w, ", \"vlan\": ");
-        w = put_u64(w, vlan[i]);
-        w = PUT(w, ", \"ip_version\": ");
-        w = put_u64(w, ipver[i]);
-        w = PUT(w, ", \"ip_proto\": ");
-        w = put_u64(w, proto[i]);
-        w = PUT(w, ", \"icmp_type\": ");
-        w = put_u64(w, itype[i]);
-        w = PUT(w, ", \"icmp_code\": ");
-        w = put_u64(w, icode[i]);
-        w = PUT(w, ", \"icmp_id\": ");
-        w = put_u64(w, iid);
-        w = PUT(w, ", \"end_reason\": \"");
-        size_t rn = strlen(REASONS[reason[i]]);
-        memcpy(w, REASONS[reason[i]], rn);
-        w += rn;
-        w = PUT(w, "\", \"interface\": \"\", \"start_ns\": ");
-        w = put_i64(w, start_ns[i]);
-        w = PUT(w, ", \"end_ns\": ");
-        w = put_i64(w, end_ns[i]);
-        w = PUT(w, "}\n");
+        flow_t f = {
+            .a_hi = a_hi[i], .a_lo = a_lo[i], .b_hi = b_hi[i], .b_lo = b_lo[i],
+            .port_a = port_a[i], .port_b = port_b[i], .vlan = vlan[i], .ipver = ipver[i],
+            .proto = proto[i], .init_b = init_b[i], .itype = itype[i], .icode = icode[i],
+            .flags_ab = flags_ab[i], .flags_ba = flags_ba[i], .reason = reason[i],
+            .pkts_ab = pkts_ab[i], .pkts_ba = pkts_ba[i], .bytes_ab = bytes_ab[i],
+            .bytes_ba = bytes_ba[i], .start_ns = start_ns[i], .end_ns = end_ns[i],
+        };
+        w = put_flow(w, &f);
     }
     result = PyBytes_FromStringAndSize(text, w - text);
 done:
@@ -492,10 +536,749 @@ done:
     return result;
 }
 
+/* ---- meter_json: `flows --pcap F --json` without numpy --------------------------------------
+ *
+ * The numpy pipeline (PcapReader -> Decoder -> FlowMeter -> end order -> flows_json) in one
+ * pass, for a little-endian classic pcap: decode_one for the common frames, decode_slow (the
+ * per-frame rules of Decoder._frame_row, fragment memory included) for the rest. Any other
+ * file returns None before a byte is written, and the caller takes the numpy path, which
+ * reads (or refuses) every file. The flow table applies FlowMeter._step's
+ * rules packet by packet (meter.py's docstring); docs/FLOWS.md "Two implementations" says where
+ * the two may differ (only when the table overflows).
+ */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define NONE_NS INT64_MAX
+#define R_IDLE 1
+#define R_ACTIVE 2
+#define R_FIN 3
+#define R_RST 4
+#define R_EVICTED 5
+#define R_SHUTDOWN 6
+#define TCP_FIN_BIT 0x01
+#define TCP_SYN_BIT 0x02
+#define TCP_RST_BIT 0x04
+#define TCP_ACK_BIT 0x10
+#define MAX_CAPLEN 262144
+#define EXPIRE_EVERY_NS 5000000000LL
+#define METER_BATCH 16384 /* offline.METER_BATCH: the numpy path expires after such batches */
+#define OUT_BYTES (1 << 20)
+
+/* -- the per-frame rules (Decoder._frame_row), for the frames decode_one leaves ----------- */
+
+#define FRAME_MALFORMED 3
+#define FRAG_MEMORY_NS 30000000000LL /* decode.FRAG_MEMORY_S */
+#define FRAG_MEMORY_MAX 4096         /* decode.FRAG_MEMORY_MAX */
+#define FRAG_BUCKETS 8192
+
+/* The fragment rule's memory: (ipver, src, dst, proto, ident) -> the first fragment's key
+ * ports and time, the FRAG_MEMORY_MAX most recently stored (an OrderedDict in decode.py:
+ * storing moves a key to the end, looking it up does not). */
+typedef struct {
+    uint8_t src[16], dst[16];
+    int64_t ident, ts;
+    uint32_t ksrc, kdst;
+    uint8_t ipver, proto;
+    int16_t chain, older, newer; /* bucket chain; storage order (-1: none) */
+} frag_t;
+
+typedef struct {
+    frag_t e[FRAG_MEMORY_MAX + 1];
+    int16_t bucket[FRAG_BUCKETS];
+    int16_t oldest, newest, n;
+} frags_t;
+
+static unsigned frag_bucket(unsigned ipver, const uint8_t *src, const uint8_t *dst,
+                            unsigned proto, int64_t ident) {
+    uint64_t h = (uint64_t)ident * 0x9E3779B97F4A7C15ULL ^ (proto << 8 | ipver);
+    for (int i = 0; i < 16; i++) h = (h ^ src[i] ^ (uint64_t)dst[i] << 8) * 0xFF51AFD7ED558CCDULL;
+    return (unsigned)(h >> 40) & (FRAG_BUCKETS - 1);
+}
+
+static int frag_find(const frags_t *fr, unsigned b, unsigned ipver, const uint8_t *src,
+                     const uint8_t *dst, unsigned proto, int64_t ident) {
+    for (int i = fr->bucket[b]; i >= 0; i = fr->e[i].chain) {
+        const frag_t *e = &fr->e[i];
+        if (e->ident == ident && e->proto == proto && e->ipver == ipver &&
+            !memcmp(e->src, src, 16) && !memcmp(e->dst, dst, 16))
+            return i;
+    }
+    return -1;
+}
+
+static void frag_chain_unlink(frags_t *fr, int i) {
+    const frag_t *e = &fr->e[i];
+    int16_t *pp = &fr->bucket[frag_bucket(e->ipver, e->src, e->dst, e->proto, e->ident)];
+    while (*pp != i) pp = &fr->e[*pp].chain;
+    *pp = e->chain;
+}
+
+static void frag_unlink_order(frags_t *fr, int i) {
+    frag_t *e = &fr->e[i];
+    if (e->older >= 0) fr->e[e->older].newer = e->newer;
+    else fr->oldest = e->newer;
+    if (e->newer >= 0) fr->e[e->newer].older = e->older;
+    else fr->newest = e->older;
+}
+
+static void frag_append_order(frags_t *fr, int i) {
+    fr->e[i].older = fr->newest, fr->e[i].newer = -1;
+    if (fr->newest >= 0) fr->e[fr->newest].newer = (int16_t)i;
+    else fr->oldest = (int16_t)i;
+    fr->newest = (int16_t)i;
+}
+
+static void frag_store(frags_t *fr, unsigned ipver, const uint8_t *src, const uint8_t *dst,
+                       unsigned proto, int64_t ident, uint32_t ksrc, uint32_t kdst, int64_t ts) {
+    unsigned b = frag_bucket(ipver, src, dst, proto, ident);
+    int i = frag_find(fr, b, ipver, src, dst, proto, ident);
+    if (i >= 0) {
+        frag_unlink_order(fr, i);
+    } else {
+        i = fr->n++; /* never past FRAG_MEMORY_MAX + 1: the oldest is evicted below */
+        frag_t *e = &fr->e[i];
+        memcpy(e->src, src, 16), memcpy(e->dst, dst, 16);
+        e->ident = ident, e->proto = (uint8_t)proto, e->ipver = (uint8_t)ipver;
+        e->chain = fr->bucket[b];
+        fr->bucket[b] = (int16_t)i;
+    }
+    fr->e[i].ksrc = ksrc, fr->e[i].kdst = kdst, fr->e[i].ts = ts;
+    frag_append_order(fr, i);
+    if (fr->n <= FRAG_MEMORY_MAX) return;
+    /* Evict the oldest, then move the last entry into its place (entries stay dense). */
+    int old = fr->oldest, last = fr->n - 1;
+    frag_chain_unlink(fr, old);
+    frag_unlink_order(fr, old);
+    if (last != old) {
+        frag_chain_unlink(fr, last);
+        frag_t *e = &fr->e[old];
+        *e = fr->e[last];
+        unsigned lb = frag_bucket(e->ipver, e->src, e->dst, e->proto, e->ident);
+        e->chain = fr->bucket[lb];
+        fr->bucket[lb] = (int16_t)old;
+        if (e->older >= 0) fr->e[e->older].newer = (int16_t)old;
+        else fr->oldest = (int16_t)old;
+        if (e->newer >= 0) fr->e[e->newer].older = (int16_t)old;
+        else fr->newest = (int16_t)old;
+    }
+    fr->n--;
+}
+
+typedef struct {
+    frags_t frags;
+    int64_t fragments, malformed;
+} slow_t;
+
+/* decode.Decoder._transport. */
+static int slow_transport(slow_t *st, const uint8_t *f, int64_t len, int64_t p, unsigned vlan,
+                          unsigned ipver, unsigned proto, const uint8_t *src, const uint8_t *dst,
+                          int64_t nbytes, int64_t ts, unsigned frag_off, int more, int64_t ident,
+                          row_t *r) {
+    uint8_t s16[16] = {0}, d16[16] = {0};
+    unsigned alen = ipver == 4 ? 4 : 16;
+    memcpy(s16, src, alen), memcpy(d16, dst, alen);
+    uint64_t s_hi = 0, s_lo, d_hi = 0, d_lo;
+    if (ipver == 4) s_lo = be32(src), d_lo = be32(dst);
+    else s_hi = be64(src), s_lo = be64(src + 8), d_hi = be64(dst), d_lo = be64(dst + 8);
+    uint32_t ksrc = 0, kdst = 0;
+    unsigned flags = 0, itype = 0, icode = 0;
+    if (frag_off != 0 || more) st->fragments++;
+    if (frag_off) {
+        unsigned b = frag_bucket(ipver, s16, d16, proto, ident);
+        int i = frag_find(&st->frags, b, ipver, s16, d16, proto, ident);
+        if (i >= 0 && ts - st->frags.e[i].ts <= FRAG_MEMORY_NS)
+            ksrc = st->frags.e[i].ksrc, kdst = st->frags.e[i].kdst;
+    } else {
+        int icmp = (proto == 1 && ipver == 4) || (proto == 58 && ipver == 6);
+        if (len >= p + l4_need(proto)) {
+            const uint8_t *t = f + p;
+            if (proto == 6 || proto == 17 || proto == 132 || proto == 33 || proto == 136) {
+                ksrc = be16(t), kdst = be16(t + 2);
+                if (proto == 6) flags = t[13];
+            } else if (icmp) {
+                itype = t[0], icode = t[1];
+                int echo = ipver == 4 ? (itype == 8 || itype == 0) : (itype == 128 || itype == 129);
+                ksrc = kdst = echo ? be16(t + 4) : (ICMP_KEY_BIT | itype << 8 | icode);
+            }
+        }
+        if (more) frag_store(&st->frags, ipver, s16, d16, proto, ident, ksrc, kdst, ts);
+    }
+    canonical(r, vlan, ipver, proto, s_hi, s_lo, d_hi, d_lo, ksrc, kdst);
+    r->nbytes = nbytes;
+    r->flags = (uint8_t)flags, r->itype = (uint8_t)itype, r->icode = (uint8_t)icode;
+    return FRAME_FAST;
+}
+
+static int is_ipv6_ext(unsigned nh) {
+    switch (nh) { /* decode.IPV6_EXT */
+    case 0: case 43: case 44: case 51: case 60: case 135: case 139: case 140: case 253:
+    case 254: return 1;
+    default: return 0;
+    }
+}
+
+/* decode.Decoder._frame_row: FRAME_FAST (a packet in *r), FRAME_NON_IP (*ethertype) or
+ * FRAME_MALFORMED. */
+static int decode_slow(slow_t *st, const uint8_t *f, int64_t len, int linktype, int64_t ts,
+                       row_t *r, unsigned *ethertype) {
+    unsigned vlan = 0, et;
+    int64_t pos = 0;
+    if (linktype == LT_RAW) {
+        if (len < 1) return FRAME_MALFORMED;
+        unsigned v = f[0] >> 4;
+        if (v == 4) et = 0x0800;
+        else if (v == 6) et = 0x86DD;
+        else return FRAME_MALFORMED;
+    } else {
+        int64_t type_at = 12, link_len = 14;
+        if (linktype == LT_SLL) type_at = 14, link_len = 16;
+        else if (linktype == LT_SLL2) type_at = 0, link_len = 20;
+        if (len < link_len) return FRAME_MALFORMED;
+        et = be16(f + type_at);
+        pos = link_len;
+        while (et == 0x8100 || et == 0x88A8) {
+            if (len < pos + 4) return FRAME_MALFORMED;
+            vlan = be16(f + pos) & 0x0FFF; /* the innermost tag names the VLAN */
+            et = be16(f + pos + 2);
+            pos += 4;
+        }
+    }
+    if (et == 0x0800) {
+        const uint8_t *ip = f + pos;
+        if (len < pos + 20 || ip[0] >> 4 != 4) return FRAME_MALFORMED;
+        unsigned ihl = (ip[0] & 0x0F) * 4u, total = be16(ip + 2), fragf = be16(ip + 6);
+        if (ihl < 20 || total < ihl) return FRAME_MALFORMED;
+        return slow_transport(st, f, len, pos + ihl, vlan, 4, ip[9], ip + 12, ip + 16, total, ts,
+                              fragf & 0x1FFF, (fragf & 0x2000) != 0, be16(ip + 4), r);
+    }
+    if (et == 0x86DD) {
+        const uint8_t *ip = f + pos;
+        if (len < pos + 40 || ip[0] >> 4 != 6) return FRAME_MALFORMED;
+        unsigned plen = be16(ip + 4);
+        if (plen == 0) return FRAME_MALFORMED; /* jumbogram: out of scope */
+        unsigned nh = ip[6], frag_off = 0;
+        int more = 0;
+        int64_t p = pos + 40, ident = -1;
+        while (is_ipv6_ext(nh)) {
+            if (len < p + 8) return FRAME_MALFORMED;
+            if (nh == 44) {
+                unsigned fo = be16(f + p + 2);
+                ident = be32(f + p + 4);
+                frag_off = fo >> 3, more = fo & 1;
+                nh = f[p], p += 8;
+                if (frag_off) break; /* no transport header in a non-first fragment */
+            } else if (nh == 51) {
+                unsigned l = f[p + 1];
+                nh = f[p], p += (l + 2) * 4;
+            } else {
+                unsigned l = f[p + 1];
+                nh = f[p], p += (l + 1) * 8;
+            }
+        }
+        return slow_transport(st, f, len, p, vlan, 6, nh, ip + 8, ip + 24, (int64_t)plen + 40, ts,
+                              frag_off, more, ident, r);
+    }
+    *ethertype = et;
+    return FRAME_NON_IP;
+}
+
+typedef struct {
+    int64_t idle, active, linger;
+    int64_t max_flows;
+    flow_t *flows;       /* max_flows slots (calloc: pages appear as slots are used) */
+    int32_t *index;      /* open addressing, slot + 1 (0: empty), linear probing */
+    uint64_t mask;
+    int32_t n_used, lru_head, lru_tail, free_head, n_fresh;
+    int64_t clock;
+    /* ended flows waiting for the watermark */
+    flow_t *held;
+    size_t n_held, cap_held;
+    slow_t slow; /* the per-frame decoder's state */
+    /* counters */
+    int64_t packets, bytes, evicted, peak, written;
+    int64_t non_ip[65536];
+    /* output */
+    int fd;
+    char *out;
+    size_t n_out;
+    int err; /* errno of a failed write or allocation */
+} meter_t;
+
+static uint64_t key_hash(const flow_t *k) {
+    uint64_t h = k->a_hi * 0x9E3779B97F4A7C15ULL ^ k->a_lo;
+    h = (h ^ (h >> 33)) * 0xFF51AFD7ED558CCDULL ^ k->b_hi;
+    h = (h ^ (h >> 33)) * 0xC4CEB9FE1A85EC53ULL ^ k->b_lo;
+    h = (h ^ (h >> 33)) * 0xFF51AFD7ED558CCDULL ^
+        ((uint64_t)k->port_a | (uint64_t)k->port_b << 17 | (uint64_t)k->vlan << 34 |
+         (uint64_t)k->proto << 46 | (uint64_t)(k->ipver == 6) << 54);
+    h = (h ^ (h >> 33)) * 0xC4CEB9FE1A85EC53ULL;
+    return h ^ (h >> 33);
+}
+
+static int same_key(const flow_t *a, const flow_t *b) {
+    return a->a_lo == b->a_lo && a->b_lo == b->b_lo && a->port_a == b->port_a &&
+           a->port_b == b->port_b && a->a_hi == b->a_hi && a->b_hi == b->b_hi &&
+           a->vlan == b->vlan && a->proto == b->proto && a->ipver == b->ipver;
+}
+
+/* The canonical end order (offline._merge_in_end_order): last packet, first packet, then the
+ * key columns and the reason, so the order never depends on how a table ended its flows. */
+static int end_order(const void *pa, const void *pb) {
+    const flow_t *a = pa, *b = pb;
+#define CMP(x) if (a->x != b->x) return a->x < b->x ? -1 : 1
+    CMP(end_ns); CMP(start_ns); CMP(vlan); CMP(ipver); CMP(proto); CMP(a_hi); CMP(a_lo);
+    CMP(b_hi); CMP(b_lo); CMP(port_a); CMP(port_b); CMP(reason);
+#undef CMP
+    return 0;
+}
+
+/* The earliest deadline and its reason (FlowMeter._earliest; ties: idle, close, active). */
+static int64_t earliest(const meter_t *m, const flow_t *f, uint8_t *reason) {
+    int64_t close = f->fin_ab > f->fin_ba ? f->fin_ab : f->fin_ba;
+    if (f->rst < close) close = f->rst;
+    int64_t d_idle = f->end_ns + m->idle;
+    int64_t d_close = close != NONE_NS ? close + m->linger : NONE_NS;
+    int64_t d_active = f->start_ns + (m->active - 1);
+    int64_t d = d_idle < d_close ? d_idle : d_close;
+    if (d_active < d) d = d_active;
+    if (d_idle == d) *reason = R_IDLE;
+    else if (d_close == d) *reason = f->rst != NONE_NS ? R_RST : R_FIN;
+    else *reason = R_ACTIVE;
+    return d;
+}
+
+static int flush_out(meter_t *m) {
+    size_t done = 0;
+    while (done < m->n_out) {
+        ssize_t k = write(m->fd, m->out + done, m->n_out - done);
+        if (k < 0) {
+            if (errno == EINTR) continue;
+            m->err = errno;
+            return -1;
+        }
+        done += (size_t)k;
+    }
+    m->n_out = 0;
+    return 0;
+}
+
+/* Copy flow f, ended with reason, to the held flows. */
+static int hold(meter_t *m, const flow_t *f, uint8_t reason) {
+    if (m->n_held == m->cap_held) {
+        size_t cap = m->cap_held ? m->cap_held * 2 : 4096;
+        flow_t *h = realloc(m->held, cap * sizeof *h);
+        if (h == NULL) {
+            m->err = ENOMEM;
+            return -1;
+        }
+        m->held = h, m->cap_held = cap;
+    }
+    m->held[m->n_held] = *f;
+    m->held[m->n_held++].reason = reason;
+    return 0;
+}
+
+/* Write the held flows that end before `watermark` (no flow still open, nor any later one,
+ * can end before it), in end order. */
+static int release(meter_t *m, int64_t watermark) {
+    if (!m->n_held) return 0;
+    qsort(m->held, m->n_held, sizeof *m->held, end_order);
+    size_t k = 0;
+    for (; k < m->n_held && m->held[k].end_ns < watermark; k++) {
+        if (m->n_out + LINE_MAX_BYTES > OUT_BYTES && flush_out(m) < 0) return -1;
+        m->n_out = (size_t)(put_flow(m->out + m->n_out, &m->held[k]) - m->out);
+    }
+    m->written += (int64_t)k;
+    memmove(m->held, m->held + k, (m->n_held - k) * sizeof *m->held);
+    m->n_held -= k;
+    return 0;
+}
+
+static int64_t watermark(const meter_t *m) {
+    if (m->lru_head >= 0) return m->flows[m->lru_head].end_ns;
+    return m->clock > 0 ? m->clock : 0;
+}
+
+static void lru_unlink(meter_t *m, int32_t s) {
+    flow_t *f = &m->flows[s];
+    if (f->prev >= 0) m->flows[f->prev].next = f->next;
+    else m->lru_head = f->next;
+    if (f->next >= 0) m->flows[f->next].prev = f->prev;
+    else m->lru_tail = f->prev;
+}
+
+static void lru_append(meter_t *m, int32_t s) {
+    flow_t *f = &m->flows[s];
+    f->prev = m->lru_tail, f->next = -1;
+    if (m->lru_tail >= 0) m->flows[m->lru_tail].next = s;
+    else m->lru_head = s;
+    m->lru_tail = s;
+}
+
+/* Take slot s's flow out of the table (index, LRU list) and free the slot. */
+static void drop(meter_t *m, int32_t s) {
+    uint64_t i = key_hash(&m->flows[s]) & m->mask;
+    while (m->index[i] != s + 1) i = (i + 1) & m->mask;
+    /* Backward-shift deletion: no tombstones, probes stay short. */
+    uint64_t j = i;
+    for (;;) {
+        j = (j + 1) & m->mask;
+        if (!m->index[j]) break;
+        uint64_t home = key_hash(&m->flows[m->index[j] - 1]) & m->mask;
+        if (((j - home) & m->mask) >= ((j - i) & m->mask)) {
+            m->index[i] = m->index[j];
+            i = j;
+        }
+    }
+    m->index[i] = 0;
+    lru_unlink(m, s);
+    m->flows[s].next = m->free_head;
+    m->free_head = s;
+    m->n_used--;
+}
+
+/* End every open flow past a deadline at now (FlowMeter.expire). */
+static int expire(meter_t *m, int64_t now) {
+    int32_t s = m->lru_head;
+    while (s >= 0) {
+        int32_t next = m->flows[s].next;
+        uint8_t why;
+        if (earliest(m, &m->flows[s], &why) < now) {
+            if (hold(m, &m->flows[s], why) < 0) return -1;
+            drop(m, s);
+        }
+        s = next;
+    }
+    return 0;
+}
+
+/* Start flow f afresh with packet r at time t (FlowMeter._reset). */
+static void reset(flow_t *f, const row_t *r, int64_t t) {
+    f->vlan = r->vlan, f->ipver = r->ipver, f->proto = r->proto;
+    f->a_hi = r->a_hi, f->a_lo = r->a_lo, f->b_hi = r->b_hi, f->b_lo = r->b_lo;
+    f->port_a = r->port_a, f->port_b = r->port_b;
+    f->itype = r->itype, f->icode = r->icode;
+    int synack = (r->flags & (TCP_SYN_BIT | TCP_ACK_BIT)) == (TCP_SYN_BIT | TCP_ACK_BIT);
+    f->init_b = (uint8_t)(r->rev ^ synack);
+    f->pkts_ab = f->pkts_ba = f->bytes_ab = f->bytes_ba = 0;
+    f->flags_ab = f->flags_ba = 0;
+    f->start_ns = f->end_ns = t;
+    f->fin_ab = f->fin_ba = f->rst = NONE_NS;
+}
+
+/* One packet (FlowMeter._step, with a full-key table: no hash collisions). */
+static int add_packet(meter_t *m, const row_t *r, int64_t ts) {
+    int64_t t = ts > m->clock ? ts : m->clock;
+    m->clock = t;
+    m->packets++;
+    m->bytes += r->nbytes;
+    flow_t probe;
+    probe.vlan = r->vlan, probe.ipver = r->ipver, probe.proto = r->proto;
+    probe.a_hi = r->a_hi, probe.a_lo = r->a_lo, probe.b_hi = r->b_hi, probe.b_lo = r->b_lo;
+    probe.port_a = r->port_a, probe.port_b = r->port_b;
+    uint64_t i = key_hash(&probe) & m->mask;
+    int32_t s = -1;
+    for (; m->index[i]; i = (i + 1) & m->mask) {
+        if (same_key(&m->flows[m->index[i] - 1], &probe)) {
+            s = m->index[i] - 1;
+            break;
+        }
+    }
+    flow_t *f;
+    if (s >= 0) {
+        f = &m->flows[s];
+        uint8_t why;
+        if (earliest(m, f, &why) < t) { /* a rule ends it before this packet */
+            if (hold(m, f, why) < 0) return -1;
+            reset(f, r, t);
+        }
+        lru_unlink(m, s);
+    } else {
+        if (m->n_used == m->max_flows) {
+            /* Full: end the least recently active flow, for its deadline's reason when it is
+             * past one at t, else as EVICTED (docs/FLOWS.md). */
+            int32_t v = m->lru_head;
+            uint8_t why;
+            if (!(earliest(m, &m->flows[v], &why) < t)) {
+                why = R_EVICTED;
+                m->evicted++;
+            }
+            if (hold(m, &m->flows[v], why) < 0) return -1;
+            drop(m, v);
+            /* the slot freed may have moved entries: find this key's place again */
+            for (i = key_hash(&probe) & m->mask; m->index[i]; i = (i + 1) & m->mask) {
+            }
+        }
+        if (m->free_head >= 0) {
+            s = m->free_head;
+            m->free_head = m->flows[s].next;
+        } else {
+            s = m->n_fresh++;
+        }
+        m->index[i] = s + 1;
+        m->n_used++;
+        if (m->n_used > m->peak) m->peak = m->n_used;
+        f = &m->flows[s];
+        reset(f, r, t);
+    }
+    lru_append(m, s);
+    if (r->rev) {
+        f->pkts_ba++, f->bytes_ba += r->nbytes, f->flags_ba |= r->flags;
+        if (r->flags & TCP_FIN_BIT && f->fin_ba == NONE_NS) f->fin_ba = t;
+    } else {
+        f->pkts_ab++, f->bytes_ab += r->nbytes, f->flags_ab |= r->flags;
+        if (r->flags & TCP_FIN_BIT && f->fin_ab == NONE_NS) f->fin_ab = t;
+    }
+    if (r->flags & TCP_RST_BIT && f->rst == NONE_NS) f->rst = t;
+    f->end_ns = t;
+    return 0;
+}
+
+/* End of file (FlowMeter.flush): due flows for their deadline, the others SHUTDOWN, or
+ * TCP_FIN / TCP_RST when closed and still in their linger. */
+static int flush_all(meter_t *m) {
+    while (m->lru_head >= 0) {
+        int32_t s = m->lru_head;
+        flow_t *f = &m->flows[s];
+        uint8_t why;
+        int64_t d = earliest(m, f, &why);
+        if (!(m->clock > 0 && d < m->clock)) {
+            int64_t close = f->fin_ab > f->fin_ba ? f->fin_ab : f->fin_ba;
+            if (f->rst < close) close = f->rst;
+            why = close == NONE_NS ? R_SHUTDOWN : f->rst != NONE_NS ? R_RST : R_FIN;
+        }
+        if (hold(m, f, why) < 0) return -1;
+        drop(m, s);
+    }
+    return 0;
+}
+
+static const uint8_t LE_US[4] = {0xd4, 0xc3, 0xb2, 0xa1}, LE_NS[4] = {0x4d, 0x3c, 0xb2, 0xa1};
+
+static inline uint32_t le32(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, 4); /* little-endian host: see the module's guard */
+    return v;
+}
+
+/* The file is mapped whole, but read once front to back: the pages behind the reader are
+ * dropped every DROP_BEHIND bytes, so they never add up in the process's RSS (mapped file
+ * pages count there; the numpy path reads 2 MiB chunks). Offsets stay page-aligned. */
+#define DROP_BEHIND ((size_t)1 << 20)
+
+static void drop_behind(const uint8_t *d, size_t *dropped, size_t pos) {
+    if (pos - *dropped < 2 * DROP_BEHIND) return;
+    size_t upto = (pos / DROP_BEHIND - 1) * DROP_BEHIND;
+    madvise((void *)(d + *dropped), upto - *dropped, MADV_DONTNEED);
+    *dropped = upto;
+}
+
+/* Whether every record of the file is one meter_json reads exactly as the numpy path does;
+ * *cut gets the bytes of a record cut short at the end. */
+static int native_file(const uint8_t *d, size_t size, size_t *cut) {
+    size_t max_cap = le32(d + 16) > MAX_CAPLEN ? le32(d + 16) : MAX_CAPLEN;
+    size_t pos = 24, dropped = 0;
+    while (pos + 16 <= size) {
+        drop_behind(d, &dropped, pos);
+        size_t caplen = le32(d + pos + 8);
+        if (caplen > max_cap) return 0; /* corrupt, or cut: PcapReader says which */
+        if (caplen > size - pos - 16) break;
+        pos += 16 + caplen;
+    }
+    *cut = size - pos;
+    return 1;
+}
+
+static int run(meter_t *m, const uint8_t *d, size_t size, int linktype, int nanos,
+               int64_t *frames) {
+    size_t pos = 24, dropped = 0;
+    int64_t last_expire = 0, mult = nanos ? 1 : 1000;
+    while (pos + 16 <= size) {
+        drop_behind(d, &dropped, pos);
+        size_t caplen = le32(d + pos + 8);
+        if (caplen > size - pos - 16) break;
+        int64_t ts = (int64_t)le32(d + pos) * 1000000000LL + (int64_t)le32(d + pos + 4) * mult;
+        row_t r;
+        unsigned et = 0;
+        int kind = decode_one(d + pos + 16, (int64_t)caplen, linktype, 0, &r, &et);
+        if (kind == FRAME_SLOW)
+            kind = decode_slow(&m->slow, d + pos + 16, (int64_t)caplen, linktype, ts, &r, &et);
+        pos += 16 + caplen;
+        ++*frames;
+        if (kind == FRAME_NON_IP) {
+            m->non_ip[et & 0xFFFF]++;
+            continue;
+        }
+        if (kind == FRAME_MALFORMED) {
+            m->slow.malformed++;
+            continue;
+        }
+        if (add_packet(m, &r, ts) < 0) return -1;
+        /* Expire when the numpy path does (after each METER_BATCH packets, once per
+         * EXPIRE_EVERY_NS): the records do not depend on it, the peak table count does. */
+        if (m->packets % METER_BATCH == 0) {
+            int64_t now = m->clock > 0 ? m->clock : 0;
+            if (now - last_expire >= EXPIRE_EVERY_NS) {
+                last_expire = now;
+                if (expire(m, now) < 0 || release(m, watermark(m)) < 0) return -1;
+            }
+        }
+        if (m->n_held >= (1u << 16) && m->n_held == m->cap_held &&
+            release(m, watermark(m)) < 0)
+            return -1;
+    }
+    if (flush_all(m) < 0 || release(m, NONE_NS) < 0) return -1;
+    return flush_out(m);
+}
+
+/* A capture file mapped for the native meter. */
+typedef struct {
+    int fd;
+    const uint8_t *d;
+    size_t size, cut;
+    int linktype, nanos;
+} capfile_t;
+
+static void cap_close(capfile_t *c) {
+    if (c->d != MAP_FAILED) munmap((void *)c->d, c->size);
+    if (c->fd >= 0) close(c->fd);
+    c->d = MAP_FAILED, c->fd = -1;
+}
+
+/* Open and map path; 1 if the native meter reads it exactly as the numpy path (a regular
+ * little-endian classic pcap of a supported link type, every record within the snap length),
+ * else 0 with nothing held: PcapReader then reads the file or says what is wrong with it. */
+static int cap_open(const char *path, capfile_t *c) {
+    c->d = MAP_FAILED;
+    c->fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (c->fd < 0 || fstat(c->fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size < 24) goto no;
+    c->size = (size_t)st.st_size;
+    c->d = mmap(NULL, c->size, PROT_READ, MAP_PRIVATE, c->fd, 0);
+    if (c->d == MAP_FAILED) goto no;
+    c->nanos = memcmp(c->d, LE_NS, 4) == 0;
+    if (!c->nanos && memcmp(c->d, LE_US, 4) != 0) goto no;
+    c->linktype = (int)(le32(c->d + 20) & 0x0FFFFFFF);
+    if (c->linktype != LT_ETHERNET && c->linktype != LT_RAW && c->linktype != LT_SLL &&
+        c->linktype != LT_SLL2)
+        goto no;
+    madvise((void *)c->d, c->size, MADV_SEQUENTIAL);
+    if (native_file(c->d, c->size, &c->cut)) return 1;
+no:
+    cap_close(c);
+    return 0;
+}
+
+static PyObject *native_reads(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *path_obj;
+    if (!PyArg_ParseTuple(args, "O&:native_reads", PyUnicode_FSConverter, &path_obj)) return NULL;
+    capfile_t c;
+    int yes;
+    Py_BEGIN_ALLOW_THREADS
+    yes = cap_open(PyBytes_AS_STRING(path_obj), &c);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(path_obj);
+    if (yes) cap_close(&c);
+    return PyBool_FromLong(yes);
+}
+
+static PyObject *meter_json(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *path_obj;
+    int out_fd;
+    long long idle, active, linger, max_flows;
+    if (!PyArg_ParseTuple(args, "O&iLLLL:meter_json", PyUnicode_FSConverter, &path_obj, &out_fd,
+                          &idle, &active, &linger, &max_flows))
+        return NULL;
+    PyObject *result = NULL;
+    meter_t *m = NULL;
+    capfile_t c = {.fd = -1, .d = MAP_FAILED};
+    int native = 0;
+    if (max_flows >= 1 && max_flows <= INT32_MAX / 4) {
+        Py_BEGIN_ALLOW_THREADS
+        native = cap_open(PyBytes_AS_STRING(path_obj), &c);
+        Py_END_ALLOW_THREADS
+    }
+    Py_DECREF(path_obj);
+    if (!native) goto none;
+    const uint8_t *d = c.d;
+    size_t size = c.size, cut = c.cut;
+    int linktype = c.linktype, nanos = c.nanos;
+    m = calloc(1, sizeof *m);
+    if (m == NULL) goto nomem;
+    uint64_t slots = 16;
+    while (slots < (uint64_t)max_flows * 2) slots <<= 1;
+    m->idle = idle, m->active = active, m->linger = linger, m->max_flows = max_flows;
+    m->flows = calloc((size_t)max_flows, sizeof *m->flows);
+    m->index = calloc(slots, sizeof *m->index);
+    m->out = malloc(OUT_BYTES);
+    if (m->flows == NULL || m->index == NULL || m->out == NULL) goto nomem;
+    m->mask = slots - 1;
+    m->lru_head = m->lru_tail = m->free_head = -1;
+    m->clock = INT64_MIN;
+    m->slow.frags.oldest = m->slow.frags.newest = -1;
+    memset(m->slow.frags.bucket, 0xFF, sizeof m->slow.frags.bucket);
+    m->fd = out_fd;
+    int64_t frames = 0;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = run(m, d, size, linktype, nanos, &frames);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        errno = m->err;
+        PyErr_SetFromErrno(m->err == ENOMEM ? PyExc_MemoryError : PyExc_OSError);
+        goto done;
+    }
+    PyObject *non_ip = PyDict_New();
+    if (non_ip == NULL) goto done;
+    for (int et = 0; et < 65536; et++) {
+        if (!m->non_ip[et]) continue;
+        PyObject *k = PyLong_FromLong(et), *v = PyLong_FromLongLong(m->non_ip[et]);
+        int bad = k == NULL || v == NULL || PyDict_SetItem(non_ip, k, v) < 0;
+        Py_XDECREF(k);
+        Py_XDECREF(v);
+        if (bad) {
+            Py_DECREF(non_ip);
+            goto done;
+        }
+    }
+    result = Py_BuildValue("{s:L,s:L,s:L,s:L,s:L,s:L,s:n,s:L,s:L,s:N}", "flows", (long long)m->written,
+                           "frames", (long long)frames, "packets", (long long)m->packets,
+                           "bytes", (long long)m->bytes, "evicted", (long long)m->evicted,
+                           "peak_flows", (long long)m->peak, "cut_bytes", (Py_ssize_t)cut,
+                           "malformed", (long long)m->slow.malformed, "fragments",
+                           (long long)m->slow.fragments, "non_ip", non_ip);
+    goto done;
+nomem:
+    PyErr_NoMemory();
+    goto done;
+none:
+    result = Py_NewRef(Py_None);
+done:
+    if (m != NULL) {
+        free(m->flows);
+        free(m->index);
+        free(m->held);
+        free(m->out);
+        free(m);
+    }
+    cap_close(&c);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"walk_le", walk_le, METH_VARARGS, "Offsets of whole little-endian pcap records."},
     {"decode", decode, METH_VARARGS, "Common frames of a FrameBatch to PacketColumns rows."},
     {"flows_json", flows_json, METH_VARARGS, "FlowBatch columns as JSON lines (bytes)."},
+    {"meter_json", meter_json, METH_VARARGS, "A classic pcap metered to JSON lines on a fd."},
+    {"native_reads", native_reads, METH_VARARGS, "Whether meter_json reads this file."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -16,3 +16,13 @@ def decode(
     non_ip: Any,
     /,
 ) -> tuple[int, int, int]: ...
+def meter_json(
+    path: str,
+    fd: int,
+    idle_ns: int,
+    active_ns: int,
+    linger_ns: int,
+    max_flows: int,
+    /,
+) -> dict[str, Any] | None: ...
+def native_reads(path: str, /) -> bool: ...

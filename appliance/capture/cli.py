@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from appliance.errors import CommandError
 
 if TYPE_CHECKING:
+    from appliance.capture.config import MeterConfig
     from appliance.capture.flows import FlowRecord
 
 HEADER = (
@@ -54,7 +55,6 @@ def _flows(args: argparse.Namespace) -> int:
     import os
 
     from appliance.capture.config import load_capture_config
-    from appliance.capture.offline import OfflineSummary, iter_pcap_ordered
     from appliance.config import load_document
 
     cfg = load_capture_config(load_document(args.config), dict(os.environ)).meter
@@ -72,6 +72,70 @@ def _flows(args: argparse.Namespace) -> int:
         raise CommandError(f"capture.meter.{exc}") from None
     if not args.pcap.exists():
         raise CommandError(f"{args.pcap}: no such file")
+    if args.json and _flows_json_native(args.pcap, cfg):
+        return 0
+    return _flows_numpy(args, cfg)
+
+
+def native_meter() -> Any:
+    """The compiled meter (`_fastpath.meter_json`), or None without it (a checkout without
+    `make venv`); tests replace this to run the numpy path on the same input."""
+    try:
+        from appliance.capture import _fastpath
+    except ImportError:  # pragma: no cover
+        return None
+    return getattr(_fastpath, "meter_json", None)
+
+
+def _flows_json_native(path: Path, cfg: MeterConfig) -> bool:
+    """`flows --json` without numpy: read, decode, meter and write in C (_fastpath.meter_json).
+    False (nothing written) when the compiled meter is missing or the file is one only the
+    numpy path reads (docs/FLOWS.md "The native meter")."""
+    meter_json = native_meter()
+    if meter_json is None:
+        return False
+    ns = [int(s * 1e9) for s in (cfg.idle_timeout_s, cfg.active_timeout_s, cfg.close_linger_s)]
+    if max(ns) >= 1 << 62:
+        return False  # deadlines would overflow 64-bit nanoseconds
+    out = sys.stdout
+    out.flush()
+    try:
+        fd = out.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = -1  # not a file (tests capture stdout): through a temporary file
+    if fd >= 0:
+        res = meter_json(str(path), fd, *ns, cfg.max_flows)
+    else:
+        import tempfile
+
+        with tempfile.TemporaryFile() as tmp:
+            res = meter_json(str(path), tmp.fileno(), *ns, cfg.max_flows)
+            tmp.seek(0)
+            while chunk := tmp.read(1 << 20):
+                out.write(chunk.decode())
+    if res is None:
+        return False
+    non_ip: dict[int, int] = res["non_ip"]
+    _summary(
+        path,
+        flows=res["flows"],
+        frames=res["frames"],
+        packets=res["packets"],
+        nbytes=res["bytes"],
+        non_ip=non_ip,
+        malformed=res["malformed"],
+        fragments=res["fragments"],
+        evicted=res["evicted"],
+        peak=res["peak_flows"],
+        cut_bytes=res["cut_bytes"],
+    )
+    return True
+
+
+def _flows_numpy(args: argparse.Namespace, cfg: MeterConfig) -> int:
+    """`flows`: the table, and --json for files the native meter does not read."""
+    from appliance.capture.offline import OfflineSummary, iter_pcap_ordered
+
     out = sys.stdout
     flows = 0
     if not args.json:
@@ -81,22 +145,20 @@ def _flows(args: argparse.Namespace) -> int:
     for item in iter_pcap_ordered(args.pcap, cfg):
         if isinstance(item, OfflineSummary):
             d, m = item.decode, item.meter
-            non_ip = ", ".join(f"0x{k:04x}: {v}" for k, v in sorted(d.non_ip.items()))
             out.flush()
-            print(
-                f"flows: {flows} flows, {item.frames} frames, {m.packets} IP packets, "
-                f"{m.bytes} IP bytes; non-IP {d.non_ip_total} ({non_ip or 'none'}), "
-                f"malformed {d.malformed}, fragments {d.fragments}, evicted {m.evicted}, "
-                f"peak table {m.peak_flows}",
-                file=sys.stderr,
+            _summary(
+                args.pcap,
+                flows=flows,
+                frames=item.frames,
+                packets=m.packets,
+                nbytes=m.bytes,
+                non_ip=d.non_ip,
+                malformed=d.malformed,
+                fragments=d.fragments,
+                evicted=m.evicted,
+                peak=m.peak_flows,
+                cut_bytes=item.cut_bytes,
             )
-            if item.cut_bytes:
-                print(
-                    f"flows: warning: {args.pcap} ends in a cut record ({item.cut_bytes} bytes "
-                    f"after frame {item.frames}): the capture was cut short (disk full, or "
-                    "copied while being written); the flows above end there",
-                    file=sys.stderr,
-                )
             continue
         flows += len(item)
         if not args.json:
@@ -110,6 +172,38 @@ def _flows(args: argparse.Namespace) -> int:
                 else:
                     out.write(lines.decode())
     return 0
+
+
+def _summary(
+    path: Path,
+    *,
+    flows: int,
+    frames: int,
+    packets: int,
+    nbytes: int,
+    non_ip: dict[int, int],
+    malformed: int,
+    fragments: int,
+    evicted: int,
+    peak: int,
+    cut_bytes: int,
+) -> None:
+    """The one-line summary on stderr, and the warning for a file that ends in a cut record."""
+    listed = ", ".join(f"0x{k:04x}: {v}" for k, v in sorted(non_ip.items()))
+    print(
+        f"flows: {flows} flows, {frames} frames, {packets} IP packets, "
+        f"{nbytes} IP bytes; non-IP {sum(non_ip.values())} ({listed or 'none'}), "
+        f"malformed {malformed}, fragments {fragments}, evicted {evicted}, "
+        f"peak table {peak}",
+        file=sys.stderr,
+    )
+    if cut_bytes:
+        print(
+            f"flows: warning: {path} ends in a cut record ({cut_bytes} bytes "
+            f"after frame {frames}): the capture was cut short (disk full, or "
+            "copied while being written); the flows above end there",
+            file=sys.stderr,
+        )
 
 
 def format_flow(rec: FlowRecord) -> str:

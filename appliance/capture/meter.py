@@ -1,6 +1,8 @@
 """The flow meter: decoded packets in, ended flows out. Pure: no sockets, no clock of its own.
 
-Contract (the agent drives it; `infraspectre flows --pcap` and the benches do the same):
+Contract (the agent drives it; `infraspectre flows --pcap` and the benches do the same, except
+`flows --json` on the files _fastpath.meter_json reads: it applies these rules in C, per packet
+as `_step` does, docs/FLOWS.md "The native meter"):
 
     meter = FlowMeter(MeterConfig(...))
     ended = meter.add(columns)     # PacketColumns from Decoder.decode, arrival order

@@ -5,10 +5,10 @@ time allows, and at the end of the file every open flow is ended (SHUTDOWN).
 
 `iter_pcap_flows` yields FlowBatches as the meter ends them (a batch is in table order, which
 is what the benches and totals want); `iter_pcap_ordered` yields FlowBatches in the order the
-flows ended, by last packet (then first packet), which is what a person reading `flows`
-output expects, as from nfdump, and `iter_pcap_records` the same as FlowRecords. They hold
-back a flow until no flow still open could end earlier: at most about idle_timeout_s of
-capture time's flows, kept as columns.
+flows ended, by last packet (then first packet, then the key: END_ORDER_TIES), which is
+what a person reading `flows` output expects, as from nfdump, and `iter_pcap_records` the
+same as FlowRecords. They hold back a flow until no flow still open could end earlier: at
+most about idle_timeout_s of capture time's flows, kept as columns.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from appliance.capture.config import MeterConfig
 from appliance.capture.decode import Decoder, DecodeStats, PacketColumns
@@ -53,7 +54,7 @@ def iter_pcap_ordered(
     path: Path, config: MeterConfig | None = None, batch_size: int = DEFAULT_BATCH
 ) -> Iterator[FlowBatch | OfflineSummary]:
     """Yield FlowBatches in the order the flows ended (last packet, then first packet, then
-    the order the meter ended them), then one OfflineSummary as the last item."""
+    END_ORDER_TIES), then one OfflineSummary as the last item."""
     held = FlowBatch.empty()
     for item in _meter_file(path, config, batch_size, in_end_order=True):
         if isinstance(item, OfflineSummary):
@@ -70,20 +71,61 @@ def iter_pcap_ordered(
 
 
 def _merge_in_end_order(held: FlowBatch, new: FlowBatch) -> FlowBatch:
-    """held then new, ordered by (end_ns, start_ns); held comes first and lexsort is stable,
-    so equal keys keep the order they ended in. Consumes both: each column is built and its
-    inputs dropped before the next, so the work needs one column's room, not a second copy
-    of every held flow (at 100k held flows that copy was ~20 MB of peak RSS)."""
+    """held then new, in the canonical end order (END_ORDER: last packet, first packet, then
+    the key columns and the reason), which does not depend on the order a table ended its
+    flows, so the native meter writes the same lines (_fastpath.c's end_order). Consumes
+    both: each column is built and its inputs dropped before the next, so the work needs one
+    column's room, not a second copy of every held flow (at 100k held flows that copy was
+    ~20 MB of peak RSS)."""
     if not len(new):
         return held
     end = np.concatenate([held.cols["end_ns"], new.cols["end_ns"]])
     start = np.concatenate([held.cols["start_ns"], new.cols["start_ns"]])
     order = np.lexsort((start, end))
-    del end, start
+    # Ties on (end, start) are few: only they are ordered by the other columns.
+    e, s = end[order], start[order]
+    tie = (e[1:] == e[:-1]) & (s[1:] == s[:-1])
+    del end, start, e, s
+    if tie.any():
+        order = _break_ties(held, new, order, tie)
     out = {}
     for name in FLOW_COLUMNS:
         out[name] = np.concatenate([held.cols.pop(name), new.cols.pop(name)])[order]
     return FlowBatch(out)
+
+
+#: The columns that order flows with the same (end_ns, start_ns), most significant first.
+END_ORDER_TIES = (
+    "vlan",
+    "ipver",
+    "proto",
+    "a_hi",
+    "a_lo",
+    "b_hi",
+    "b_lo",
+    "port_a",
+    "port_b",
+    "reason",
+)
+
+
+def _break_ties(
+    held: FlowBatch, new: FlowBatch, order: npt.NDArray[np.intp], tie: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.intp]:
+    """order (by end, then start) with each run of equal (end, start) ordered by
+    END_ORDER_TIES. tie[i]: positions i and i + 1 of order hold equal (end, start)."""
+    in_run = np.zeros(len(order), dtype=np.bool_)
+    in_run[:-1] |= tie
+    in_run[1:] |= tie
+    pos = np.flatnonzero(in_run)
+    rows = order[pos]
+    run = np.cumsum(np.concatenate(([True], ~tie[pos[:-1]])))  # a run id per tied position
+    keys = [
+        np.concatenate([held.cols[name], new.cols[name]])[rows] for name in reversed(END_ORDER_TIES)
+    ]
+    order = order.copy()
+    order[pos] = rows[np.lexsort((*keys, run))]
+    return order
 
 
 def iter_pcap_records(

@@ -18,6 +18,8 @@ the least CPU seconds each needed in any run (the steadiest figure on a busy mac
 RSS less the same process's peak on a one-frame capture (start-up, imports), over the flows it
 held at its peak (ours: the meter's peak table; softflowd: its flows, as `-r` never expires by
 time, every flow stays in its table until the end).
+"native_meter": whether ours ran the native meter (`flows --json` in C, numpy never
+imported) or the numpy path (pcapng, big-endian files); docs/FLOWS.md "The native meter".
 "ours_in_process" is also measured, alternating with the others: from opening the file to the
 last flow record in columnar form (PcapReader -> Decoder -> FlowMeter -> FlowBatch), start-up,
 imports and output excluded; "ratio_in_process" sets it against softflowd's whole process.
@@ -171,11 +173,22 @@ def offline_bench(args: argparse.Namespace) -> dict[str, Any]:
                 sf_runs.append(_run_softflowd(path))
             inproc_runs.append(_run_ours(path))
     result = compare_runs(ours_runs, inproc_runs, sf_runs, (ours_base, sf_base), truth)
+    result["native_meter"] = native_meter_reads(path)
     result["capture"] = {"path": str(path), "frames": result["ours"]["frames"]}
     result["capture"]["bytes"] = path.stat().st_size
     if args.concurrent is not None:
         result["capture"]["concurrent_flows"] = args.concurrent
     return result
+
+
+def native_meter_reads(path: Path) -> bool:
+    """Whether our whole-process runs took the native meter (no numpy) on this file, rather
+    than the numpy path (docs/FLOWS.md "The native meter")."""
+    try:
+        from appliance.capture import _fastpath
+    except ImportError:  # pragma: no cover (a checkout without `make venv`)
+        return False
+    return bool(_fastpath.native_reads(str(path)))
 
 
 def compare_runs(

@@ -25,7 +25,9 @@ tools in the same guest, alternating, means a lot.
    timed run, and checked on the host against the generator's truth.
    "matches_host_bytes": the guest's JSON lines hash to the same sha256 as the host's
    `flows --pcap` output on the same file; "native_fastpath": the guest imported
-   appliance.capture._fastpath (without it the meter runs its numpy/Python fallbacks).
+   appliance.capture._fastpath (without it the meter runs its numpy/Python fallbacks);
+   "native_meter": the guest's `flows --pcap F --json` ran the native meter, numpy never
+   imported (docs/FLOWS.md "The native meter").
 The result has the host bench's fields and ratios, plus "board" and "machine".
 """
 
@@ -131,6 +133,7 @@ def native():
     import platform
     from appliance.capture import _fastpath, pcap, flows, decode
     return {"native": all(m._fastpath is not None for m in (pcap, flows, decode)),
+            "meter_json": hasattr(_fastpath, "meter_json"),
             "module": _fastpath.__file__, "machine": platform.machine()}
 
 mode = sys.argv[1]
@@ -448,7 +451,7 @@ def machine_info() -> dict[str, Any]:
 def run_board_bench(args: argparse.Namespace) -> dict[str, Any]:
     """The whole board bench (see the module docstring); one JSON-ready dict."""
     from appliance.capture.pcap import write_pcap
-    from appliance.devkit.capture.bench import _ONE_FRAME
+    from appliance.devkit.capture.bench import _ONE_FRAME, native_meter_reads
     from appliance.devkit.capture.synth import Truth, cached_capture
     from appliance.qemu import boards
     from appliance.qemu.machine import Machine
@@ -518,6 +521,11 @@ def run_board_bench(args: argparse.Namespace) -> dict[str, Any]:
     }
     result["board"] = args.board
     result["native_fastpath"] = bool(native.get("native")) and native.get("machine") == "aarch64"
+    # The guest's `flows --json` took the native meter (no numpy): it has it, and the same
+    # code on the host reads this file natively (the decision depends on the file alone).
+    result["native_meter"] = (
+        result["native_fastpath"] and bool(native.get("meter_json")) and native_meter_reads(pcap)
+    )
     result["matches_host_bytes"] = all(r["sha256"] == host_sha for r in ours_runs)
     info = machine_info()
     info["host_load_average_before"] = load_before
