@@ -43,6 +43,14 @@
  * native_reads(path) -> bool
  *   Whether meter_json reads the file (rather than returning None): what `bench flows`
  *   reports as native_meter.
+ *
+ * Meter(idle_ns, active_ns, linger_ns, max_flows)
+ *   meter_json's decoder and flow table as an object, for the live agent (source.CompiledMeter):
+ *   add(data, offsets, caplen, ts_ns, vlan, linktype) meters a FrameBatch, expire(now_ns),
+ *   flush() and rebase(before_ns, delta_ns) as FlowMeter's; each returns how many ended flows
+ *   it holds, and take(columns) copies them into FlowBatch columns. stats() -> dict of the
+ *   MeterStats and DecodeStats counters. One implementation of the table serves both paths
+ *   (meter_new, meter_frame, add_packet, expire, flush_all).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -725,9 +733,9 @@ static int is_ipv6_ext(unsigned nh) {
 
 /* decode.Decoder._frame_row: FRAME_FAST (a packet in *r), FRAME_NON_IP (*ethertype) or
  * FRAME_MALFORMED. */
-static int decode_slow(slow_t *st, const uint8_t *f, int64_t len, int linktype, int64_t ts,
-                       row_t *r, unsigned *ethertype) {
-    unsigned vlan = 0, et;
+static int decode_slow(slow_t *st, const uint8_t *f, int64_t len, int linktype,
+                       unsigned meta_vlan, int64_t ts, row_t *r, unsigned *ethertype) {
+    unsigned vlan = meta_vlan, et;
     int64_t pos = 0;
     if (linktype == LT_RAW) {
         if (len < 1) return FRAME_MALFORMED;
@@ -800,8 +808,10 @@ typedef struct {
     flow_t *held;
     size_t n_held, cap_held;
     slow_t slow; /* the per-frame decoder's state */
-    /* counters */
-    int64_t packets, bytes, evicted, peak, written;
+    /* counters (MeterStats, DecodeStats) */
+    int64_t packets, bytes, evicted, peak, written, started;
+    int64_t ended[R_SHUTDOWN + 1]; /* by reason */
+    int64_t frames, slow_path;
     int64_t non_ip[65536];
     /* output */
     int fd;
@@ -881,6 +891,7 @@ static int hold(meter_t *m, const flow_t *f, uint8_t reason) {
     }
     m->held[m->n_held] = *f;
     m->held[m->n_held++].reason = reason;
+    m->ended[reason]++;
     return 0;
 }
 
@@ -997,6 +1008,7 @@ static int add_packet(meter_t *m, const row_t *r, int64_t ts) {
         if (earliest(m, f, &why) < t) { /* a rule ends it before this packet */
             if (hold(m, f, why) < 0) return -1;
             reset(f, r, t);
+            m->started++;
         }
         lru_unlink(m, s);
     } else {
@@ -1026,6 +1038,7 @@ static int add_packet(meter_t *m, const row_t *r, int64_t ts) {
         if (m->n_used > m->peak) m->peak = m->n_used;
         f = &m->flows[s];
         reset(f, r, t);
+        m->started++;
     }
     lru_append(m, s);
     if (r->rev) {
@@ -1057,6 +1070,63 @@ static int flush_all(meter_t *m) {
         drop(m, s);
     }
     return 0;
+}
+
+/* A meter with an empty table of max_flows slots (1 <= max_flows <= INT32_MAX / 4), or NULL
+ * (out of memory). The file path (meter_json) and the live path (Meter) share it. */
+static meter_t *meter_new(int64_t idle, int64_t active, int64_t linger, int64_t max_flows) {
+    meter_t *m = calloc(1, sizeof *m);
+    if (m == NULL) return NULL;
+    uint64_t slots = 16;
+    while (slots < (uint64_t)max_flows * 2) slots <<= 1;
+    m->idle = idle, m->active = active, m->linger = linger, m->max_flows = max_flows;
+    m->flows = calloc((size_t)max_flows, sizeof *m->flows);
+    m->index = calloc(slots, sizeof *m->index);
+    m->mask = slots - 1;
+    m->lru_head = m->lru_tail = m->free_head = -1;
+    m->clock = INT64_MIN;
+    m->slow.frags.oldest = m->slow.frags.newest = -1;
+    memset(m->slow.frags.bucket, 0xFF, sizeof m->slow.frags.bucket);
+    m->fd = -1;
+    if (m->flows == NULL || m->index == NULL) {
+        free(m->flows);
+        free(m->index);
+        free(m);
+        return NULL;
+    }
+    return m;
+}
+
+static void meter_free(meter_t *m) {
+    if (m == NULL) return;
+    free(m->flows);
+    free(m->index);
+    free(m->held);
+    free(m->out);
+    free(m);
+}
+
+/* One frame through the decoder into the table: the per-frame work of both paths. ts is the
+ * frame's capture time (the fragment memory's clock), meter_ts the time the table uses. */
+static int meter_frame(meter_t *m, const uint8_t *f, int64_t caplen, int linktype,
+                       unsigned meta_vlan, int64_t ts, int64_t meter_ts) {
+    row_t r;
+    unsigned et = 0;
+    m->frames++;
+    int kind = decode_one(f, caplen, linktype, meta_vlan, &r, &et);
+    if (kind == FRAME_SLOW) {
+        m->slow_path++;
+        kind = decode_slow(&m->slow, f, caplen, linktype, meta_vlan, ts, &r, &et);
+    }
+    if (kind == FRAME_NON_IP) {
+        m->non_ip[et & 0xFFFF]++;
+        return 0;
+    }
+    if (kind == FRAME_MALFORMED) {
+        m->slow.malformed++;
+        return 0;
+    }
+    return add_packet(m, &r, meter_ts);
 }
 
 static const uint8_t LE_US[4] = {0xd4, 0xc3, 0xb2, 0xa1}, LE_NS[4] = {0x4d, 0x3c, 0xb2, 0xa1};
@@ -1095,8 +1165,7 @@ static int native_file(const uint8_t *d, size_t size, size_t *cut) {
     return 1;
 }
 
-static int run(meter_t *m, const uint8_t *d, size_t size, int linktype, int nanos,
-               int64_t *frames) {
+static int run(meter_t *m, const uint8_t *d, size_t size, int linktype, int nanos) {
     size_t pos = 24, dropped = 0;
     int64_t last_expire = 0, mult = nanos ? 1 : 1000;
     while (pos + 16 <= size) {
@@ -1104,22 +1173,10 @@ static int run(meter_t *m, const uint8_t *d, size_t size, int linktype, int nano
         size_t caplen = le32(d + pos + 8);
         if (caplen > size - pos - 16) break;
         int64_t ts = (int64_t)le32(d + pos) * 1000000000LL + (int64_t)le32(d + pos + 4) * mult;
-        row_t r;
-        unsigned et = 0;
-        int kind = decode_one(d + pos + 16, (int64_t)caplen, linktype, 0, &r, &et);
-        if (kind == FRAME_SLOW)
-            kind = decode_slow(&m->slow, d + pos + 16, (int64_t)caplen, linktype, ts, &r, &et);
+        int64_t before = m->packets;
+        if (meter_frame(m, d + pos + 16, (int64_t)caplen, linktype, 0, ts, ts) < 0) return -1;
         pos += 16 + caplen;
-        ++*frames;
-        if (kind == FRAME_NON_IP) {
-            m->non_ip[et & 0xFFFF]++;
-            continue;
-        }
-        if (kind == FRAME_MALFORMED) {
-            m->slow.malformed++;
-            continue;
-        }
-        if (add_packet(m, &r, ts) < 0) return -1;
+        if (m->packets == before) continue; /* not metered: non-IP or malformed */
         /* Expire when the numpy path does (after each METER_BATCH packets, once per
          * EXPIRE_EVERY_NS): the records do not depend on it, the peak table count does. */
         if (m->packets % METER_BATCH == 0) {
@@ -1189,6 +1246,24 @@ static PyObject *native_reads(PyObject *self, PyObject *args) {
     return PyBool_FromLong(yes);
 }
 
+/* The non-IP frames counted, {ethertype: frames} (DecodeStats.non_ip), or NULL. */
+static PyObject *non_ip_dict(const meter_t *m) {
+    PyObject *d = PyDict_New();
+    if (d == NULL) return NULL;
+    for (int et = 0; et < 65536; et++) {
+        if (!m->non_ip[et]) continue;
+        PyObject *k = PyLong_FromLong(et), *v = PyLong_FromLongLong(m->non_ip[et]);
+        int bad = k == NULL || v == NULL || PyDict_SetItem(d, k, v) < 0;
+        Py_XDECREF(k);
+        Py_XDECREF(v);
+        if (bad) {
+            Py_DECREF(d);
+            return NULL;
+        }
+    }
+    return d;
+}
+
 static PyObject *meter_json(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *path_obj;
@@ -1211,46 +1286,24 @@ static PyObject *meter_json(PyObject *self, PyObject *args) {
     const uint8_t *d = c.d;
     size_t size = c.size, cut = c.cut;
     int linktype = c.linktype, nanos = c.nanos;
-    m = calloc(1, sizeof *m);
+    m = meter_new(idle, active, linger, max_flows);
     if (m == NULL) goto nomem;
-    uint64_t slots = 16;
-    while (slots < (uint64_t)max_flows * 2) slots <<= 1;
-    m->idle = idle, m->active = active, m->linger = linger, m->max_flows = max_flows;
-    m->flows = calloc((size_t)max_flows, sizeof *m->flows);
-    m->index = calloc(slots, sizeof *m->index);
     m->out = malloc(OUT_BYTES);
-    if (m->flows == NULL || m->index == NULL || m->out == NULL) goto nomem;
-    m->mask = slots - 1;
-    m->lru_head = m->lru_tail = m->free_head = -1;
-    m->clock = INT64_MIN;
-    m->slow.frags.oldest = m->slow.frags.newest = -1;
-    memset(m->slow.frags.bucket, 0xFF, sizeof m->slow.frags.bucket);
+    if (m->out == NULL) goto nomem;
     m->fd = out_fd;
-    int64_t frames = 0;
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = run(m, d, size, linktype, nanos, &frames);
+    rc = run(m, d, size, linktype, nanos);
     Py_END_ALLOW_THREADS
     if (rc < 0) {
         errno = m->err;
         PyErr_SetFromErrno(m->err == ENOMEM ? PyExc_MemoryError : PyExc_OSError);
         goto done;
     }
-    PyObject *non_ip = PyDict_New();
+    PyObject *non_ip = non_ip_dict(m);
     if (non_ip == NULL) goto done;
-    for (int et = 0; et < 65536; et++) {
-        if (!m->non_ip[et]) continue;
-        PyObject *k = PyLong_FromLong(et), *v = PyLong_FromLongLong(m->non_ip[et]);
-        int bad = k == NULL || v == NULL || PyDict_SetItem(non_ip, k, v) < 0;
-        Py_XDECREF(k);
-        Py_XDECREF(v);
-        if (bad) {
-            Py_DECREF(non_ip);
-            goto done;
-        }
-    }
     result = Py_BuildValue("{s:L,s:L,s:L,s:L,s:L,s:L,s:n,s:L,s:L,s:N}", "flows", (long long)m->written,
-                           "frames", (long long)frames, "packets", (long long)m->packets,
+                           "frames", (long long)m->frames, "packets", (long long)m->packets,
                            "bytes", (long long)m->bytes, "evicted", (long long)m->evicted,
                            "peak_flows", (long long)m->peak, "cut_bytes", (Py_ssize_t)cut,
                            "malformed", (long long)m->slow.malformed, "fragments",
@@ -1262,16 +1315,303 @@ nomem:
 none:
     result = Py_NewRef(Py_None);
 done:
-    if (m != NULL) {
-        free(m->flows);
-        free(m->index);
-        free(m->held);
-        free(m->out);
-        free(m);
-    }
+    meter_free(m);
     cap_close(&c);
     return result;
 }
+
+/* ---- Meter: the same table for the live agent --------------------------------------------
+ *
+ * The ring's blocks arrive as FrameBatches; Meter meters them frame by frame with meter_frame
+ * (the decoder's fragment memory and the table live in the object) and keeps the flows it
+ * ends until take() copies them into FlowBatch columns. Clock steps: rebase() moves the open
+ * flows and remembers the step (the last KEPT_STEPS, source._KEPT_STEPS), and every frame
+ * stamped before a remembered step is metered at its time plus the step, oldest step first,
+ * exactly as LiveMeter does for the numpy meter; the fragment memory keeps the frame's own
+ * stamp, as Decoder does.
+ */
+
+#define KEPT_STEPS 4
+
+typedef struct {
+    PyObject_HEAD
+    meter_t *m;
+    int64_t step_before[KEPT_STEPS], step_delta[KEPT_STEPS];
+    int n_steps;
+} MeterObject;
+
+static int Meter_init(MeterObject *self, PyObject *args, PyObject *kwds) {
+    static char *kw[] = {"idle_ns", "active_ns", "linger_ns", "max_flows", NULL};
+    long long idle, active, linger, max_flows;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "LLLL:Meter", kw, &idle, &active, &linger,
+                                     &max_flows))
+        return -1;
+    if (max_flows < 1 || max_flows > INT32_MAX / 4 || idle < 0 || active < 1 || linger < 0) {
+        PyErr_SetString(PyExc_ValueError,
+                        "Meter: max_flows must be 1..536870911, timeouts non-negative");
+        return -1;
+    }
+    meter_free(self->m);
+    self->n_steps = 0;
+    self->m = meter_new(idle, active, linger, max_flows);
+    if (self->m == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static void Meter_dealloc(MeterObject *self) {
+    meter_free(self->m);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int meter_ready(MeterObject *self) {
+    if (self->m != NULL) return 1;
+    PyErr_SetString(PyExc_RuntimeError, "Meter: not initialised");
+    return 0;
+}
+
+static PyObject *meter_failed(meter_t *m) {
+    if (m->err == ENOMEM) return PyErr_NoMemory();
+    errno = m->err;
+    return PyErr_SetFromErrno(PyExc_OSError);
+}
+
+/* add(data, offsets, caplen, ts_ns, vlan, linktype) -> flows held (ended so far, not taken) */
+static PyObject *Meter_add(MeterObject *self, PyObject *args) {
+    Py_buffer data, offs, caps, ts, vl = {0};
+    PyObject *vlan_obj;
+    int linktype;
+    if (!meter_ready(self)) return NULL;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*Oi:add", &data, &offs, &caps, &ts, &vlan_obj, &linktype))
+        return NULL;
+    PyObject *result = NULL;
+    int have_vlan = 0;
+    Py_ssize_t n = offs.len / 8;
+    if (linktype != LT_ETHERNET && linktype != LT_RAW && linktype != LT_SLL &&
+        linktype != LT_SLL2) {
+        PyErr_Format(PyExc_ValueError, "Meter.add: link type %d is not supported", linktype);
+        goto done;
+    }
+    if (vlan_obj != Py_None) {
+        if (PyObject_GetBuffer(vlan_obj, &vl, PyBUF_C_CONTIGUOUS) < 0) goto done;
+        have_vlan = 1;
+    }
+    if (offs.len % 8 || caps.len != offs.len || ts.len != offs.len ||
+        (have_vlan && (vl.itemsize != 2 || vl.len / 2 != n))) {
+        PyErr_SetString(PyExc_ValueError, "Meter.add: inputs differ in length or type");
+        goto done;
+    }
+    {
+        meter_t *m = self->m;
+        const uint8_t *d = data.buf;
+        const int64_t *off = offs.buf, *cap = caps.buf, *tsv = ts.buf;
+        const uint16_t *mv = have_vlan ? vl.buf : NULL;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (off[i] < 0 || cap[i] < 0 || off[i] > data.len || cap[i] > data.len - off[i]) {
+                PyErr_Format(PyExc_ValueError, "Meter.add: frame %zd lies outside the buffer", i);
+                goto done;
+            }
+        }
+        int rc = 0;
+        for (Py_ssize_t i = 0; i < n && rc == 0; i++) {
+            int64_t t = tsv[i];
+            for (int k = 0; k < self->n_steps; k++) /* a frame from before several steps */
+                if (t < self->step_before[k]) t += self->step_delta[k];
+            rc = meter_frame(m, d + off[i], cap[i], linktype, mv ? mv[i] : 0, tsv[i], t);
+        }
+        if (rc < 0) {
+            meter_failed(m);
+            goto done;
+        }
+        result = PyLong_FromSize_t(m->n_held);
+    }
+done:
+    if (have_vlan) PyBuffer_Release(&vl);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&offs);
+    PyBuffer_Release(&caps);
+    PyBuffer_Release(&ts);
+    return result;
+}
+
+/* expire(now_ns) -> flows held */
+static PyObject *Meter_expire(MeterObject *self, PyObject *args) {
+    long long now;
+    if (!meter_ready(self) || !PyArg_ParseTuple(args, "L:expire", &now)) return NULL;
+    if (expire(self->m, now) < 0) return meter_failed(self->m);
+    return PyLong_FromSize_t(self->m->n_held);
+}
+
+/* flush() -> flows held: every open flow ended (FlowMeter.flush's reasons). */
+static PyObject *Meter_flush(MeterObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (!meter_ready(self)) return NULL;
+    if (flush_all(self->m) < 0) return meter_failed(self->m);
+    return PyLong_FromSize_t(self->m->n_held);
+}
+
+/* rebase(before_ns, delta_ns): FlowMeter.rebase on the table, and the step remembered for the
+ * frames stamped before it that are still to come. */
+static PyObject *Meter_rebase(MeterObject *self, PyObject *args) {
+    long long before, delta;
+    if (!meter_ready(self) || !PyArg_ParseTuple(args, "LL:rebase", &before, &delta)) return NULL;
+    if (delta <= 0) {
+        PyErr_Format(PyExc_ValueError, "a clock step must be forward, not %lld ns", delta);
+        return NULL;
+    }
+    meter_t *m = self->m;
+    for (int32_t s = m->lru_head; s >= 0; s = m->flows[s].next) {
+        flow_t *f = &m->flows[s];
+        int64_t *times[] = {&f->start_ns, &f->end_ns, &f->fin_ab, &f->fin_ba, &f->rst};
+        for (size_t k = 0; k < sizeof times / sizeof *times; k++)
+            if (*times[k] != NONE_NS && *times[k] < before) *times[k] += delta;
+    }
+    if (0 < m->clock && m->clock < before) m->clock += delta;
+    if (self->n_steps == KEPT_STEPS) {
+        memmove(self->step_before, self->step_before + 1, (KEPT_STEPS - 1) * sizeof(int64_t));
+        memmove(self->step_delta, self->step_delta + 1, (KEPT_STEPS - 1) * sizeof(int64_t));
+        self->n_steps--;
+    }
+    self->step_before[self->n_steps] = before;
+    self->step_delta[self->n_steps++] = delta;
+    Py_RETURN_NONE;
+}
+
+/* take(columns) -> n: the held flows into the 21 FlowBatch columns (FLOW_COLUMNS order, each
+ * C-contiguous, writable, with that dtype and at least n long, n = what add/expire/flush
+ * returned), in the order they ended; the meter holds none afterwards. */
+static PyObject *Meter_take(MeterObject *self, PyObject *args) {
+    PyObject *tuple;
+    if (!meter_ready(self) || !PyArg_ParseTuple(args, "O!:take", &PyTuple_Type, &tuple))
+        return NULL;
+    if (PyTuple_GET_SIZE(tuple) != N_COLS) {
+        PyErr_Format(PyExc_ValueError, "Meter.take: %d columns expected", N_COLS);
+        return NULL;
+    }
+    meter_t *m = self->m;
+    Py_ssize_t n = (Py_ssize_t)m->n_held;
+    Py_buffer b[N_COLS];
+    int got = 0;
+    PyObject *result = NULL;
+    for (; got < N_COLS; got++) {
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(tuple, got), &b[got],
+                               PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0)
+            goto done;
+        if (b[got].itemsize != COL_SIZE[got] || b[got].len / COL_SIZE[got] < n) {
+            PyErr_Format(PyExc_ValueError, "Meter.take: column %d has the wrong type or length",
+                         got);
+            got++;
+            goto done;
+        }
+    }
+#define COL(i, t) ((t *)b[i].buf)
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const flow_t *f = &m->held[i];
+        COL(C_VLAN, uint16_t)[i] = f->vlan;
+        COL(C_IPVER, uint8_t)[i] = f->ipver;
+        COL(C_PROTO, uint8_t)[i] = f->proto;
+        COL(C_A_HI, uint64_t)[i] = f->a_hi;
+        COL(C_A_LO, uint64_t)[i] = f->a_lo;
+        COL(C_B_HI, uint64_t)[i] = f->b_hi;
+        COL(C_B_LO, uint64_t)[i] = f->b_lo;
+        COL(C_PORT_A, uint32_t)[i] = f->port_a;
+        COL(C_PORT_B, uint32_t)[i] = f->port_b;
+        COL(C_INIT_B, uint8_t)[i] = f->init_b;
+        COL(C_ICMP_TYPE, uint8_t)[i] = f->itype;
+        COL(C_ICMP_CODE, uint8_t)[i] = f->icode;
+        COL(C_PKTS_AB, int64_t)[i] = f->pkts_ab;
+        COL(C_PKTS_BA, int64_t)[i] = f->pkts_ba;
+        COL(C_BYTES_AB, int64_t)[i] = f->bytes_ab;
+        COL(C_BYTES_BA, int64_t)[i] = f->bytes_ba;
+        COL(C_FLAGS_AB, uint8_t)[i] = f->flags_ab;
+        COL(C_FLAGS_BA, uint8_t)[i] = f->flags_ba;
+        COL(C_START_NS, int64_t)[i] = f->start_ns;
+        COL(C_END_NS, int64_t)[i] = f->end_ns;
+        COL(C_REASON, uint8_t)[i] = f->reason;
+    }
+#undef COL
+    m->n_held = 0;
+    if (m->cap_held > 4096) { /* a burst of ended flows: give its memory back */
+        free(m->held);
+        m->held = NULL, m->cap_held = 0;
+    }
+    result = PyLong_FromSsize_t(n);
+done:
+    for (int i = 0; i < got; i++) PyBuffer_Release(&b[i]);
+    return result;
+}
+
+/* stats() -> dict: MeterStats' and DecodeStats' counters, and the table's state. */
+static PyObject *Meter_stats(MeterObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (!meter_ready(self)) return NULL;
+    meter_t *m = self->m;
+    PyObject *ended = PyDict_New(), *non_ip = non_ip_dict(m), *result = NULL;
+    if (ended == NULL || non_ip == NULL) goto fail;
+    for (int r = R_IDLE; r <= R_SHUTDOWN; r++) {
+        if (!m->ended[r]) continue;
+        PyObject *v = PyLong_FromLongLong(m->ended[r]);
+        int bad = v == NULL || PyDict_SetItemString(ended, REASONS[r], v) < 0;
+        Py_XDECREF(v);
+        if (bad) goto fail;
+    }
+    int64_t oldest = m->lru_head >= 0 ? m->flows[m->lru_head].end_ns : 0;
+    for (int32_t s = m->lru_head; s >= 0; s = m->flows[s].next) /* after a rebase, too */
+        if (m->flows[s].end_ns < oldest) oldest = m->flows[s].end_ns;
+    result = Py_BuildValue(
+        "{s:L,s:L,s:L,s:N,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:N,s:i,s:L,s:O}", "packets",
+        (long long)m->packets, "bytes", (long long)m->bytes, "flows_started",
+        (long long)m->started, "flows_ended", ended, "evicted", (long long)m->evicted,
+        "peak_flows", (long long)m->peak, "frames", (long long)m->frames, "metered",
+        (long long)m->packets, "slow_path", (long long)m->slow_path, "fragments",
+        (long long)m->slow.fragments, "malformed", (long long)m->slow.malformed, "clock_ns",
+        (long long)(m->clock > 0 ? m->clock : 0), "non_ip", non_ip, "active_flows",
+        (int)m->n_used, "oldest_open_ns", (long long)oldest, "any_open",
+        m->n_used ? Py_True : Py_False);
+    return result;
+fail:
+    Py_XDECREF(ended);
+    Py_XDECREF(non_ip);
+    return NULL;
+}
+
+static PyObject *Meter_active(MeterObject *self, void *Py_UNUSED(closure)) {
+    if (!meter_ready(self)) return NULL;
+    return PyLong_FromLong(self->m->n_used);
+}
+
+static PyMethodDef Meter_methods[] = {
+    {"add", (PyCFunction)Meter_add, METH_VARARGS,
+     "add(data, offsets, caplen, ts_ns, vlan, linktype): meter a FrameBatch; flows held."},
+    {"expire", (PyCFunction)Meter_expire, METH_VARARGS,
+     "expire(now_ns): end the flows past a deadline; flows held."},
+    {"flush", (PyCFunction)Meter_flush, METH_NOARGS, "End every open flow; flows held."},
+    {"rebase", (PyCFunction)Meter_rebase, METH_VARARGS,
+     "rebase(before_ns, delta_ns): the clock stepped forward."},
+    {"take", (PyCFunction)Meter_take, METH_VARARGS,
+     "take(columns): the held flows into FlowBatch columns; how many."},
+    {"stats", (PyCFunction)Meter_stats, METH_NOARGS, "Counters and table state, as a dict."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Meter_getset[] = {
+    {"active_flows", (getter)Meter_active, NULL, "Open flows in the table.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject MeterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "appliance.capture._fastpath.Meter",
+    .tp_doc = "Meter(idle_ns, active_ns, linger_ns, max_flows): meter_json's decoder and flow "
+              "table for FrameBatches (the live agent).",
+    .tp_basicsize = sizeof(MeterObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Meter_init,
+    .tp_dealloc = (destructor)Meter_dealloc,
+    .tp_methods = Meter_methods,
+    .tp_getset = Meter_getset,
+};
 
 static PyMethodDef methods[] = {
     {"walk_le", walk_le, METH_VARARGS, "Offsets of whole little-endian pcap records."},
@@ -1291,5 +1631,12 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "walk_le reads caplen in host order: little-endian hosts only (x86_64, arm64)"
 #endif
-    return PyModule_Create(&module);
+    if (PyType_Ready(&MeterType) < 0) return NULL;
+    PyObject *mod = PyModule_Create(&module);
+    if (mod == NULL) return NULL;
+    if (PyModule_AddObjectRef(mod, "Meter", (PyObject *)&MeterType) < 0) {
+        Py_DECREF(mod);
+        return NULL;
+    }
+    return mod;
 }

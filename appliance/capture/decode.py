@@ -176,6 +176,19 @@ class FrameBatch:
     def __len__(self) -> int:
         return len(self.offsets)
 
+    def native_args(self) -> tuple[U8, I64, I64, I64, U16 | None, int]:
+        """(data, offsets, caplen, ts_ns, vlan, linktype) as _fastpath's functions read them
+        (C-contiguous, their dtypes)."""
+        i64 = np.int64
+        return (
+            self.data,
+            np.ascontiguousarray(self.offsets, dtype=i64),
+            np.ascontiguousarray(self.caplen, dtype=i64),
+            np.ascontiguousarray(self.ts_ns, dtype=i64),
+            None if self.vlan is None else np.ascontiguousarray(self.vlan, dtype=np.uint16),
+            self.linktype,
+        )
+
 
 @dataclass
 class PacketColumns:
@@ -376,14 +389,8 @@ class Decoder:
         fast_rows = np.empty(n, dtype=np.intp)
         slow_rows = np.empty(n, dtype=np.intp)
         non_ip = np.empty(n, dtype=np.int32)
-        i64 = np.int64
         n_fast, n_slow, n_non_ip = _fastpath.decode(
-            batch.data,
-            np.ascontiguousarray(batch.offsets, dtype=i64),
-            np.ascontiguousarray(batch.caplen, dtype=i64),
-            np.ascontiguousarray(batch.ts_ns, dtype=i64),
-            None if batch.vlan is None else np.ascontiguousarray(batch.vlan, dtype=np.uint16),
-            batch.linktype,
+            *batch.native_args(),
             tuple(out.values()),
             fast_rows,
             slow_rows,

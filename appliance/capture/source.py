@@ -9,6 +9,12 @@
 
 Ownership: LiveMeter owns the decoder and the meter; the caller owns the source (and closes
 it after LiveMeter.close). Nothing here blocks longer than the source's poll timeout.
+
+Two meters, one set of rules: where _fastpath is built (`make venv`), LiveMeter meters with
+CompiledMeter, the C decoder and flow table `flows --pcap --json` uses (_fastpath.Meter), packet
+by packet; otherwise with Decoder + FlowMeter (numpy). Their records are the same except when
+the table overflows (docs/FLOWS.md "The native meter"): the per-packet table evicts the least
+recently active flow for each new one, the numpy one per batch.
 """
 
 from __future__ import annotations
@@ -20,9 +26,14 @@ from typing import Protocol
 import numpy as np
 
 from appliance.capture.config import MeterConfig
-from appliance.capture.decode import Decoder, FrameBatch, PacketColumns
-from appliance.capture.flows import FlowBatch
-from appliance.capture.meter import FlowMeter
+from appliance.capture.decode import Decoder, DecodeStats, FrameBatch, PacketColumns
+from appliance.capture.flows import FLOW_COLUMNS, FlowBatch
+from appliance.capture.meter import FlowMeter, MeterStats
+
+try:
+    from appliance.capture import _fastpath
+except ImportError:  # a checkout without `make venv`: the numpy meter
+    _fastpath = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +53,88 @@ class FrameSource(Protocol):
     """
 
     def batches(self, timeout_s: float = 0.5) -> Iterator[FrameBatch]: ...
+
+
+#: The counters of _fastpath.Meter.stats() that make MeterStats and DecodeStats.
+_METER_STATS = ("packets", "bytes", "flows_started", "flows_ended", "evicted", "peak_flows")
+_DECODE_STATS = ("frames", "metered", "slow_path", "fragments", "malformed", "non_ip")
+
+
+class CompiledMeter:
+    """Decoder + FlowMeter in one compiled object (_fastpath.Meter): FrameBatches in, ended
+    flows out as FlowBatches, with FlowMeter's rules applied packet by packet.
+
+    Why: at 2,000 packets/s most of the agent's CPU was FlowMeter.add's fixed cost per call
+    (a few hundred numpy operations per ring block), docs/PERFORMANCE.md. The decoder's state
+    (the fragment memory) lives in the object too. rebase() moves the open flows, as
+    FlowMeter.rebase, and also remembers the step (the last _KEPT_STEPS): a frame stamped
+    before it is metered at its stamp plus the step, which LiveMeter does for FlowMeter.
+    Memory is bounded by max_flows: preallocated slots and index, plus the flows ended by one
+    call until they are taken.
+    """
+
+    def __init__(self, config: MeterConfig | None = None) -> None:
+        if _fastpath is None:
+            raise RuntimeError("the compiled meter is not built: run `make venv`")
+        self.config = config or MeterConfig()
+        c = self.config
+        self._m = _fastpath.Meter(
+            int(c.idle_timeout_s * 1e9),
+            int(c.active_timeout_s * 1e9),
+            int(c.close_linger_s * 1e9),
+            c.max_flows,
+        )
+
+    def add(self, batch: FrameBatch) -> FlowBatch:
+        """Decode and meter a batch of frames (arrival order); returns the flows it ended."""
+        return self._take(self._m.add(*batch.native_args()))
+
+    def expire(self, now_ns: int) -> FlowBatch:
+        """End every flow whose idle, close-linger or active time has passed at now_ns."""
+        return self._take(self._m.expire(now_ns))
+
+    def flush(self) -> FlowBatch:
+        """End every open flow (FlowMeter.flush's reasons)."""
+        return self._take(self._m.flush())
+
+    def rebase(self, before_ns: int, delta_ns: int) -> None:
+        """The clock stepped forward by delta_ns at before_ns (LiveMeter.rebase)."""
+        self._m.rebase(before_ns, delta_ns)
+
+    @property
+    def active_flows(self) -> int:
+        """Open flows in the table (never more than max_flows)."""
+        return int(self._m.active_flows)
+
+    @property
+    def stats(self) -> MeterStats:
+        """FlowMeter's counters (no hash collisions or slow groups: the table keys are whole)."""
+        s = self._m.stats()
+        return MeterStats(**{k: s[k] for k in _METER_STATS})
+
+    @property
+    def decode_stats(self) -> DecodeStats:
+        """Decoder's counters (slow_path: frames the per-frame rules read)."""
+        s = self._m.stats()
+        return DecodeStats(**{k: s[k] for k in _DECODE_STATS})
+
+    @property
+    def clock_ns(self) -> int:
+        """The latest packet time seen; 0 before the first packet."""
+        return int(self._m.stats()["clock_ns"])
+
+    @property
+    def oldest_open_ns(self) -> int | None:
+        """The earliest last-packet time of the open flows (None when none is open)."""
+        s = self._m.stats()
+        return int(s["oldest_open_ns"]) if s["any_open"] else None
+
+    def _take(self, held: int) -> FlowBatch:
+        if not held:
+            return FlowBatch.empty()
+        cols = {k: np.empty(held, dtype=t) for k, t in FLOW_COLUMNS.items()}
+        self._m.take(tuple(cols.values()))
+        return FlowBatch(cols)
 
 
 class LiveMeter:
@@ -68,10 +161,15 @@ class LiveMeter:
         lag_ns: int = 1_000_000_000,
         clock_steps: StepLog | None = None,
         expire_every_ns: int = 1_000_000_000,
+        compiled: bool = True,
     ) -> None:
+        """compiled=False keeps Decoder + FlowMeter where CompiledMeter is built (the tests
+        compare both)."""
         self.source = source
         self.decoder = Decoder()
-        self.meter = FlowMeter(config)
+        self.meter: FlowMeter | CompiledMeter = (
+            CompiledMeter(config) if compiled and _fastpath is not None else FlowMeter(config)
+        )
         self.lag_ns = lag_ns
         self.expire_every_ns = expire_every_ns
         self._expired_at: int | None = None  # the time the last expire ran at
@@ -83,7 +181,7 @@ class LiveMeter:
         """The clock stepped forward by delta_ns when it read before_ns (agent.clock): the
         open flows move with it, and so does every packet stamped before the step that the
         ring still holds."""
-        self.meter.rebase(before_ns, delta_ns)
+        self.meter.rebase(before_ns, delta_ns)  # CompiledMeter remembers the step itself
         self._steps = [*self._steps[-(_KEPT_STEPS - 1) :], (before_ns, delta_ns)]
 
     def skip_steps(self, count: int) -> None:
@@ -113,7 +211,10 @@ class LiveMeter:
         self._catch_up()
         for batch in self.source.batches(timeout_s):
             self._catch_up()
-            ended = self.meter.add(self._on_current_clock(self.decoder.decode(batch)))
+            if isinstance(self.meter, CompiledMeter):
+                ended = self.meter.add(batch)
+            else:
+                ended = self.meter.add(self._on_current_clock(self.decoder.decode(batch)))
             if len(ended):
                 yield ended
         due = now_ns - self.lag_ns
@@ -122,6 +223,18 @@ class LiveMeter:
             expired = self.meter.expire(due)
             if len(expired):
                 yield expired
+
+    @property
+    def compiled(self) -> bool:
+        """Whether this meter is the compiled one (CompiledMeter)."""
+        return isinstance(self.meter, CompiledMeter)
+
+    @property
+    def decode_stats(self) -> DecodeStats:
+        """What the decoder saw (DecodeStats), whichever meter runs."""
+        if isinstance(self.meter, CompiledMeter):
+            return self.meter.decode_stats
+        return self.decoder.stats
 
     def close(self) -> FlowBatch:
         """End every open flow (SHUTDOWN, or the reason already due)."""

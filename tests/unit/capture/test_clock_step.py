@@ -1,6 +1,7 @@
 """A forward clock step in the middle of a conversation (the agent following the bus's clock
 after a power cut): the live meter moves its open flows and the ring's old-clock packets with
-the step, so the conversation is one flow, on the new clock."""
+the step, so the conversation is one flow, on the new clock. Each test runs against both
+meters LiveMeter may use: the compiled one and Decoder + FlowMeter."""
 
 from __future__ import annotations
 
@@ -10,10 +11,22 @@ from testsupport.capture_helpers import MS, QueuedRing, S, eth, frame_batch, fra
 
 from appliance.agent.clock import ClockFollower, ClockStep
 from appliance.capture.config import MeterConfig
-from appliance.capture.source import LiveMeter
+from appliance.capture.source import LiveMeter, _fastpath
 
 OLD = 1_700_000_000 * S  # the floor the box booted on
 STEP = 5 * 86_400 * S  # five days behind the bus
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(True, id="compiled"),
+        pytest.param(False, id="numpy"),
+    ]
+)
+def compiled(request: pytest.FixtureRequest) -> bool:
+    if request.param and _fastpath is None:
+        pytest.fail("the compiled meter is not built: run `make venv`")
+    return bool(request.param)
 
 
 def _tcp(flags: str, reverse: bool = False) -> bytes:
@@ -22,9 +35,9 @@ def _tcp(flags: str, reverse: bool = False) -> bytes:
     return frame_bytes(eth() / IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags=flags))
 
 
-def _conversation(rebase: bool) -> list[tuple[int, int, int, int]]:
+def _conversation(rebase: bool, compiled: bool) -> list[tuple[int, int, int, int]]:
     ring = QueuedRing()
-    live = LiveMeter(ring, MeterConfig(idle_timeout_s=60))
+    live = LiveMeter(ring, MeterConfig(idle_timeout_s=60), compiled=compiled)
     ended = []
     # SYN and SYN-ACK on the old clock, metered
     ring.queued.append(frame_batch([(OLD, _tcp("S")), (OLD + 1 * MS, _tcp("SA", reverse=True))]))
@@ -48,17 +61,19 @@ def _conversation(rebase: bool) -> list[tuple[int, int, int, int]]:
     ]
 
 
-def test_a_step_mid_conversation_keeps_one_flow_on_the_new_clock() -> None:
-    assert _conversation(rebase=True) == [(3, 2, OLD + STEP, OLD + STEP + 3 * MS + 2 * MS)]
+def test_a_step_mid_conversation_keeps_one_flow_on_the_new_clock(compiled: bool) -> None:
+    assert _conversation(rebase=True, compiled=compiled) == [
+        (3, 2, OLD + STEP, OLD + STEP + 3 * MS + 2 * MS)
+    ]
 
 
-def test_without_the_rebase_the_step_would_split_the_flow() -> None:
+def test_without_the_rebase_the_step_would_split_the_flow(compiled: bool) -> None:
     """The failure the rebase prevents (so the test above can fail)."""
-    assert len(_conversation(rebase=False)) == 2
+    assert len(_conversation(rebase=False, compiled=compiled)) == 2
 
 
-def test_a_step_back_is_refused() -> None:
-    live = LiveMeter(QueuedRing())
+def test_a_step_back_is_refused(compiled: bool) -> None:
+    live = LiveMeter(QueuedRing(), compiled=compiled)
     with pytest.raises(ValueError, match="forward"):
         live.rebase(OLD, -S)
 
@@ -76,12 +91,16 @@ def test_the_follower_logs_each_step_with_the_time_it_stepped_from() -> None:
     assert ClockStep(OLD, STEP).rebase(OLD + STEP) == OLD + STEP
 
 
-def test_a_step_logged_while_the_ring_is_read_is_applied_before_theframe_batch() -> None:
+def test_a_step_logged_while_the_ring_is_read_is_applied_before_theframe_batch(
+    compiled: bool,
+) -> None:
     """The capture read its time before the step; the step came; the ring then handed over
     the SYN (old clock) and the SYN-ACK (new clock) in one poll: one flow, on the new clock."""
     ring = QueuedRing()
     log: list[tuple[int, int]] = []
-    live = LiveMeter(ring, MeterConfig(idle_timeout_s=60), clock_steps=lambda seen: log[seen:])
+    live = LiveMeter(
+        ring, MeterConfig(idle_timeout_s=60), clock_steps=lambda seen: log[seen:], compiled=compiled
+    )
     now = OLD + 1 * MS  # read before the step
     before = OLD + 2 * MS
     ring.queued.append(frame_batch([(OLD + 1 * MS, _tcp("S"))]))
@@ -93,11 +112,11 @@ def test_a_step_logged_while_the_ring_is_read_is_applied_before_theframe_batch()
     assert flow.start_ns == OLD + 1 * MS + STEP
 
 
-def test_a_packet_stamped_before_the_step_is_moved_with_it() -> None:
+def test_a_packet_stamped_before_the_step_is_moved_with_it(compiled: bool) -> None:
     """The first packet the meter sees was stamped on the old clock, handed over after the
     step: it starts its flow on the new clock, not five days in the past (already idle)."""
     ring = QueuedRing()
-    live = LiveMeter(ring, MeterConfig(idle_timeout_s=60))
+    live = LiveMeter(ring, MeterConfig(idle_timeout_s=60), compiled=compiled)
     ring.queued.append(frame_batch([(OLD + 2 * MS, _tcp("S"))]))
     live.rebase(OLD + 3 * MS, STEP)
     assert [len(b) for b in live.step(OLD + STEP + 4 * MS)] == []  # still open
