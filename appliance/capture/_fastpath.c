@@ -1555,24 +1555,32 @@ static PyObject *Meter_stats(MeterObject *self, PyObject *Py_UNUSED(ignored)) {
         Py_XDECREF(v);
         if (bad) goto fail;
     }
-    int64_t oldest = m->lru_head >= 0 ? m->flows[m->lru_head].end_ns : 0;
-    for (int32_t s = m->lru_head; s >= 0; s = m->flows[s].next) /* after a rebase, too */
-        if (m->flows[s].end_ns < oldest) oldest = m->flows[s].end_ns;
     result = Py_BuildValue(
-        "{s:L,s:L,s:L,s:N,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:N,s:i,s:L,s:O}", "packets",
+        "{s:L,s:L,s:L,s:N,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:N,s:i}", "packets",
         (long long)m->packets, "bytes", (long long)m->bytes, "flows_started",
         (long long)m->started, "flows_ended", ended, "evicted", (long long)m->evicted,
         "peak_flows", (long long)m->peak, "frames", (long long)m->frames, "metered",
         (long long)m->packets, "slow_path", (long long)m->slow_path, "fragments",
         (long long)m->slow.fragments, "malformed", (long long)m->slow.malformed, "clock_ns",
         (long long)(m->clock > 0 ? m->clock : 0), "non_ip", non_ip, "active_flows",
-        (int)m->n_used, "oldest_open_ns", (long long)oldest, "any_open",
-        m->n_used ? Py_True : Py_False);
+        (int)m->n_used);
     return result;
 fail:
     Py_XDECREF(ended);
     Py_XDECREF(non_ip);
     return NULL;
+}
+
+/* oldest_open() -> the earliest last-packet time of the open flows, None when none is open
+ * (a walk over the table: the LRU head is the oldest only until a clock step). */
+static PyObject *Meter_oldest_open(MeterObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (!meter_ready(self)) return NULL;
+    meter_t *m = self->m;
+    if (m->lru_head < 0) Py_RETURN_NONE;
+    int64_t oldest = NONE_NS;
+    for (int32_t s = m->lru_head; s >= 0; s = m->flows[s].next)
+        if (m->flows[s].end_ns < oldest) oldest = m->flows[s].end_ns;
+    return PyLong_FromLongLong(oldest);
 }
 
 static PyObject *Meter_active(MeterObject *self, void *Py_UNUSED(closure)) {
@@ -1591,6 +1599,8 @@ static PyMethodDef Meter_methods[] = {
     {"take", (PyCFunction)Meter_take, METH_VARARGS,
      "take(columns): the held flows into FlowBatch columns; how many."},
     {"stats", (PyCFunction)Meter_stats, METH_NOARGS, "Counters and table state, as a dict."},
+    {"oldest_open", (PyCFunction)Meter_oldest_open, METH_NOARGS,
+     "The earliest last-packet time of the open flows, or None."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1634,7 +1644,9 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     if (PyType_Ready(&MeterType) < 0) return NULL;
     PyObject *mod = PyModule_Create(&module);
     if (mod == NULL) return NULL;
-    if (PyModule_AddObjectRef(mod, "Meter", (PyObject *)&MeterType) < 0) {
+    /* A table slot and its share of the index (at most four 4-byte entries per slot). */
+    if (PyModule_AddObjectRef(mod, "Meter", (PyObject *)&MeterType) < 0 ||
+        PyModule_AddIntConstant(mod, "SLOT_BYTES", (long)(sizeof(flow_t) + 4 * sizeof(int32_t))) < 0) {
         Py_DECREF(mod);
         return NULL;
     }

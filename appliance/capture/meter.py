@@ -1,8 +1,9 @@
 """The flow meter: decoded packets in, ended flows out. Pure: no sockets, no clock of its own.
 
-Contract (the agent drives it; `infraspectre flows --pcap` and the benches do the same, except
-`flows --json` on the files _fastpath.meter_json reads: it applies these rules in C, per packet
-as `_step` does, docs/FLOWS.md "The native meter"):
+Contract (`infraspectre flows --pcap` and the benches drive it, and the live agent where the
+compiled module is not built; `flows --json` on the files _fastpath.meter_json reads and the
+live agent's source.CompiledMeter apply these rules in C, per packet as `_step` does,
+docs/FLOWS.md "The native meter"):
 
     meter = FlowMeter(MeterConfig(...))
     ended = meter.add(columns)     # PacketColumns from Decoder.decode, arrival order

@@ -126,8 +126,7 @@ class CompiledMeter:
     @property
     def oldest_open_ns(self) -> int | None:
         """The earliest last-packet time of the open flows (None when none is open)."""
-        s = self._m.stats()
-        return int(s["oldest_open_ns"]) if s["any_open"] else None
+        return self._m.oldest_open()
 
     def _take(self, held: int) -> FlowBatch:
         if not held:

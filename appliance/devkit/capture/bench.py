@@ -29,7 +29,8 @@ run). softflowd's packets per protocol are compared too; its bytes include Ether
 it keys ICMP without the echo id, so its flow count differs by design (docs/FLOWS.md).
 
 --memory: pushes many distinct flows through a meter with the configured max_flows and samples
-the process's anonymous RSS, against the documented bound (docs/PERFORMANCE.md).
+the process's anonymous RSS, against the documented bound (docs/PERFORMANCE.md): the numpy
+FlowMeter, and under "compiled" the live agent's compiled meter (frames in, as from the ring).
 
 --live: see appliance.devkit.capture.livebench.
 
@@ -112,7 +113,11 @@ def _bench(args: argparse.Namespace) -> int:
             [int(r) for r in args.rates.split(",") if r.strip()], args.duration, args.cache
         )
     elif args.memory:
+        compiled = compiled_memory_bench(args.max_flows)  # first: its table is freed after
         result = memory_bench(args.max_flows)
+        if compiled is not None:
+            result["compiled"] = compiled
+            result["within_bound"] = result["within_bound"] and compiled["within_bound"]
     else:
         args.packets = 1_000_000 if args.packets is None else args.packets
         args.repeat = 7 if args.repeat is None else args.repeat
@@ -573,6 +578,74 @@ def memory_bench(
         "rss_anon_kib_bound": bound_kib,
         "within_bound": peak <= bound_kib and meter.active_flows <= max_flows,
     }
+
+
+#: One Ethernet/IPv4/UDP frame, 192.0.2.1:53 <- 0.0.0.0:0; compiled_memory_bench writes
+#: the source address and port of each distinct flow into copies of it.
+_UDP_FRAME = bytes.fromhex(
+    "020000000002 020000000001 0800"  # Ethernet
+    "4500 001c 0000 0000 4011 0000 00000000 c0000201"  # IPv4, total length 28
+    "0000 0035 0008 0000"  # UDP
+)
+
+
+def compiled_memory_bench(
+    max_flows: int, flows_total: int = 2_000_000, batch: int = 16384
+) -> dict[str, Any] | None:
+    """memory_bench for the live agent's compiled meter (None where it is not built): the
+    same distinct flows, as frames; its bound uses _fastpath.SLOT_BYTES."""
+    import numpy as np
+
+    from appliance.capture.config import MeterConfig
+    from appliance.capture.decode import FrameBatch
+    from appliance.capture.source import CompiledMeter
+
+    try:
+        from appliance.capture import _fastpath
+    except ImportError:  # not built: the numpy meter is the live one
+        return None
+    width = len(_UDP_FRAME)
+    template = np.frombuffer(_UDP_FRAME, dtype=np.uint8)
+    base = _rss_anon_kib()
+    meter = CompiledMeter(MeterConfig(max_flows=max_flows, idle_timeout_s=3600))
+    after_alloc = _rss_anon_kib()
+    peak = after_alloc
+    ended = 0
+    t0 = 1_795_000_000_000_000_000
+    for start in range(0, flows_total, batch):
+        n = min(batch, flows_total - start)
+        ids = np.arange(start, start + n, dtype=np.uint32)
+        frames = np.tile(template, (n, 1))
+        frames[:, 26:30] = (ids >> np.uint32(16)).astype(">u4").view(np.uint8).reshape(n, 4)
+        frames[:, 34:36] = (ids & np.uint32(0xFFFF)).astype(">u2").view(np.uint8).reshape(n, 2)
+        ended += len(
+            meter.add(
+                FrameBatch(
+                    data=frames.reshape(-1),
+                    offsets=np.arange(n, dtype=np.int64) * width,
+                    caplen=np.full(n, width, dtype=np.int64),
+                    ts_ns=np.full(n, t0 + start * 1000, dtype=np.int64),
+                )
+            )
+        )
+        peak = max(peak, _rss_anon_kib())
+    bound_kib = base + (max_flows * _fastpath.SLOT_BYTES * 2 + 64 * 1024 * 1024) // 1024
+    out = {
+        "max_flows": max_flows,
+        "flows_offered": flows_total,
+        "packets_metered": meter.stats.packets,
+        "active_flows": meter.active_flows,
+        "evicted": meter.stats.evicted,
+        "flows_ended": ended,
+        "slot_bytes": _fastpath.SLOT_BYTES,
+        "rss_anon_kib_before": base,
+        "rss_anon_kib_table_allocated": after_alloc,
+        "rss_anon_kib_peak": peak,
+        "rss_anon_kib_bound": bound_kib,
+        "within_bound": peak <= bound_kib and meter.active_flows <= max_flows,
+    }
+    del meter
+    return out
 
 
 def _rss_anon_kib() -> int:

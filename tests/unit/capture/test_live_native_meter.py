@@ -109,7 +109,8 @@ def _rows(batch: FlowBatch) -> list[str]:
 
 
 def _run(events: list[Event], config: MeterConfig, compiled: bool) -> tuple[list[Any], Any]:
-    """Drive a LiveMeter through events; what each step ended, and its counters."""
+    """Drive a LiveMeter through events; what each step ended (with the oldest open flow's
+    last packet and the meter's clock after it), and its counters."""
     ring = QueuedRing()
     live = LiveMeter(ring, config, lag_ns=0, expire_every_ns=500 * MS, compiled=compiled)
     assert live.compiled == compiled
@@ -121,8 +122,9 @@ def _run(events: list[Event], config: MeterConfig, compiled: bool) -> tuple[list
         elif kind == "rebase":
             live.rebase(*arg)
         else:
-            ended.append(_rows(FlowBatch.concat(list(live.step(arg)))))
-    ended.append(_rows(live.close()))
+            rows = _rows(FlowBatch.concat(list(live.step(arg))))
+            ended.append((rows, live.meter.oldest_open_ns, live.meter.clock_ns))
+    ended.append((_rows(live.close()), live.meter.oldest_open_ns, live.meter.clock_ns))
     ds, ms = live.decode_stats, live.meter.stats
     counters = (
         (ds.frames, ds.metered, ds.fragments, ds.malformed, ds.non_ip),
@@ -206,7 +208,7 @@ def test_deadlines_that_tie_end_flows_for_the_same_reason() -> None:
         events = _assert_same(frames, seed, steps=0, configs=configs)
     reasons = {
         json.loads(row)["end_reason"]
-        for ended in _run(events, configs[1], compiled=True)[0]
+        for ended, _, _ in _run(events, configs[1], compiled=True)[0]
         for row in ended
     }
     assert "IDLE_TIMEOUT" in reasons, reasons
@@ -235,7 +237,7 @@ def test_an_overflowing_table_conserves_packets_and_counts_evictions(tmp_path: P
     config = MeterConfig(max_flows=64)
     for compiled in (True, False):
         ended, (_, meter, _) = _run(events, config, compiled)
-        rows = [json.loads(r) for step in ended for r in step]
+        rows = [json.loads(r) for step, _, _ in ended for r in step]
         evicted = sum(r["end_reason"] == "EVICTED" for r in rows)
         assert sum(r["packets_tx"] + r["packets_rx"] for r in rows) == 1800
         assert meter[4] == evicted > 0 and meter[5] == 64, compiled
@@ -251,3 +253,15 @@ def test_bad_input_is_refused_with_one_line() -> None:
     with pytest.raises(ValueError, match="forward"):
         m.rebase(T0, 0)
     assert m.stats.packets == 0  # nothing half-metered
+
+
+def test_the_memory_bench_keeps_the_compiled_table_within_max_flows() -> None:
+    """`bench flows --memory`'s compiled part, small: every flow distinct, the table full,
+    each further flow evicting one, RSS within the documented bound."""
+    from appliance.devkit.capture.bench import compiled_memory_bench
+
+    result = compiled_memory_bench(max_flows=64, flows_total=2_000, batch=300)
+    assert result is not None
+    assert (result["packets_metered"], result["active_flows"]) == (2_000, 64)
+    assert result["evicted"] == result["flows_ended"] == 2_000 - 64
+    assert result["within_bound"]
