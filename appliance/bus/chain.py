@@ -25,7 +25,8 @@ The holes between runs are the chain's open gaps. Because batches arrive out of 
 is usually filled a moment after it opens; one still open after a settle time (the store's
 sweep, `settled_gaps`) is recorded once as a GAP event: the agent's loss window after a crash,
 or an envelope it quarantined. A RESTART event marks an envelope after the first that carries an
-empty `prev_sig` (an unclean agent stop), a START event the first envelope of a chain (REKEY
+empty `prev_sig` (an unclean agent stop; seq 1, the chain's own beginning, never is, whenever it
+arrives), a START event the first envelope of a chain (REKEY
 when the agent had another key). Runs are bounded per chain (`MAX_RUNS`): past it the lowest
 run is forgotten, so an envelope that lands next to a forgotten run is not link-checked (its
 seq is still unique: the store's index enforces that).
@@ -133,7 +134,8 @@ class Chain:
         runs = self.runs
         if not runs:
             events.append(Event(EventKind.START, seq, seq))
-        elif not prev_sig:
+        elif not prev_sig and seq != 1:  # seq 1's empty prev_sig is the chain's beginning,
+            # which may arrive after its successors (the agent's workers deliver out of order)
             events.append(Event(EventKind.RESTART, seq, seq))
         before: Run | None
         after: Run | None

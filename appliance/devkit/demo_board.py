@@ -362,7 +362,8 @@ class LiveTable:
                 signed = verify_envelope(env, key)
                 self._sigs[env.seq] = env.sig
                 before = self._sigs.get(env.seq - 1)
-                link = ("restart" if not env.prev_sig else "chained" if before == env.prev_sig
+                link = ("chain start" if not env.prev_sig and env.seq == 1
+                        else "restart" if not env.prev_sig else "chained" if before == env.prev_sig
                         else "BROKEN" if before is not None else "linked later")  # fmt: skip
                 if not signed or link == "BROKEN":
                     self.bad.append(env.seq)

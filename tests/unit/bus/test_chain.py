@@ -92,3 +92,15 @@ def test_runs_are_bounded_per_chain() -> None:
         chain.add(2 * i + 1, b"", _sig(2 * i + 1))  # every other seq: a hole each
     assert len(chain.runs) == MAX_RUNS
     assert chain.runs[0].lo == 2 * 10 + 1  # the lowest were forgotten
+
+
+def test_the_first_envelope_arriving_after_its_successors_is_no_restart() -> None:
+    """Two forwarder workers: the batch holding seq 1 can be stored after the next one. Its
+    empty prev_sig is the chain's beginning, not an unclean stop (a power-cut campaign on the
+    emulated Pi counted it as a restart)."""
+    chain = Chain()
+    events = [_add(chain, seq) for seq in range(3, 7)]
+    events += [_add(chain, seq, b"" if seq == 1 else None) for seq in (1, 2)]
+    assert events == [[EventKind.START], [], [], [], [], []]
+    assert [(r.lo, r.hi) for r in chain.runs] == [(1, 6)]
+    assert _add(chain, 100_001, b"") == [EventKind.RESTART]
