@@ -265,3 +265,17 @@ def test_the_memory_bench_keeps_the_compiled_table_within_max_flows() -> None:
     assert (result["packets_metered"], result["active_flows"]) == (2_000, 64)
     assert result["evicted"] == result["flows_ended"] == 2_000 - 64
     assert result["within_bound"]
+
+
+def test_without_the_compiled_module_the_live_path_meters_with_numpy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A checkout without `make venv`: LiveMeter falls back to FlowMeter, and asking for the
+    compiled meter says what to run."""
+    import appliance.capture.source as source
+
+    monkeypatch.setattr(source, "_fastpath", None)
+    live = LiveMeter(QueuedRing())
+    assert not live.compiled
+    with pytest.raises(RuntimeError, match="make venv"):
+        CompiledMeter()
