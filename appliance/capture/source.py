@@ -64,8 +64,9 @@ class CompiledMeter:
     """Decoder + FlowMeter in one compiled object (_fastpath.Meter): FrameBatches in, ended
     flows out as FlowBatches, with FlowMeter's rules applied packet by packet.
 
-    Why: at 2,000 packets/s most of the agent's CPU was FlowMeter.add's fixed cost per call
-    (a few hundred numpy operations per ring block), docs/PERFORMANCE.md. The decoder's state
+    Why: at 2,000 packets/s FlowMeter.add's fixed cost per call (a few hundred numpy
+    operations per ring block) was the largest part of the agent's CPU; metering a block here
+    costs ~5x less (docs/PERFORMANCE.md, "The compiled meter on the live path"). The decoder's state
     (the fragment memory) lives in the object too. rebase() moves the open flows, as
     FlowMeter.rebase, and also remembers the step (the last _KEPT_STEPS): a frame stamped
     before it is metered at its stamp plus the step, which LiveMeter does for FlowMeter.
@@ -137,7 +138,8 @@ class CompiledMeter:
 
 
 class LiveMeter:
-    """Source -> Decoder -> FlowMeter, with expiry driven by the caller's clock.
+    """Source -> CompiledMeter (or Decoder -> FlowMeter), with expiry driven by the caller's
+    clock.
 
     step(now_ns) meters whatever the source has ready, then expires at now_ns - lag_ns: a
     block the kernel has not handed over yet holds packets up to the ring's retire timeout
