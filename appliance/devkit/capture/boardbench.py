@@ -13,8 +13,9 @@ tools in the same guest, alternating, means a lot.
    one-frame capture for the start-up baseline.
 3. The guest: QEMU (appliance.qemu.machine: restrict=on, no uplink destination at all) boots
    the card; the supervised services are stopped (the unprovisioned agent would otherwise
-   share the CPU), the capture is read once into the page cache; then, --repeat times,
-   alternating:
+   share the CPU), and the capture is read into the page cache before every timed run (the
+   in-process run's numpy uses enough of the guest's 1 GiB to evict part of it, and the next
+   tool would then also time the emulated SD card); then, --repeat times, alternating:
    - ours: `infraspectre flows --pcap F --json` to a file in /tmp (tmpfs);
    - softflowd: `softflowd -r F -c none -m 200000 -v 9` exporting NetFlow v9 to nfcapd on the
      guest's loopback (as on the host);
@@ -363,6 +364,11 @@ class Guest:
             raise CommandError(f"{what} failed on the guest: {result.output.strip()[-200:]!r}")
         return str(result.output)
 
+    def warm(self, path: str) -> None:
+        """path into the page cache, before every timed run: a run would otherwise also time
+        the emulated SD card (QEMU's sdhost, slow) for what the run before it evicted."""
+        self.sh(f"cat {path} > /dev/null", "reading the capture")
+
     def helper(self, *args: str) -> dict[str, Any]:
         out = self.sh(f"python3 {GUEST_DIR}/summary.py {' '.join(args)}", f"summary {args[0]}")
         return parse_summary(out)
@@ -494,9 +500,7 @@ def run_board_bench(args: argparse.Namespace) -> dict[str, Any]:
             )
             native = guest.helper("native")
             big, small = f"{GUEST_DIR}/capture.pcap", f"{GUEST_DIR}/one-frame.pcap"
-            # into the page cache first: the first run would otherwise also time the emulated
-            # SD card (QEMU's sdhost, slow), a cost the runs after it do not pay
-            guest.sh(f"cat {big} > /dev/null", "reading the capture")
+            guest.warm(big)
             base_ours = guest.ours(small)["peak_rss_kib"]
             base_sf = 0 if args.no_softflowd else guest.softflowd(small)["peak_rss_kib"]
             ours_runs: list[dict[str, Any]] = []
@@ -504,9 +508,12 @@ def run_board_bench(args: argparse.Namespace) -> dict[str, Any]:
             inproc_runs: list[dict[str, Any]] = []
             for n in range(repeat):
                 print(f"bench: {args.board} run {n + 1}/{repeat}", file=sys.stderr, flush=True)
+                guest.warm(big)
                 ours_runs.append(guest.ours(big))
                 if not args.no_softflowd:
+                    guest.warm(big)
                     sf_runs.append(guest.softflowd(big))
+                guest.warm(big)
                 inproc_runs.append(guest.helper("inproc", big))
             cpuinfo = guest.sh(
                 "grep -m1 -i 'model name\\|CPU part' /proc/cpuinfo; nproc", "cpuinfo"
