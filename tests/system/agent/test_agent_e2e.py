@@ -122,7 +122,10 @@ def test_sigkill_mid_stream_loses_nothing_flushed_and_stores_nothing_twice(
     bus_factory: Any, agent_factory: Any, lab: Any
 ) -> None:
     bus = bus_factory()
-    agent = agent_factory(bus.port, send_rate=600.0, batch_size=50)
+    # the forwarder must still be sending when the last flow is sealed: at 100 records/s the
+    # 1,500 take 15 s, longer than the spray plus the meter's expiry (at 600/s, the agent's
+    # one-a-second expiry let the forwarder catch up, and the kill came after the last record)
+    agent = agent_factory(bus.port, send_rate=100.0, batch_size=50)
     agent.start()
     sent = udp_spray(lab, 23000, 1500)
     agent.wait_metric("agent_flows_sealed_total", 1500)

@@ -88,6 +88,11 @@ SKIPPED = {
     "infraspectre bench flows --json --packets 2000000 --repeat 7": "a benchmark: minutes of CPU",
     "infraspectre bench live --json --rates 2000,10000,50000 --duration 30 --idle 10": "a "
     "benchmark: minutes (tests/system/capture/test_agent_live_bench.py runs a short one)",
+    "infraspectre bench live --json --rates 2000,10000,50000 --duration 30 --idle 5": "a "
+    "benchmark: minutes (tests/system/capture/test_agent_live_bench.py runs a short one)",
+    "infraspectre bench flows --json --packets 1000000 --concurrent 100000 --repeat 3": "a "
+    "benchmark: minutes of CPU (tests/unit/capture/test_native_meter.py meters the concurrent "
+    "generator's captures both ways)",
     "sudo infraspectre bench flows --board raspi3b --json": "a benchmark on an emulated Pi: "
     "many minutes (tests/unit/capture/test_board_bench.py; tests/board/test_raspi3b.py meters "
     "on the Pi)",
